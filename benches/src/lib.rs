@@ -1,0 +1,1 @@
+//! Criterion benchmarks for the StreamSpace workspace; see `benches/`.

@@ -1,0 +1,298 @@
+//! Reading DAGs back: fetching verified blocks, resolving paths, walking every block.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::Stream;
+
+use crate::block::{BlockError, DAG_PB, RAW, verify};
+use crate::import::hamt;
+use crate::pb::{DataType, PbError, PbNode, UnixFsData};
+use crate::store::{BlockStore, StoreError};
+
+/// Deepest DAG the readers follow; kubo's DAGs for a 1 PiB file are 5 levels deep.
+pub const MAX_DEPTH: usize = 64;
+
+/// Reading a DAG failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// A block is not in the store (or not reachable on the network).
+    #[error("block {0} not found")]
+    MissingBlock(Cid),
+    /// A block failed verification against its CID.
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    /// A block is not valid dag-pb or UnixFS.
+    #[error("block {cid}: {source}")]
+    Decode {
+        /// The block.
+        cid: Cid,
+        /// What was wrong, with the byte offset.
+        source: PbError,
+    },
+    /// A block's codec is neither dag-pb nor raw.
+    #[error("block {cid}: unsupported codec {codec:#x}")]
+    UnsupportedCodec {
+        /// The block.
+        cid: Cid,
+        /// Its codec.
+        codec: u64,
+    },
+    /// A node's sizes disagree with its children (a lying `blocksizes` or `filesize`).
+    #[error("block {cid}: {what}: expected {expected} bytes, found {actual}")]
+    SizeMismatch {
+        /// The block.
+        cid: Cid,
+        /// Which size.
+        what: &'static str,
+        /// Size claimed by the parent or the node.
+        expected: u64,
+        /// Size found.
+        actual: u64,
+    },
+    /// A node of an unexpected type (e.g. `cat` of a directory).
+    #[error("block {cid}: expected {expected}, found UnixFS {found:?}")]
+    WrongType {
+        /// The block.
+        cid: Cid,
+        /// What was expected.
+        expected: &'static str,
+        /// The UnixFS type found.
+        found: DataType,
+    },
+    /// A path segment that does not exist.
+    #[error("no entry {segment:?} in directory {dir}")]
+    NotFound {
+        /// The directory.
+        dir: Cid,
+        /// The missing name.
+        segment: String,
+    },
+    /// A HAMT shard whose fanout or hash type this reader does not support.
+    #[error("block {cid}: unsupported HAMT (hash {hash_type:?}, fanout {fanout:?})")]
+    BadHamt {
+        /// The shard.
+        cid: Cid,
+        /// Its hash type.
+        hash_type: Option<u64>,
+        /// Its fanout.
+        fanout: Option<u64>,
+    },
+    /// A range starting past the end of the file.
+    #[error("offset {offset} is past the end of the {size}-byte file")]
+    OffsetPastEnd {
+        /// Requested offset.
+        offset: u64,
+        /// File size.
+        size: u64,
+    },
+    /// The DAG is deeper than [`MAX_DEPTH`].
+    #[error("DAG deeper than {MAX_DEPTH} levels at {0}")]
+    TooDeep(Cid),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The CIDs linked from a block (none for raw blocks).
+///
+/// # Errors
+///
+/// [`PbError`] for a malformed dag-pb block.
+pub fn links_of(cid: &Cid, data: Bytes) -> Result<Vec<Cid>, PbError> {
+    if cid.codec() == DAG_PB {
+        Ok(PbNode::decode(data)?
+            .links
+            .into_iter()
+            .map(|l| l.cid)
+            .collect())
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Fetches a block from `store` and verifies it against its CID.
+///
+/// # Errors
+///
+/// [`ExportError::MissingBlock`], [`ExportError::Block`] for a mismatch, or the store's error.
+pub async fn fetch<S: BlockStore>(store: &S, cid: &Cid) -> Result<Bytes, ExportError> {
+    let data = store
+        .get(cid)
+        .await?
+        .ok_or(ExportError::MissingBlock(*cid))?;
+    verify(cid, &data)?;
+    Ok(data)
+}
+
+/// A decoded UnixFS node.
+pub(crate) struct Node {
+    pub(crate) pb: PbNode,
+    pub(crate) fs: UnixFsData,
+}
+
+pub(crate) fn decode_node(cid: &Cid, data: Bytes) -> Result<Node, ExportError> {
+    let err = |source| ExportError::Decode { cid: *cid, source };
+    let pb = PbNode::decode(data).map_err(err)?;
+    let fs =
+        UnixFsData::decode(pb.data.as_ref().ok_or(PbError::NoData).map_err(err)?).map_err(err)?;
+    Ok(Node { pb, fs })
+}
+
+/// Resolves `path` (segments separated by `/`, empty segments ignored) below `root`, through
+/// flat and HAMT-sharded directories.
+///
+/// # Errors
+///
+/// [`ExportError::NotFound`] for a missing entry, [`ExportError::WrongType`] when a segment
+/// is not a directory, or any fetch or decode error.
+pub async fn resolve<S: BlockStore>(store: &S, root: &Cid, path: &str) -> Result<Cid, ExportError> {
+    let mut cur = *root;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        cur = lookup(store, &cur, segment).await?;
+    }
+    Ok(cur)
+}
+
+async fn lookup<S: BlockStore>(store: &S, dir: &Cid, name: &str) -> Result<Cid, ExportError> {
+    let not_found = || ExportError::NotFound {
+        dir: *dir,
+        segment: name.to_owned(),
+    };
+    if dir.codec() != DAG_PB {
+        return Err(ExportError::UnsupportedCodec {
+            cid: *dir,
+            codec: dir.codec(),
+        });
+    }
+    let node = decode_node(dir, fetch(store, dir).await?)?;
+    match node.fs.kind {
+        DataType::Directory => node
+            .pb
+            .links
+            .iter()
+            .find(|l| l.name.as_deref() == Some(name))
+            .map(|l| l.cid)
+            .ok_or_else(not_found),
+        DataType::HamtShard => {
+            let hash = hamt::hash_name(name.as_bytes());
+            let mut shard_cid = *dir;
+            let mut shard = node;
+            for depth in 0..MAX_DEPTH {
+                let fanout = match (shard.fs.hash_type, shard.fs.fanout) {
+                    (Some(hamt::MURMUR3_X64_64), Some(f))
+                        if f.is_power_of_two() && (2..=1024).contains(&f) =>
+                    {
+                        f as usize
+                    }
+                    (h, f) => {
+                        return Err(ExportError::BadHamt {
+                            cid: shard_cid,
+                            hash_type: h,
+                            fanout: f,
+                        });
+                    }
+                };
+                let slot =
+                    hamt::slot(&hash, depth, fanout.trailing_zeros()).ok_or_else(not_found)?;
+                let width = hamt::prefix_width(fanout);
+                let prefix = format!("{slot:0width$X}");
+                let mut next = None;
+                for l in &shard.pb.links {
+                    let Some(n) = l.name.as_deref() else { continue };
+                    if n.get(..width) != Some(prefix.as_str()) {
+                        continue;
+                    }
+                    if n.len() == width {
+                        next = Some(l.cid);
+                        break;
+                    }
+                    if &n[width..] == name {
+                        return Ok(l.cid);
+                    }
+                }
+                let child = next.ok_or_else(not_found)?;
+                let data = fetch(store, &child).await?;
+                shard = decode_node(&child, data)?;
+                shard_cid = child;
+                if shard.fs.kind != DataType::HamtShard {
+                    return Err(ExportError::WrongType {
+                        cid: child,
+                        expected: "HAMT shard",
+                        found: shard.fs.kind,
+                    });
+                }
+            }
+            Err(ExportError::TooDeep(shard_cid))
+        }
+        found => Err(ExportError::WrongType {
+            cid: *dir,
+            expected: "directory",
+            found,
+        }),
+    }
+}
+
+/// Every block of the DAG below `root`, depth-first from the root, each once, verified.
+///
+/// This is the block order of `ipfs dag export` and of [`crate::car`] exports.
+///
+/// # Errors
+///
+/// Items are [`ExportError`] for a missing, corrupt or undecodable block; the stream ends after
+/// the first error.
+pub fn walk<S: BlockStore>(
+    store: &S,
+    root: Cid,
+) -> impl Stream<Item = Result<(Cid, Bytes), ExportError>> + '_ {
+    struct St {
+        stack: Vec<(Cid, usize)>,
+        seen: HashSet<Cid>,
+        failed: bool,
+    }
+    let st = St {
+        stack: vec![(root, 0)],
+        seen: HashSet::new(),
+        failed: false,
+    };
+    futures::stream::unfold(st, move |mut st| async move {
+        if st.failed {
+            return None;
+        }
+        loop {
+            let (cid, depth) = st.stack.pop()?;
+            if !st.seen.insert(cid) {
+                continue;
+            }
+            let result = async {
+                if depth > MAX_DEPTH {
+                    return Err(ExportError::TooDeep(cid));
+                }
+                if cid.codec() != DAG_PB && cid.codec() != RAW {
+                    return Err(ExportError::UnsupportedCodec {
+                        cid,
+                        codec: cid.codec(),
+                    });
+                }
+                let data = fetch(store, &cid).await?;
+                let links = links_of(&cid, data.clone())
+                    .map_err(|source| ExportError::Decode { cid, source })?;
+                Ok((data, links))
+            }
+            .await;
+            return match result {
+                Ok((data, links)) => {
+                    st.stack
+                        .extend(links.into_iter().rev().map(|c| (c, depth + 1)));
+                    Some((Ok((cid, data)), st))
+                }
+                Err(e) => {
+                    st.failed = true;
+                    Some((Err(e), st))
+                }
+            };
+        }
+    })
+}

@@ -1,0 +1,103 @@
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use bytes::Bytes;
+use cid::Cid;
+
+use super::{BlockStore, StoreError};
+use crate::block::Block;
+
+/// A block store in memory; clones share the same blocks.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use streamspace_shard::{block::{Block, RAW}, store::{BlockStore, MemoryStore}};
+/// let store = MemoryStore::new();
+/// let block = Block::encode(cid::Version::V1, RAW, bytes::Bytes::from_static(b"shard"));
+/// store.put(block.clone()).await.unwrap();
+/// assert_eq!(store.get(block.cid()).await.unwrap().as_deref(), Some(&b"shard"[..]));
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    blocks: Arc<RwLock<HashMap<Cid, Bytes>>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of blocks held.
+    pub fn len(&self) -> usize {
+        self.blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether the store holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total bytes of the blocks held.
+    pub fn bytes(&self) -> u64 {
+        self.blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|b| b.len() as u64)
+            .sum()
+    }
+
+    /// Replaces the bytes stored under `cid` without any check, to test readers against a
+    /// corrupted or malicious store.
+    #[doc(hidden)]
+    pub fn insert_unchecked(&self, cid: Cid, data: Bytes) {
+        self.blocks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cid, data);
+    }
+}
+
+impl BlockStore for MemoryStore {
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        Ok(self
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cid)
+            .cloned())
+    }
+
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        Ok(self
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(cid))
+    }
+
+    async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
+        let mut map = self.blocks.write().unwrap_or_else(PoisonError::into_inner);
+        for b in blocks {
+            let (cid, data) = b.into_parts();
+            map.insert(cid, data);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        Ok(self
+            .blocks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cid)
+            .is_some())
+    }
+}

@@ -1,0 +1,196 @@
+//! Block stores: the [`BlockStore`] trait, an in-memory store and a persistent, quota-bounded
+//! on-disk store with pinning and a pluggable eviction policy.
+
+#[cfg(feature = "disk")]
+mod disk;
+mod memory;
+mod policy;
+
+#[cfg(feature = "disk")]
+pub use disk::DiskStore;
+pub use memory::MemoryStore;
+pub use policy::{EvictionPolicy, Lru};
+
+use std::future::Future;
+use std::io::Read;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use cid::Cid;
+use tokio::sync::mpsc;
+
+use crate::block::Block;
+use crate::import::{ImportError, ImportOptions, Imported, import_file, import_path};
+
+/// A block store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Adding the blocks would exceed the quota even after evicting every unpinned block.
+    #[error("store quota of {quota} bytes exceeded: {needed} bytes needed, {pinned} bytes pinned")]
+    QuotaExceeded {
+        /// The quota.
+        quota: u64,
+        /// Bytes the store would hold with the new blocks.
+        needed: u64,
+        /// Bytes held by pinned blocks.
+        pinned: u64,
+    },
+    /// A block needed to walk a DAG (for pinning) is not in the store.
+    #[error("block {0} is not in the store")]
+    MissingBlock(Cid),
+    /// A block in the store could not be decoded while walking a DAG.
+    #[error("block {cid} is not valid dag-pb: {source}")]
+    Decode {
+        /// The block.
+        cid: Cid,
+        /// What was wrong.
+        source: crate::pb::PbError,
+    },
+    /// The embedded database failed.
+    #[error("block database: {0}")]
+    Database(String),
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Storage of blocks by CID.
+///
+/// Stores keep blocks as given; readers still verify every block against its CID (see
+/// [`crate::export`]), so a corrupted disk is detected, not served.
+pub trait BlockStore: Send + Sync {
+    /// The block named `cid`, if present.
+    fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+
+    /// Whether the block named `cid` is present.
+    fn has(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Stores blocks atomically: all of them or none.
+    fn put_many(&self, blocks: Vec<Block>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores one block.
+    fn put(&self, block: Block) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.put_many(vec![block])
+    }
+
+    /// Removes a block; returns whether it was present.
+    fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+/// Blocks sent from the importer thread to the store per write.
+const PUT_BATCH: usize = 64;
+/// Batches in flight between the importer thread and the store.
+const CHANNEL_BOUND: usize = 4;
+
+/// Imports from a blocking reader into `store` (or only hashes, when `store` is `None`).
+///
+/// The importer runs on a blocking thread; blocks reach the store through a bounded channel in
+/// batches, so memory stays bounded whatever the input size.
+///
+/// # Errors
+///
+/// [`ImportError`] from the import or, as [`ImportError::Sink`], from the store.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use streamspace_shard::{import::ImportOptions, store::{add_reader, MemoryStore}};
+/// let store = MemoryStore::new();
+/// let root = add_reader(Some(&store), &b"hello world\n"[..], ImportOptions::default()).await?;
+/// assert_eq!(root.cid.to_string(), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
+/// # Ok(()) }
+/// ```
+pub async fn add_reader<S, R>(
+    store: Option<&S>,
+    reader: R,
+    opts: ImportOptions,
+) -> Result<Imported, ImportError>
+where
+    S: BlockStore,
+    R: Read + Send + 'static,
+{
+    run_import(store, move |sink| import_file(reader, &opts, sink)).await
+}
+
+/// Imports a file or directory tree (`ipfs add -r`) into `store`, like [`add_reader`].
+///
+/// `on_entry` receives each added entry's path (relative to the parent of `path`) and root.
+///
+/// # Errors
+///
+/// As [`add_reader`].
+pub async fn add_path<S, G>(
+    store: Option<&S>,
+    path: PathBuf,
+    opts: ImportOptions,
+    hidden: bool,
+    mut on_entry: G,
+) -> Result<Imported, ImportError>
+where
+    S: BlockStore,
+    G: FnMut(&std::path::Path, &Imported) + Send + 'static,
+{
+    run_import(store, move |sink| {
+        import_path(&path, &opts, hidden, sink, |p, i| on_entry(p, i))
+    })
+    .await
+}
+
+async fn run_import<S, J>(store: Option<&S>, job: J) -> Result<Imported, ImportError>
+where
+    S: BlockStore,
+    J: FnOnce(&mut dyn FnMut(Block) -> Result<(), ImportError>) -> Result<Imported, ImportError>
+        + Send
+        + 'static,
+{
+    let store_blocks = store.is_some();
+    let (tx, mut rx) = mpsc::channel::<Vec<Block>>(CHANNEL_BOUND);
+    let worker = tokio::task::spawn_blocking(move || {
+        let mut batch = Vec::with_capacity(PUT_BATCH);
+        let closed = || ImportError::Sink("store writer stopped".into());
+        let mut sink = |block: Block| {
+            if !store_blocks {
+                return Ok(());
+            }
+            batch.push(block);
+            if batch.len() >= PUT_BATCH {
+                tx.blocking_send(std::mem::take(&mut batch))
+                    .map_err(|_| closed())?;
+            }
+            Ok(())
+        };
+        let root = job(&mut sink)?;
+        if !batch.is_empty() {
+            tx.blocking_send(batch).map_err(|_| closed())?;
+        }
+        Ok(root)
+    });
+    let mut store_err = None;
+    if let Some(store) = store {
+        while let Some(batch) = rx.recv().await {
+            if let Err(e) = store.put_many(batch).await {
+                store_err = Some(e);
+                // Dropping the receiver stops the importer at its next block.
+                break;
+            }
+        }
+    }
+    drop(rx);
+    let result = worker
+        .await
+        .map_err(|e| ImportError::Sink(Box::new(StoreError::Task(e.to_string()))))?;
+    match store_err {
+        Some(e) => Err(ImportError::Sink(Box::new(e))),
+        None => result,
+    }
+}
