@@ -1,1 +1,423 @@
-fn main() {}
+//! `streamspace`: the StreamSpace command-line program.
+//!
+//! Content commands follow kubo's words: `add`, `cat`, `car export|import`, `block stat|get`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::pin::pin;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use futures::TryStreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use streamspace_shard::Cid;
+use streamspace_shard::car::{read_car, write_car};
+use streamspace_shard::crypto::{ContentKey, EncryptingReader, cat_decrypted, encrypted_options};
+use streamspace_shard::dag::{fetch, resolve};
+use streamspace_shard::export::{ByteRange, cat};
+use streamspace_shard::import::{ImportOptions, Layout, Profile};
+use streamspace_shard::store::{DiskStore, add_path, add_reader};
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser)]
+#[command(
+    name = "streamspace",
+    version,
+    about = "StreamSpace: content addressing and delivery"
+)]
+struct Cli {
+    /// Repository directory holding the block store.
+    #[arg(long, global = true, env = "STREAMSPACE_REPO")]
+    repo: Option<PathBuf>,
+    /// Bytes of disk the block store may use (unpinned blocks are evicted beyond it).
+    #[arg(long, global = true, env = "STREAMSPACE_QUOTA")]
+    quota: Option<u64>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Add a file or directory, printing its CID (as `ipfs add`).
+    Add(AddArgs),
+    /// Print the content of a file, or of a byte range of it (as `ipfs cat`).
+    Cat(CatArgs),
+    /// CAR archives.
+    #[command(subcommand)]
+    Car(CarCommand),
+    /// Raw blocks.
+    #[command(subcommand)]
+    Block(BlockCommand),
+}
+
+#[derive(Args)]
+struct AddArgs {
+    /// CID version: 0 (default) or 1; 1 implies --raw-leaves.
+    #[arg(long)]
+    cid_version: Option<u64>,
+    /// Store leaves as raw blocks.
+    #[arg(long)]
+    raw_leaves: Option<Option<bool>>,
+    /// Chunking algorithm: size-N.
+    #[arg(short = 's', long)]
+    chunker: Option<String>,
+    /// Use the trickle DAG layout.
+    #[arg(short = 't', long)]
+    trickle: bool,
+    /// Import profile: unixfs-v0-2015 or unixfs-v1-2025.
+    #[arg(long)]
+    profile: Option<Profile>,
+    /// Only compute the CID; store nothing.
+    #[arg(short = 'n', long)]
+    only_hash: bool,
+    /// Print only the final root CID.
+    #[arg(short = 'Q', long)]
+    quieter: bool,
+    /// Print only CIDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Add directories recursively.
+    #[arg(short = 'r', long)]
+    recursive: bool,
+    /// Include files whose names start with a dot.
+    #[arg(short = 'H', long)]
+    hidden: bool,
+    /// Pin what is added so that it is never evicted.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pin: bool,
+    /// Encrypt with a fresh content key (needs --key-out).
+    #[arg(long, requires = "key_out")]
+    encrypt: bool,
+    /// Where to write the content key of an encrypted add.
+    #[arg(long, requires = "encrypt")]
+    key_out: Option<PathBuf>,
+    /// File or directory to add.
+    path: PathBuf,
+}
+
+#[derive(Args)]
+struct CatArgs {
+    /// Byte offset to start at.
+    #[arg(short = 'o', long, default_value_t = 0)]
+    offset: u64,
+    /// Maximum number of bytes to print.
+    #[arg(short = 'l', long)]
+    length: Option<u64>,
+    /// Content key file of an encrypted item.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CID, optionally followed by a path: CID/dir/file (or /ipfs/CID/...).
+    path: String,
+}
+
+#[derive(Subcommand)]
+enum CarCommand {
+    /// Write the DAG below a CID as a CARv1.
+    Export {
+        /// Root CID (or CID/path).
+        cid: String,
+        /// Output file (standard output by default).
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Read a CARv1 or CARv2 into the store and pin its roots.
+    Import {
+        /// The CAR file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlockCommand {
+    /// Print a block's CID and size.
+    Stat {
+        /// The block's CID.
+        cid: String,
+    },
+    /// Print a block's raw bytes.
+    Get {
+        /// The block's CID.
+        cid: String,
+    },
+}
+
+fn open_store(cli: &Cli) -> Result<DiskStore> {
+    let repo = match &cli.repo {
+        Some(r) => r.clone(),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .context("no --repo given and HOME is not set")?
+            .join(".streamspace"),
+    };
+    let file = repo.join("blocks.redb");
+    DiskStore::open(&file, cli.quota)
+        .with_context(|| format!("opening block store {}", file.display()))
+}
+
+/// Splits `CID[/path]` (or `/ipfs/CID[/path]`).
+fn parse_path(s: &str) -> Result<(Cid, String)> {
+    let s = s.strip_prefix("/ipfs/").unwrap_or(s);
+    let (cid, rest) = s.split_once('/').unwrap_or((s, ""));
+    let cid = Cid::try_from(cid).with_context(|| format!("invalid CID {cid:?}"))?;
+    Ok((cid, rest.to_owned()))
+}
+
+fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_message(what.to_owned());
+    bar
+}
+
+async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
+    let mut opts = match a.profile {
+        Some(p) => ImportOptions::profile(p),
+        None => ImportOptions::default(),
+    };
+    if let Some(v) = a.cid_version {
+        opts = opts.with_cid_version(v)?;
+    }
+    if let Some(r) = a.raw_leaves {
+        opts.raw_leaves = r.unwrap_or(true);
+    }
+    if let Some(c) = &a.chunker {
+        opts = opts.with_chunker(c)?;
+    }
+    if a.trickle {
+        opts.layout = Layout::Trickle;
+    }
+    opts.validate()?;
+    let meta = std::fs::metadata(&a.path).with_context(|| format!("{}", a.path.display()))?;
+    if meta.is_dir() && !a.recursive {
+        bail!(
+            "{} is a directory, use -r to add directories",
+            a.path.display()
+        );
+    }
+    let store = if a.only_hash {
+        None
+    } else {
+        Some(open_store(cli)?)
+    };
+    let quiet = a.quiet;
+    let quieter = a.quieter;
+    let root = if a.encrypt {
+        if meta.is_dir() {
+            bail!("--encrypt adds one file at a time");
+        }
+        let key = ContentKey::generate();
+        let bar = progress(Some(meta.len()), "encrypting");
+        let file = std::fs::File::open(&a.path)?;
+        let reader = EncryptingReader::new(bar.wrap_read(file), key.clone());
+        let root = add_reader(store.as_ref(), reader, encrypted_options(opts)).await?;
+        bar.finish_and_clear();
+        if let Some(out) = &a.key_out {
+            write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
+        }
+        let name = a
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        print_added(&root.cid, &name, quiet, quieter, true);
+        root
+    } else if meta.is_file() {
+        let bar = progress(Some(meta.len()), "adding");
+        let file = std::fs::File::open(&a.path)?;
+        let reader = bar.wrap_read(std::io::BufReader::with_capacity(1 << 20, file));
+        let root = add_reader(store.as_ref(), reader, opts).await?;
+        bar.finish_and_clear();
+        let name = a
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        print_added(&root.cid, &name, quiet, quieter, true);
+        root
+    } else {
+        let bar = progress(None, "adding");
+        let b2 = bar.clone();
+        let root = add_path(
+            store.as_ref(),
+            a.path.clone(),
+            opts,
+            a.hidden,
+            move |p, imported| {
+                b2.inc(imported.size);
+                b2.suspend(|| {
+                    print_added(&imported.cid, &p.to_string_lossy(), quiet, quieter, false)
+                });
+            },
+        )
+        .await?;
+        bar.finish_and_clear();
+        if quieter {
+            println!("{}", root.cid);
+        }
+        root
+    };
+    if let (Some(store), true) = (&store, a.pin) {
+        store.pin(&root.cid).await?;
+    }
+    Ok(())
+}
+
+fn print_added(cid: &Cid, name: &str, quiet: bool, quieter: bool, is_root: bool) {
+    if quieter {
+        if is_root {
+            println!("{cid}");
+        }
+    } else if quiet {
+        println!("{cid}");
+    } else {
+        println!("added {cid} {name}");
+    }
+}
+
+fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("writing key file {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn cat_cmd(cli: &Cli, c: &CatArgs) -> Result<()> {
+    let store = open_store(cli)?;
+    let (root, path) = parse_path(&c.path)?;
+    let cid = resolve(&store, &root, &path).await?;
+    let range = ByteRange::new(c.offset, c.length);
+    let mut out = tokio::io::stdout();
+    let bar = progress(None, "reading");
+    let result: Result<()> = async {
+        if let Some(keyfile) = &c.key {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(keyfile)
+                    .with_context(|| format!("reading {}", keyfile.display()))?,
+            );
+            let (key, _) = ContentKey::from_key_file(&text)?;
+            let mut s = pin!(cat_decrypted(&store, cid, &key, range));
+            while let Some(b) = s.try_next().await? {
+                bar.inc(b.len() as u64);
+                out.write_all(&b).await?;
+            }
+        } else {
+            let mut s = pin!(cat(&store, cid, range));
+            while let Some(b) = s.try_next().await? {
+                bar.inc(b.len() as u64);
+                out.write_all(&b).await?;
+            }
+        }
+        out.flush().await?;
+        Ok(())
+    }
+    .await;
+    bar.finish_and_clear();
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+async fn car(cli: &Cli, c: &CarCommand) -> Result<()> {
+    let store = open_store(cli)?;
+    match c {
+        CarCommand::Export { cid, output } => {
+            let (root, path) = parse_path(cid)?;
+            let root = resolve(&store, &root, &path).await?;
+            let summary = match output {
+                Some(p) => {
+                    let f = tokio::fs::File::create(p)
+                        .await
+                        .with_context(|| format!("{}", p.display()))?;
+                    let mut w = tokio::io::BufWriter::new(f);
+                    let s = write_car(&store, root, &mut w).await?;
+                    w.into_inner().sync_all().await?;
+                    s
+                }
+                None => {
+                    write_car(&store, root, tokio::io::BufWriter::new(tokio::io::stdout())).await?
+                }
+            };
+            eprintln!(
+                "exported {} blocks, {} bytes",
+                summary.blocks, summary.bytes
+            );
+        }
+        CarCommand::Import { file } => {
+            let f = tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("{}", file.display()))?;
+            let summary = read_car(tokio::io::BufReader::new(f), &store).await?;
+            for r in &summary.roots {
+                match store.pin(r).await {
+                    Ok(_) => println!("pinned root {r} success"),
+                    Err(e) => println!("pinned root {r} FAILED: {e}"),
+                }
+            }
+            eprintln!("imported {} blocks", summary.blocks);
+        }
+    }
+    Ok(())
+}
+
+async fn block(cli: &Cli, b: &BlockCommand) -> Result<()> {
+    let store = open_store(cli)?;
+    match b {
+        BlockCommand::Stat { cid } => {
+            let cid = Cid::try_from(cid.as_str()).context("invalid CID")?;
+            let data = fetch(&store, &cid).await?;
+            println!("Key: {cid}\nSize: {}", data.len());
+        }
+        BlockCommand::Get { cid } => {
+            let cid = Cid::try_from(cid.as_str()).context("invalid CID")?;
+            let data = fetch(&store, &cid).await?;
+            let mut out = tokio::io::stdout();
+            out.write_all(&data).await?;
+            out.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Add(a) => add(&cli, a).await,
+        Command::Cat(c) => cat_cmd(&cli, c).await,
+        Command::Car(c) => car(&cli, c).await,
+        Command::Block(b) => block(&cli, b).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
