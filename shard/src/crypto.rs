@@ -417,95 +417,92 @@ pub fn cat_decrypted<'a, S: BlockStore>(
     async_decrypt(store, cid, key, range).flatten_stream()
 }
 
-fn async_decrypt<'a, S: BlockStore>(
+async fn async_decrypt<'a, S: BlockStore>(
     store: &'a S,
     cid: Cid,
     key: &'a ContentKey,
     range: ByteRange,
-) -> impl std::future::Future<Output = futures::stream::BoxStream<'a, Result<Bytes, CryptoError>>> + 'a
-{
-    async move {
-        let setup = async {
-            let sealed_len = file_size(store, &cid).await?;
-            let plain_len =
-                plaintext_len(sealed_len).ok_or(CryptoError::BadLength { len: sealed_len })?;
-            if range.offset > plain_len {
-                return Err(CryptoError::OffsetPastEnd {
-                    offset: range.offset,
-                    size: plain_len,
-                });
-            }
-            let end = range
-                .length
-                .map_or(plain_len, |l| range.offset.saturating_add(l).min(plain_len));
-            Ok((sealed_len, end))
-        };
-        let (sealed_len, end) = match setup.await {
-            Ok(v) => v,
-            Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
-        };
-        if end <= range.offset {
-            return futures::stream::empty().boxed();
+) -> futures::stream::BoxStream<'a, Result<Bytes, CryptoError>> {
+    let setup = async {
+        let sealed_len = file_size(store, &cid).await?;
+        let plain_len =
+            plaintext_len(sealed_len).ok_or(CryptoError::BadLength { len: sealed_len })?;
+        if range.offset > plain_len {
+            return Err(CryptoError::OffsetPastEnd {
+                offset: range.offset,
+                size: plain_len,
+            });
         }
-        let pc = PLAIN_CHUNK as u64;
-        let first = range.offset / pc;
-        let last_needed = (end - 1) / pc;
-        let shards = sealed_len.div_ceil(SHARD_SIZE as u64);
-        let c_start = first * SHARD_SIZE as u64;
-        let c_end = ((last_needed + 1) * SHARD_SIZE as u64).min(sealed_len);
-        let cipher = cat(store, cid, ByteRange::new(c_start, Some(c_end - c_start)));
-        struct St<C> {
-            cipher: C,
-            buf: BytesMut,
-            index: u64,
-            done: bool,
-        }
-        let st = St {
-            cipher: Box::pin(cipher),
-            buf: BytesMut::new(),
-            index: first,
-            done: false,
-        };
-        let offset = range.offset;
-        futures::stream::unfold(st, move |mut st| async move {
-            if st.done || st.index > last_needed {
-                return None;
-            }
-            let shard_len = if st.index + 1 == shards {
-                (sealed_len - st.index * SHARD_SIZE as u64) as usize
-            } else {
-                SHARD_SIZE
-            };
-            while st.buf.len() < shard_len {
-                match st.cipher.next().await {
-                    Some(Ok(b)) => st.buf.extend_from_slice(&b),
-                    Some(Err(e)) => {
-                        st.done = true;
-                        return Some((Err(CryptoError::Export(e)), st));
-                    }
-                    None => {
-                        st.done = true;
-                        return Some((Err(CryptoError::BadLength { len: sealed_len }), st));
-                    }
-                }
-            }
-            let sealed = st.buf.split_to(shard_len);
-            let index = st.index;
-            st.index += 1;
-            match key.open_chunk(index, index + 1 == shards, &sealed) {
-                Ok(plain) => {
-                    let chunk_start = index * pc;
-                    let from = offset.max(chunk_start) - chunk_start;
-                    let to = end.min(chunk_start + plain.len() as u64) - chunk_start;
-                    let out = Bytes::from(plain).slice(from as usize..to as usize);
-                    Some((Ok(out), st))
-                }
-                Err(e) => {
-                    st.done = true;
-                    Some((Err(e.into()), st))
-                }
-            }
-        })
-        .boxed()
+        let end = range
+            .length
+            .map_or(plain_len, |l| range.offset.saturating_add(l).min(plain_len));
+        Ok((sealed_len, end))
+    };
+    let (sealed_len, end) = match setup.await {
+        Ok(v) => v,
+        Err(e) => return futures::stream::once(async { Err(e) }).boxed(),
+    };
+    if end <= range.offset {
+        return futures::stream::empty().boxed();
     }
+    let pc = PLAIN_CHUNK as u64;
+    let first = range.offset / pc;
+    let last_needed = (end - 1) / pc;
+    let shards = sealed_len.div_ceil(SHARD_SIZE as u64);
+    let c_start = first * SHARD_SIZE as u64;
+    let c_end = ((last_needed + 1) * SHARD_SIZE as u64).min(sealed_len);
+    let cipher = cat(store, cid, ByteRange::new(c_start, Some(c_end - c_start)));
+    struct St<C> {
+        cipher: C,
+        buf: BytesMut,
+        index: u64,
+        done: bool,
+    }
+    let st = St {
+        cipher: Box::pin(cipher),
+        buf: BytesMut::new(),
+        index: first,
+        done: false,
+    };
+    let offset = range.offset;
+    futures::stream::unfold(st, move |mut st| async move {
+        if st.done || st.index > last_needed {
+            return None;
+        }
+        let shard_len = if st.index + 1 == shards {
+            (sealed_len - st.index * SHARD_SIZE as u64) as usize
+        } else {
+            SHARD_SIZE
+        };
+        while st.buf.len() < shard_len {
+            match st.cipher.next().await {
+                Some(Ok(b)) => st.buf.extend_from_slice(&b),
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((Err(CryptoError::Export(e)), st));
+                }
+                None => {
+                    st.done = true;
+                    return Some((Err(CryptoError::BadLength { len: sealed_len }), st));
+                }
+            }
+        }
+        let sealed = st.buf.split_to(shard_len);
+        let index = st.index;
+        st.index += 1;
+        match key.open_chunk(index, index + 1 == shards, &sealed) {
+            Ok(plain) => {
+                let chunk_start = index * pc;
+                let from = offset.max(chunk_start) - chunk_start;
+                let to = end.min(chunk_start + plain.len() as u64) - chunk_start;
+                let out = Bytes::from(plain).slice(from as usize..to as usize);
+                Some((Ok(out), st))
+            }
+            Err(e) => {
+                st.done = true;
+                Some((Err(e.into()), st))
+            }
+        }
+    })
+    .boxed()
 }

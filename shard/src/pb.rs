@@ -229,7 +229,7 @@ fn put_varint(buf: &mut impl BufMut, mut v: u64) {
 }
 
 fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 fn put_key(buf: &mut impl BufMut, field: u64, wire_type: u8) {

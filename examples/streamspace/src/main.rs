@@ -2,6 +2,8 @@
 //!
 //! Content commands follow kubo's words: `add`, `cat`, `car export|import`, `block stat|get`.
 
+mod demo;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::pin::pin;
@@ -48,6 +50,8 @@ enum Command {
     /// Raw blocks.
     #[command(subcommand)]
     Block(BlockCommand),
+    /// Run the end-to-end demo on the embedded defaults.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Args)]
@@ -412,6 +416,7 @@ async fn main() -> std::process::ExitCode {
         Command::Cat(c) => cat_cmd(&cli, c).await,
         Command::Car(c) => car(&cli, c).await,
         Command::Block(b) => block(&cli, b).await,
+        Command::Demo(d) => demo::run(d).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -77,7 +77,7 @@ where
             .collect(),
         data: Some(UnixFsData::new(DataType::Directory).encode()),
     };
-    Ok(commit_node(node, tsize_children, opts, &mut sink)?)
+    commit_node(node, tsize_children, opts, &mut sink)
 }
 
 /// Encodes, hashes and emits a dag-pb node; returns its root info.
@@ -159,7 +159,7 @@ fn walk(
         import_file(
             std::io::BufReader::with_capacity(1 << 20, file),
             opts,
-            |b| sink(b),
+            &mut *sink,
         )?
     } else if ft.is_dir() {
         let mut names = Vec::new();
@@ -180,7 +180,7 @@ fn walk(
             let root = walk(&path.join(&name), base, opts, hidden, sink, on_entry)?;
             entries.push(DirEntry { name, root });
         }
-        build_directory(entries, opts, |b| sink(b))?
+        build_directory(entries, opts, sink)?
     } else {
         return Err(ImportError::Unsupported {
             path: path.to_owned(),

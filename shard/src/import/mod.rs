@@ -3,7 +3,7 @@
 //! The importer is synchronous and pull-driven: it reads from any [`std::io::Read`], hashes a
 //! batch of leaves in parallel, and hands every finished block to a sink closure, children
 //! before parents. Async callers run it on a blocking thread and forward blocks through a
-//! bounded channel; see [`crate::store::add_file`].
+//! bounded channel; see [`crate::store::add_reader`].
 
 mod dir;
 mod file;

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then runs
+# formatting, lints, docs and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# JS reference implementation for the interop tests (versions pinned by package-lock.json).
+if [ ! -d interop/js/node_modules ] || ! (cd interop/js && npm ls --silent >/dev/null 2>&1); then
+    npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
+fi
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
+cargo test --workspace --all-features --locked
+cargo test -p streamspace-shard --no-default-features --locked --lib
