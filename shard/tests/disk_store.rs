@@ -46,7 +46,10 @@ async fn quota_evicts_least_recently_used_unpinned_blocks() {
     assert!(store.has(block(0, 1000).cid()).await.unwrap());
 
     // The pinned DAG is intact.
-    let out: Vec<Bytes> = cat(&store, pinned.cid, ByteRange::ALL).try_collect().await.unwrap();
+    let out: Vec<Bytes> = cat(&store, pinned.cid, ByteRange::ALL)
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(out.concat(), content);
 
     // A block that cannot fit even after evicting everything unpinned is refused, and nothing
@@ -68,9 +71,13 @@ async fn pin_of_incomplete_dag_is_refused() {
     let store = DiskStore::open(dir.path().join("b.redb"), None).unwrap();
     let mut opts = ImportOptions::default();
     opts.chunk_size = 100;
-    let root = add_reader(Some(&store), std::io::Cursor::new(vec![1u8; 1000]), opts.clone())
-        .await
-        .unwrap();
+    let root = add_reader(
+        Some(&store),
+        std::io::Cursor::new(vec![1u8; 1000]),
+        opts.clone(),
+    )
+    .await
+    .unwrap();
     // Remove a leaf (leaves are all equal here, so one CID).
     let leaf = streamspace_shard::dag::walk(&store, root.cid)
         .try_collect::<Vec<_>>()
@@ -123,7 +130,12 @@ async fn killed_writer_loses_no_acknowledged_block_and_half_applies_nothing() {
     let path = dir.path().join("crash.redb");
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("STREAMSPACE_CRASH_CHILD_STORE", &path)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
