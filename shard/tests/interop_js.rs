@@ -204,6 +204,17 @@ fn directory_cids_match_the_js_importer() {
     for i in 0..6000 {
         std::fs::write(big.join(format!("entry-{i:05}.txt")), format!("{i}")).unwrap();
     }
+    // Between the two size rules: over 256 KiB as an encoded block, under it as kubo's estimate
+    // of names plus CIDs, so the 2025 profile shards it and the 2015 rules do not.
+    let between = dir.path().join("between");
+    std::fs::create_dir_all(&between).unwrap();
+    for i in 0..4400 {
+        std::fs::write(
+            between.join(format!("name-of-twenty-{i:05}")),
+            format!("{i}"),
+        )
+        .unwrap();
+    }
     let mut failures = Vec::new();
     for (name, opts, flags) in [
         ("kubo defaults", ImportOptions::default(), &[][..]),
@@ -218,7 +229,7 @@ fn directory_cids_match_the_js_importer() {
             &["--profile", "unixfs-v1-2025"][..],
         ),
     ] {
-        for d in [&tree, &big] {
+        for d in [&tree, &big, &between] {
             let ours = import_path(d, &opts, true, |_| Ok(()), |_, _| {})
                 .unwrap()
                 .cid

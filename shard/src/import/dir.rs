@@ -5,7 +5,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::{ImportError, ImportOptions, Imported, hamt, import_file};
+use super::{ImportError, ImportOptions, Imported, ShardSplit, hamt, import_file};
 use crate::block::{Block, DAG_PB, cid_of};
 use crate::pb::{DataType, PbLink, PbNode, UnixFsData};
 
@@ -66,18 +66,29 @@ where
             });
         }
     }
-    if estimated_size(&entries) > opts.hamt_threshold {
+    if opts.hamt_split == ShardSplit::LinksBytes && estimated_size(&entries) > opts.hamt_threshold {
         return hamt::build(entries, opts, &mut sink);
     }
     let tsize_children: u64 = entries.iter().map(|e| e.root.tsize).sum();
     let node = PbNode {
         links: entries
-            .into_iter()
-            .map(|e| PbLink::new(e.root.cid, e.name, e.root.tsize))
+            .iter()
+            .map(|e| PbLink::new(e.root.cid, e.name.clone(), e.root.tsize))
             .collect(),
         data: Some(UnixFsData::new(DataType::Directory).encode()),
     };
-    commit_node(node, tsize_children, opts, &mut sink)
+    let bytes = node.encode();
+    if opts.hamt_split == ShardSplit::BlockBytes && bytes.len() > opts.hamt_threshold {
+        return hamt::build(entries, opts, &mut sink);
+    }
+    let cid = cid_of(opts.cid_version, DAG_PB, &bytes);
+    let tsize = bytes.len() as u64 + tsize_children;
+    sink(Block::from_parts_unchecked(cid, bytes))?;
+    Ok(Imported {
+        cid,
+        size: 0,
+        tsize,
+    })
 }
 
 /// Encodes, hashes and emits a dag-pb node; returns its root info.

@@ -14,7 +14,7 @@ pub use dir::{DirEntry, build_directory, import_path};
 pub use file::{Imported, import_file};
 pub use options::{
     DEFAULT_CHUNK_SIZE, DEFAULT_HAMT_FANOUT, DEFAULT_HAMT_THRESHOLD, DEFAULT_MAX_LINKS,
-    ImportOptions, Layout, MAX_CHUNK_SIZE, OptionsError, Profile,
+    ImportOptions, Layout, MAX_CHUNK_SIZE, OptionsError, Profile, ShardSplit,
 };
 
 use std::path::PathBuf;

@@ -11,6 +11,17 @@ pub enum Layout {
     Trickle,
 }
 
+/// How a directory's size is measured against the HAMT threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ShardSplit {
+    /// kubo's estimate: the sum of entry name lengths and CID byte lengths.
+    #[default]
+    LinksBytes,
+    /// The exact encoded size of the flat directory block (IPIP-499's 2025 profile).
+    BlockBytes,
+}
+
 /// The import profiles of IPIP-499.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -99,6 +110,8 @@ pub struct ImportOptions {
     pub hamt_threshold: usize,
     /// Fanout of HAMT shards.
     pub hamt_fanout: usize,
+    /// How directory size is measured against `hamt_threshold`.
+    pub hamt_split: ShardSplit,
 }
 
 impl Default for ImportOptions {
@@ -119,6 +132,7 @@ impl ImportOptions {
                 layout: Layout::Balanced,
                 hamt_threshold: DEFAULT_HAMT_THRESHOLD,
                 hamt_fanout: DEFAULT_HAMT_FANOUT,
+                hamt_split: ShardSplit::LinksBytes,
             },
             Profile::UnixfsV1_2025 => Self {
                 cid_version: Version::V1,
@@ -128,6 +142,7 @@ impl ImportOptions {
                 layout: Layout::Balanced,
                 hamt_threshold: DEFAULT_HAMT_THRESHOLD,
                 hamt_fanout: DEFAULT_HAMT_FANOUT,
+                hamt_split: ShardSplit::BlockBytes,
             },
         }
     }
