@@ -294,6 +294,30 @@ pub fn encrypted_options(mut opts: ImportOptions) -> ImportOptions {
     opts
 }
 
+/// Imports `reader` as an encrypted item: chunks of [`PLAIN_CHUNK`] bytes are sealed with `key`
+/// and hashed in parallel, each sealed chunk one leaf of a [`SHARD_SIZE`]-chunked UnixFS file.
+///
+/// The DAG is identical to importing an [`EncryptingReader`] over the same input with
+/// [`encrypted_options`]; this path only seals on every core instead of one.
+///
+/// # Errors
+///
+/// As [`crate::import::import_file`].
+pub fn import_encrypted<R, F>(
+    reader: R,
+    key: &ContentKey,
+    opts: &ImportOptions,
+    sink: F,
+) -> Result<crate::import::Imported, crate::import::ImportError>
+where
+    R: std::io::Read,
+    F: FnMut(crate::Block) -> Result<(), crate::import::ImportError>,
+{
+    let opts = encrypted_options(opts.clone());
+    let seal = |index: u64, last: bool, plain: &[u8]| key.seal_chunk(index, last, plain);
+    crate::import::import_sealed(reader, &opts, PLAIN_CHUNK, &seal, sink)
+}
+
 /// The plaintext length of a sealed stream of `len` bytes, if `len` is a valid one.
 pub fn plaintext_len(len: u64) -> Option<u64> {
     if len < TAG_LEN as u64 {

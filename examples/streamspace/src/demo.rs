@@ -13,12 +13,10 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use indicatif::ProgressBar;
 use streamspace_shard::car::{read_car, write_car};
-use streamspace_shard::crypto::{
-    ContentKey, EncryptingReader, PLAIN_CHUNK, cat_decrypted, encrypted_options,
-};
+use streamspace_shard::crypto::{ContentKey, PLAIN_CHUNK, cat_decrypted};
 use streamspace_shard::export::ByteRange;
 use streamspace_shard::import::ImportOptions;
-use streamspace_shard::store::{DiskStore, add_reader};
+use streamspace_shard::store::{DiskStore, add_encrypted};
 
 /// Options of the demo.
 #[derive(clap::Args)]
@@ -97,11 +95,11 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     let key = ContentKey::generate();
     let t = Instant::now();
     let bar = ProgressBar::new(len).with_message("publishing");
-    let sealed = EncryptingReader::new(bar.wrap_read(reader), key.clone());
-    let root = add_reader(
+    let root = add_encrypted(
         Some(&publisher),
-        sealed,
-        encrypted_options(ImportOptions::default().with_cid_version(1)?),
+        bar.wrap_read(reader),
+        key.clone(),
+        ImportOptions::default().with_cid_version(1)?,
     )
     .await?;
     bar.finish_and_clear();

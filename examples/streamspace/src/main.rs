@@ -14,11 +14,11 @@ use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use streamspace_shard::Cid;
 use streamspace_shard::car::{read_car, write_car};
-use streamspace_shard::crypto::{ContentKey, EncryptingReader, cat_decrypted, encrypted_options};
+use streamspace_shard::crypto::{ContentKey, cat_decrypted};
 use streamspace_shard::dag::{fetch, resolve};
 use streamspace_shard::export::{ByteRange, cat};
 use streamspace_shard::import::{ImportOptions, Layout, Profile};
-use streamspace_shard::store::{DiskStore, add_path, add_reader};
+use streamspace_shard::store::{DiskStore, add_encrypted, add_path, add_reader};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -225,8 +225,7 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
         let key = ContentKey::generate();
         let bar = progress(Some(meta.len()), "encrypting");
         let file = std::fs::File::open(&a.path)?;
-        let reader = EncryptingReader::new(bar.wrap_read(file), key.clone());
-        let root = add_reader(store.as_ref(), reader, encrypted_options(opts)).await?;
+        let root = add_encrypted(store.as_ref(), bar.wrap_read(file), key.clone(), opts).await?;
         bar.finish_and_clear();
         if let Some(out) = &a.key_out {
             write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
@@ -241,7 +240,7 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
     } else if meta.is_file() {
         let bar = progress(Some(meta.len()), "adding");
         let file = std::fs::File::open(&a.path)?;
-        let reader = bar.wrap_read(std::io::BufReader::with_capacity(1 << 20, file));
+        let reader = bar.wrap_read(file);
         let root = add_reader(store.as_ref(), reader, opts).await?;
         bar.finish_and_clear();
         let name = a

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::io::Read;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cid::{Cid, Version};
 use rayon::prelude::*;
 
@@ -31,6 +31,9 @@ fn batch_len() -> usize {
     (rayon::current_num_threads() * 4).clamp(4, 32)
 }
 
+/// Seals plaintext chunk `index` (`last` when it ends the input) into the bytes of one leaf.
+pub(crate) type Sealer<'a> = &'a (dyn Fn(u64, bool, &[u8]) -> Vec<u8> + Sync);
+
 /// Reads fixed-size chunks and turns them into leaf blocks, a batch at a time, in parallel.
 struct Leaves<'a, R, F> {
     reader: R,
@@ -38,16 +41,32 @@ struct Leaves<'a, R, F> {
     sink: F,
     leaf_type: DataType,
     queue: VecDeque<Imported>,
+    /// Bytes per read chunk (the chunk size, or the plaintext size of a sealed leaf).
+    read_size: usize,
+    seal: Option<Sealer<'a>>,
+    /// The chunk after the current batch, read to learn whether the batch ends the input.
+    ahead: Option<Bytes>,
+    /// Reused read buffer: chunks are split off it, and its memory is reclaimed once they
+    /// are dropped, so a long import does not fault in fresh pages for every chunk.
+    pool: BytesMut,
+    scratch: Vec<u8>,
+    index: u64,
     eof: bool,
+    finished: bool,
     read: u64,
 }
 
 impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
     fn read_chunk(&mut self) -> Result<Option<Bytes>, ImportError> {
-        let mut buf = vec![0u8; self.opts.chunk_size];
+        if self.eof {
+            return Ok(None);
+        }
+        let size = self.read_size;
+        let start = self.pool.len();
+        self.pool.resize(start + size, 0);
         let mut filled = 0;
-        while filled < buf.len() {
-            match self.reader.read(&mut buf[filled..]) {
+        while filled < size {
+            match self.reader.read(&mut self.pool[start + filled..]) {
                 Ok(0) => {
                     self.eof = true;
                     break;
@@ -55,6 +74,7 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    self.pool.truncate(start);
                     return Err(ImportError::Read {
                         offset: self.read + filled as u64,
                         source: e,
@@ -62,38 +82,65 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
                 }
             }
         }
+        self.pool.truncate(start + filled);
         self.read += filled as u64;
         if filled == 0 {
             return Ok(None);
         }
-        buf.truncate(filled);
-        Ok(Some(Bytes::from(buf)))
+        Ok(Some(
+            self.pool.split_to(start + filled).split_off(start).freeze(),
+        ))
     }
 
     /// Refills the queue; after this, an empty queue means the input is exhausted.
     fn fill(&mut self) -> Result<(), ImportError> {
-        if !self.queue.is_empty() || self.eof {
+        if !self.queue.is_empty() || self.finished {
             return Ok(());
         }
-        let mut chunks = Vec::with_capacity(batch_len());
-        while chunks.len() < batch_len() && !self.eof {
+        let batch = batch_len();
+        let mut chunks = Vec::with_capacity(batch + 1);
+        // Move the look-ahead chunk into this batch's buffer, so that the previous buffer is
+        // unshared once its chunks are dropped and `reserve` can take it back.
+        let ahead = self.ahead.take().map(|a| {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&a);
+        });
+        self.pool.reserve(self.read_size * (batch + 1));
+        if ahead.is_some() {
+            self.pool.extend_from_slice(&self.scratch);
+            chunks.push(self.pool.split().freeze());
+        }
+        while chunks.len() < batch {
             match self.read_chunk()? {
                 Some(c) => chunks.push(c),
                 None => break,
             }
         }
-        let opts = self.opts;
-        let leaf_type = self.leaf_type;
-        let leaves: Vec<(Block, Imported)> = if chunks.len() > 1 {
-            chunks
-                .into_par_iter()
-                .map(|c| leaf(opts, leaf_type, c))
-                .collect()
+        self.ahead = self.read_chunk()?;
+        let ends = self.ahead.is_none();
+        if chunks.is_empty() && self.seal.is_some() && self.index == 0 {
+            // An empty item is one sealed empty chunk, so its end is authenticated too.
+            chunks.push(Bytes::new());
+        }
+        self.finished = ends;
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let (opts, leaf_type, seal) = (self.opts, self.leaf_type, self.seal);
+        let first = self.index;
+        let n = chunks.len();
+        self.index += n as u64;
+        let make = |(i, c): (usize, Bytes)| {
+            let c = match seal {
+                Some(seal) => Bytes::from(seal(first + i as u64, ends && i + 1 == n, &c)),
+                None => c,
+            };
+            leaf(opts, leaf_type, c)
+        };
+        let leaves: Vec<(Block, Imported)> = if n > 1 {
+            chunks.into_par_iter().enumerate().map(make).collect()
         } else {
-            chunks
-                .into_iter()
-                .map(|c| leaf(opts, leaf_type, c))
-                .collect()
+            chunks.into_iter().enumerate().map(make).collect()
         };
         for (block, info) in leaves {
             (self.sink)(block)?;
@@ -212,6 +259,35 @@ where
     R: Read,
     F: FnMut(Block) -> Result<(), ImportError>,
 {
+    import_chunks(reader, opts, None, sink)
+}
+
+/// Imports with each chunk passed through `seal` first (in parallel, like the hashing): the
+/// reader is cut into chunks of `plain_size` bytes and each sealed chunk becomes one leaf.
+pub(crate) fn import_sealed<R, F>(
+    reader: R,
+    opts: &ImportOptions,
+    plain_size: usize,
+    seal: Sealer<'_>,
+    sink: F,
+) -> Result<Imported, ImportError>
+where
+    R: Read,
+    F: FnMut(Block) -> Result<(), ImportError>,
+{
+    import_chunks(reader, opts, Some((plain_size, seal)), sink)
+}
+
+fn import_chunks<R, F>(
+    reader: R,
+    opts: &ImportOptions,
+    seal: Option<(usize, Sealer<'_>)>,
+    sink: F,
+) -> Result<Imported, ImportError>
+where
+    R: Read,
+    F: FnMut(Block) -> Result<(), ImportError>,
+{
     opts.validate()?;
     let leaf_type = match opts.layout {
         Layout::Balanced => DataType::File,
@@ -224,7 +300,14 @@ where
         sink,
         leaf_type,
         queue: VecDeque::new(),
+        read_size: seal.map_or(opts.chunk_size, |(p, _)| p),
+        seal: seal.map(|(_, s)| s),
+        ahead: None,
+        pool: BytesMut::new(),
+        scratch: Vec::new(),
+        index: 0,
         eof: false,
+        finished: false,
         read: 0,
     };
     match opts.layout {

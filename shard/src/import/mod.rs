@@ -11,6 +11,7 @@ pub(crate) mod hamt;
 mod options;
 
 pub use dir::{DirEntry, build_directory, import_path};
+pub(crate) use file::import_sealed;
 pub use file::{Imported, import_file};
 pub use options::{
     DEFAULT_CHUNK_SIZE, DEFAULT_HAMT_FANOUT, DEFAULT_HAMT_THRESHOLD, DEFAULT_MAX_LINKS,

@@ -17,6 +17,10 @@ const PINNED: TableDefinition<'_, &[u8], u64> = TableDefinition::new("pinned");
 /// Pinned roots.
 const PINS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("pins");
 
+/// The database's page cache: small, since blocks are read once per request and the
+/// operating system caches the file anyway.
+const CACHE_BYTES: usize = 16 << 20;
+
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into().to_string())
 }
@@ -93,7 +97,10 @@ impl DiskStore {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(db_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         for t in [SIZES, PINNED, PINS] {
             txn.open_table(t).map_err(db_err)?;

@@ -86,10 +86,12 @@ pub trait BlockStore: Send + Sync {
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
-/// Blocks sent from the importer thread to the store per write.
+/// Most blocks sent from the importer thread to the store per write.
 const PUT_BATCH: usize = 64;
+/// Most bytes sent from the importer thread to the store per write.
+const PUT_BATCH_BYTES: usize = 4 << 20;
 /// Batches in flight between the importer thread and the store.
-const CHANNEL_BOUND: usize = 4;
+const CHANNEL_BOUND: usize = 2;
 
 /// Imports from a blocking reader into `store` (or only hashes, when `store` is `None`).
 ///
@@ -120,6 +122,28 @@ where
     R: Read + Send + 'static,
 {
     run_import(store, move |sink| import_file(reader, &opts, sink)).await
+}
+
+/// Encrypts and imports from a blocking reader, like [`add_reader`], with
+/// [`crate::crypto::import_encrypted`] (sealing and hashing on every core).
+///
+/// # Errors
+///
+/// As [`add_reader`].
+pub async fn add_encrypted<S, R>(
+    store: Option<&S>,
+    reader: R,
+    key: crate::crypto::ContentKey,
+    opts: ImportOptions,
+) -> Result<Imported, ImportError>
+where
+    S: BlockStore,
+    R: Read + Send + 'static,
+{
+    run_import(store, move |sink| {
+        crate::crypto::import_encrypted(reader, &key, &opts, sink)
+    })
+    .await
 }
 
 /// Imports a file or directory tree (`ipfs add -r`) into `store`, like [`add_reader`].
@@ -157,13 +181,16 @@ where
     let (tx, mut rx) = mpsc::channel::<Vec<Block>>(CHANNEL_BOUND);
     let worker = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(PUT_BATCH);
+        let mut batch_bytes = 0;
         let closed = || ImportError::Sink("store writer stopped".into());
         let mut sink = |block: Block| {
             if !store_blocks {
                 return Ok(());
             }
+            batch_bytes += block.data().len();
             batch.push(block);
-            if batch.len() >= PUT_BATCH {
+            if batch.len() >= PUT_BATCH || batch_bytes >= PUT_BATCH_BYTES {
+                batch_bytes = 0;
                 tx.blocking_send(std::mem::take(&mut batch))
                     .map_err(|_| closed())?;
             }
