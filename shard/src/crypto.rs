@@ -166,16 +166,31 @@ impl ContentKey {
     /// If `plain` is longer than [`PLAIN_CHUNK`] — a caller bug, not an input error.
     pub fn seal_chunk(&self, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
         assert!(plain.len() <= PLAIN_CHUNK, "plaintext chunk too long");
+        let mut buf = vec![0u8; plain.len() + TAG_LEN];
+        buf[..plain.len()].copy_from_slice(plain);
+        self.seal_in_place(index, last, &mut buf);
+        buf
+    }
+
+    /// Seals in place: `buf` holds the plaintext followed by [`TAG_LEN`] spare bytes, and
+    /// holds the shard afterwards.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than [`TAG_LEN`] or longer than [`SHARD_SIZE`] (a caller bug).
+    pub fn seal_in_place(&self, index: u64, last: bool, buf: &mut [u8]) {
+        assert!(
+            (TAG_LEN..=SHARD_SIZE).contains(&buf.len()),
+            "buffer must hold a chunk and its tag"
+        );
         let (nonce, aad) = self.nonce_aad(index, last);
         let cipher = XChaCha20Poly1305::new(Key::from_slice(&self.key));
-        let mut buf = Vec::with_capacity(plain.len() + TAG_LEN);
-        buf.extend_from_slice(plain);
+        let (body, tag_out) = buf.split_at_mut(buf.len() - TAG_LEN);
         // Encryption only fails for messages beyond 256 GiB.
         let tag = cipher
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, &mut buf)
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &aad, body)
             .unwrap_or_default();
-        buf.extend_from_slice(&tag);
-        buf
+        tag_out.copy_from_slice(&tag);
     }
 
     /// Opens shard `index`.
@@ -314,8 +329,8 @@ where
     F: FnMut(crate::Block) -> Result<(), crate::import::ImportError>,
 {
     let opts = encrypted_options(opts.clone());
-    let seal = |index: u64, last: bool, plain: &[u8]| key.seal_chunk(index, last, plain);
-    crate::import::import_sealed(reader, &opts, PLAIN_CHUNK, &seal, sink)
+    let seal = |index: u64, last: bool, buf: &mut [u8]| key.seal_in_place(index, last, buf);
+    crate::import::import_sealed(reader, &opts, PLAIN_CHUNK, TAG_LEN, &seal, sink)
 }
 
 /// The plaintext length of a sealed stream of `len` bytes, if `len` is a valid one.

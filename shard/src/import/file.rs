@@ -31,8 +31,9 @@ fn batch_len() -> usize {
     (rayon::current_num_threads() * 4).clamp(4, 32)
 }
 
-/// Seals plaintext chunk `index` (`last` when it ends the input) into the bytes of one leaf.
-pub(crate) type Sealer<'a> = &'a (dyn Fn(u64, bool, &[u8]) -> Vec<u8> + Sync);
+/// Seals plaintext chunk `index` (`last` when it ends the input) in place: the buffer holds the
+/// plaintext followed by `SEAL_OVERHEAD` spare bytes, and holds the sealed leaf afterwards.
+pub(crate) type Sealer<'a> = &'a (dyn Fn(u64, bool, &mut [u8]) + Sync);
 
 /// Reads fixed-size chunks and turns them into leaf blocks, a batch at a time, in parallel.
 struct Leaves<'a, R, F> {
@@ -44,8 +45,10 @@ struct Leaves<'a, R, F> {
     /// Bytes per read chunk (the chunk size, or the plaintext size of a sealed leaf).
     read_size: usize,
     seal: Option<Sealer<'a>>,
+    /// Spare bytes after each chunk for the sealer.
+    seal_overhead: usize,
     /// The chunk after the current batch, read to learn whether the batch ends the input.
-    ahead: Option<Bytes>,
+    ahead: Option<BytesMut>,
     /// Reused read buffer: chunks are split off it, and its memory is reclaimed once they
     /// are dropped, so a long import does not fault in fresh pages for every chunk.
     pool: BytesMut,
@@ -57,7 +60,7 @@ struct Leaves<'a, R, F> {
 }
 
 impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
-    fn read_chunk(&mut self) -> Result<Option<Bytes>, ImportError> {
+    fn read_chunk(&mut self) -> Result<Option<BytesMut>, ImportError> {
         if self.eof {
             return Ok(None);
         }
@@ -82,14 +85,16 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
                 }
             }
         }
-        self.pool.truncate(start + filled);
         self.read += filled as u64;
         if filled == 0 {
+            self.pool.truncate(start);
             return Ok(None);
         }
-        Ok(Some(
-            self.pool.split_to(start + filled).split_off(start).freeze(),
-        ))
+        // Room for the tag of a sealed chunk, written in place later.
+        let end = start + filled + self.seal_overhead;
+        self.pool.truncate(start + filled);
+        self.pool.resize(end, 0);
+        Ok(Some(self.pool.split_to(end).split_off(start)))
     }
 
     /// Refills the queue; after this, an empty queue means the input is exhausted.
@@ -99,7 +104,7 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
         }
         let batch = batch_len();
         let mut chunks = Vec::with_capacity(batch + 1);
-        // Move the look-ahead chunk into this batch's buffer, so that the previous buffer is
+        // Move the look-ahead chunk (with its spare bytes) into this batch's buffer, so that the previous buffer is
         // unshared once its chunks are dropped and `reserve` can take it back.
         let ahead = self.ahead.take().map(|a| {
             self.scratch.clear();
@@ -108,7 +113,7 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
         self.pool.reserve(self.read_size * (batch + 1));
         if ahead.is_some() {
             self.pool.extend_from_slice(&self.scratch);
-            chunks.push(self.pool.split().freeze());
+            chunks.push(self.pool.split());
         }
         while chunks.len() < batch {
             match self.read_chunk()? {
@@ -120,7 +125,7 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
         let ends = self.ahead.is_none();
         if chunks.is_empty() && self.seal.is_some() && self.index == 0 {
             // An empty item is one sealed empty chunk, so its end is authenticated too.
-            chunks.push(Bytes::new());
+            chunks.push(BytesMut::zeroed(self.seal_overhead));
         }
         self.finished = ends;
         if chunks.is_empty() {
@@ -130,12 +135,11 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
         let first = self.index;
         let n = chunks.len();
         self.index += n as u64;
-        let make = |(i, c): (usize, Bytes)| {
-            let c = match seal {
-                Some(seal) => Bytes::from(seal(first + i as u64, ends && i + 1 == n, &c)),
-                None => c,
-            };
-            leaf(opts, leaf_type, c)
+        let make = |(i, mut c): (usize, BytesMut)| {
+            if let Some(seal) = seal {
+                seal(first + i as u64, ends && i + 1 == n, &mut c);
+            }
+            leaf(opts, leaf_type, c.freeze())
         };
         let leaves: Vec<(Block, Imported)> = if n > 1 {
             chunks.into_par_iter().enumerate().map(make).collect()
@@ -268,6 +272,7 @@ pub(crate) fn import_sealed<R, F>(
     reader: R,
     opts: &ImportOptions,
     plain_size: usize,
+    overhead: usize,
     seal: Sealer<'_>,
     sink: F,
 ) -> Result<Imported, ImportError>
@@ -275,13 +280,13 @@ where
     R: Read,
     F: FnMut(Block) -> Result<(), ImportError>,
 {
-    import_chunks(reader, opts, Some((plain_size, seal)), sink)
+    import_chunks(reader, opts, Some((plain_size, overhead, seal)), sink)
 }
 
 fn import_chunks<R, F>(
     reader: R,
     opts: &ImportOptions,
-    seal: Option<(usize, Sealer<'_>)>,
+    seal: Option<(usize, usize, Sealer<'_>)>,
     sink: F,
 ) -> Result<Imported, ImportError>
 where
@@ -300,8 +305,9 @@ where
         sink,
         leaf_type,
         queue: VecDeque::new(),
-        read_size: seal.map_or(opts.chunk_size, |(p, _)| p),
-        seal: seal.map(|(_, s)| s),
+        read_size: seal.map_or(opts.chunk_size, |(p, _, _)| p),
+        seal_overhead: seal.map_or(0, |(_, o, _)| o),
+        seal: seal.map(|(_, _, s)| s),
         ahead: None,
         pool: BytesMut::new(),
         scratch: Vec::new(),

@@ -19,7 +19,7 @@ const PINS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("pins");
 
 /// The database's page cache: small, since blocks are read once per request and the
 /// operating system caches the file anyway.
-const CACHE_BYTES: usize = 16 << 20;
+const CACHE_BYTES: usize = 8 << 20;
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Database(e.into().to_string())
