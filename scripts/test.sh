@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# protoc and the well-known protobuf types build Hedera's protobufs (the `hedera` feature).
+if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/wrappers.proto ] \
+    || ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl; then
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    $sudo_ apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev libssl-dev pkg-config
+fi
+
 # JS reference implementation for the interop tests (versions pinned by package-lock.json).
 if [ ! -d interop/js/node_modules ] || ! (cd interop/js && npm ls --silent >/dev/null 2>&1); then
     npm ci --prefix interop/js --no-audit --no-fund --loglevel=error

@@ -35,6 +35,8 @@ pub const MAX_METADATA_BYTES: usize = 100;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Longest memo, in bytes.
 pub const MAX_MEMO_BYTES: usize = 100;
+/// Seconds of its valid duration a transaction must have left to be accepted.
+pub const EXPIRY_MARGIN_SECS: i64 = 10;
 /// Shortest and longest valid duration, in seconds.
 pub const VALID_DURATION_SECS: std::ops::RangeInclusive<i64> = 15..=180;
 

@@ -118,10 +118,12 @@ pub(super) fn apply(
     if !fees::VALID_DURATION_SECS.contains(&tx.valid_duration_secs) {
         return precheck(Status::InvalidTransactionDuration);
     }
-    if id.valid_start > now {
+    // Hedera's time box: the start must be in the past, and the transaction must still have
+    // 10 s of its valid duration left.
+    if id.valid_start >= now {
         return precheck(Status::InvalidTransactionStart);
     }
-    if id.valid_start.plus_secs(tx.valid_duration_secs) <= now {
+    if id.valid_start.plus_secs(tx.valid_duration_secs - fees::EXPIRY_MARGIN_SECS) < now {
         return precheck(Status::TransactionExpired);
     }
     if tx.memo.len() > fees::MAX_MEMO_BYTES {
