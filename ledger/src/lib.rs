@@ -3,6 +3,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod fees;
+#[cfg(feature = "hedera")]
+pub mod hedera;
 pub mod local;
 pub mod running_hash;
 mod status;
@@ -69,8 +71,9 @@ pub struct TopicMessage {
     pub message: Bytes,
     /// Running hash after this message.
     pub running_hash: Vec<u8>,
-    /// The submitting transaction.
-    pub id: TransactionId,
+    /// The submitting transaction, where known (the mirror node's gRPC stream names it only
+    /// for chunked messages, through their chunk info).
+    pub id: Option<TransactionId>,
     /// Chunk position, for chunked messages.
     pub chunk: Option<ChunkInfo>,
 }
@@ -221,6 +224,38 @@ pub trait Ledger: Send + Sync {
 
     /// The ledger's current time, for choosing valid starts.
     fn now(&self) -> Timestamp;
+
+    /// Submits a message of any length to `topic`, chunked as the SDKs chunk it (1,024 bytes,
+    /// at most 20 chunks). Returns the receipt of each chunk.
+    ///
+    /// # Errors
+    ///
+    /// As [`Ledger::execute`]; `MESSAGE_SIZE_TOO_LARGE` above 20 chunks.
+    fn submit_message(
+        &self,
+        payer: &Operator,
+        topic: TopicId,
+        message: Bytes,
+        submit_key: Option<&SigningKey>,
+    ) -> impl Future<Output = Result<Vec<Receipt>, LedgerError>> + Send {
+        async move {
+            let first = TransactionId::generate(payer.account, self.now());
+            let txs = tx::chunk_message(first, topic, &message, fees::MAX_MESSAGE_BYTES);
+            if txs.len() > 20 {
+                return Err(LedgerError::Precheck {
+                    status: Status::MessageSizeTooLarge,
+                    id: first,
+                });
+            }
+            let mut out = Vec::with_capacity(txs.len());
+            for t in txs {
+                let mut signers = vec![&payer.key];
+                signers.extend(submit_key);
+                out.push(self.execute(t, &signers).await?);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// An account and the key that signs for it.
@@ -290,38 +325,6 @@ pub trait LedgerExt: Ledger {
                 },
             );
             self.execute(tx, &[&from.key]).await
-        }
-    }
-
-    /// Submits a message of any length to `topic`, chunked as the SDKs chunk it (1,024 bytes,
-    /// at most 20 chunks). Returns the receipt of each chunk.
-    ///
-    /// # Errors
-    ///
-    /// As [`Ledger::execute`]; `MESSAGE_SIZE_TOO_LARGE` above 20 chunks.
-    fn submit_message(
-        &self,
-        payer: &Operator,
-        topic: TopicId,
-        message: Bytes,
-        submit_key: Option<&SigningKey>,
-    ) -> impl Future<Output = Result<Vec<Receipt>, LedgerError>> + Send {
-        async move {
-            let first = TransactionId::generate(payer.account, self.now());
-            let txs = tx::chunk_message(first, topic, &message, fees::MAX_MESSAGE_BYTES);
-            if txs.len() > 20 {
-                return Err(LedgerError::Precheck {
-                    status: Status::MessageSizeTooLarge,
-                    id: first,
-                });
-            }
-            let mut out = Vec::with_capacity(txs.len());
-            for t in txs {
-                let mut signers = vec![&payer.key];
-                signers.extend(submit_key);
-                out.push(self.execute(t, &signers).await?);
-            }
-            Ok(out)
         }
     }
 }

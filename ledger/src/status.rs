@@ -50,6 +50,10 @@ statuses! {
     TransactionOversize => "TRANSACTION_OVERSIZE",
     /// Every other rule passed but the network is too busy; retry.
     Busy => "BUSY",
+    /// The operation is not supported by this ledger.
+    NotSupported => "NOT_SUPPORTED",
+    /// A transaction id that is malformed.
+    InvalidTransactionId => "INVALID_TRANSACTION_ID",
     /// The valid start plus valid duration is in the past.
     TransactionExpired => "TRANSACTION_EXPIRED",
     /// The transaction has no body or an unknown kind.

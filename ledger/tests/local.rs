@@ -36,6 +36,11 @@ async fn local() -> Harness<LocalLedger> {
 
 conformance_tests!(local());
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_positions() {
+    suite::chunk_positions(local().await).await
+}
+
 #[tokio::test]
 async fn state_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();

@@ -123,7 +123,11 @@ pub(super) fn apply(
     if id.valid_start >= now {
         return precheck(Status::InvalidTransactionStart);
     }
-    if id.valid_start.plus_secs(tx.valid_duration_secs - fees::EXPIRY_MARGIN_SECS) < now {
+    if id
+        .valid_start
+        .plus_secs(tx.valid_duration_secs - fees::EXPIRY_MARGIN_SECS)
+        < now
+    {
         return precheck(Status::TransactionExpired);
     }
     if tx.memo.len() > fees::MAX_MEMO_BYTES {
@@ -399,7 +403,7 @@ fn handle(
                 consensus,
                 message: message.clone(),
                 running_hash: hash.to_vec(),
-                id: tx.id,
+                id: Some(tx.id),
                 chunk: *chunk,
             };
             t.messages
