@@ -154,5 +154,76 @@ fn topic_reads(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, transfers, topic_reads);
+/// One transfer at a time (latency) and 64 in flight (throughput), in-process and through the
+/// official SDK over loopback gRPC to a node serving the same embedded ledger.
+fn latency(c: &mut Criterion) {
+    let (_dir, ledger, treasury, rt) = setup();
+    let mut g = c.benchmark_group("ledger_backends");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(8));
+    let dest = AccountId::new(3);
+    g.bench_function("transfer_latency_in_process", |b| {
+        b.iter(|| {
+            rt.block_on(streamspace_ledger::LedgerExt::transfer(
+                &ledger, &treasury, dest, 1,
+            ))
+            .expect("transfer")
+        })
+    });
+    #[cfg(feature = "hedera")]
+    {
+        use streamspace_ledger::hedera::{HederaLedger, server::LoopbackNode};
+        let node = rt
+            .block_on(LoopbackNode::start(ledger.clone()))
+            .expect("node");
+        let sdk = HederaLedger::loopback(node.node, node.mirror, &treasury).expect("sdk");
+        g.bench_function("transfer_latency_sdk_loopback", |b| {
+            b.iter(|| {
+                rt.block_on(streamspace_ledger::LedgerExt::transfer(
+                    &sdk, &treasury, dest, 1,
+                ))
+                .expect("transfer")
+            })
+        });
+        g.throughput(Throughput::Elements(64));
+        g.bench_function("transfers_64_concurrent_sdk_loopback", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let (l, t) = (sdk.clone(), treasury.clone());
+                            tokio::spawn(async move {
+                                streamspace_ledger::LedgerExt::transfer(&l, &t, dest, 1).await
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task").expect("transfer");
+                    }
+                })
+            })
+        });
+        g.bench_function("transfers_64_concurrent_in_process", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..64)
+                        .map(|_| {
+                            let (l, t) = (ledger.clone(), treasury.clone());
+                            tokio::spawn(async move {
+                                streamspace_ledger::LedgerExt::transfer(&l, &t, dest, 1).await
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.expect("task").expect("transfer");
+                    }
+                })
+            })
+        });
+        drop(node);
+    }
+    g.finish();
+}
+
+criterion_group!(benches, transfers, topic_reads, latency);
 criterion_main!(benches);

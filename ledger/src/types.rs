@@ -188,13 +188,29 @@ pub struct TransactionId {
 }
 
 impl TransactionId {
-    /// An id for `payer` starting now (minus a small margin for clock skew, as the SDKs do).
+    /// An id for `payer` starting one second before `now` (a margin for clock skew, as the SDKs
+    /// leave), and distinct from every id generated before in this process: the valid starts
+    /// handed out increase by at least a nanosecond each time, so a payer can submit at any rate
+    /// without two of its transactions colliding as duplicates.
     pub fn generate(payer: AccountId, now: Timestamp) -> Self {
-        // A random sub-second offset keeps ids from one payer distinct within a second.
-        let jitter = i128::from(rand::random::<u32>() % 1_000_000_000);
+        static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
+        let want = i64::try_from(now.as_nanos() - 1_000_000_000).unwrap_or(i64::MAX - 1);
+        let mut prev = LAST.load(std::sync::atomic::Ordering::Relaxed);
+        let start = loop {
+            let next = want.max(prev.saturating_add(1));
+            match LAST.compare_exchange_weak(
+                prev,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            ) {
+                Ok(_) => break next,
+                Err(p) => prev = p,
+            }
+        };
         Self {
             payer,
-            valid_start: Timestamp::from_nanos(now.as_nanos() - 1_000_000_000 - jitter),
+            valid_start: Timestamp::from_nanos(i128::from(start)),
         }
     }
 
