@@ -189,3 +189,63 @@ proptest! {
         })?;
     }
 }
+
+/// The valid-start window and consensus times follow the injected clock.
+#[tokio::test]
+async fn injected_clock_drives_the_time_box() {
+    use streamspace_ledger::{ManualClock, Status, Timestamp, Transaction, TxKind};
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(200);
+    let clock = ManualClock::new(Timestamp {
+        secs: 1_700_000_000,
+        nanos: 0,
+    });
+    let ledger = LocalLedger::open(
+        dir.path().join("c.redb"),
+        PublicKey::from(&k),
+        Arc::new(clock.clone()),
+    )
+    .unwrap();
+    let t = Operator {
+        account: TREASURY,
+        key: k.clone(),
+    };
+    let id = TransactionId::generate(TREASURY, ledger.now());
+    let tx = |id| {
+        Transaction::new(
+            id,
+            TxKind::Transfer {
+                hbar: vec![(TREASURY, -1), (FEE_COLLECTOR, 1)],
+                nfts: vec![],
+            },
+        )
+    };
+    // 120 s valid duration, 10 s margin: still fine after 100 s, expired after 115 s.
+    clock.advance(100);
+    let r = ledger.execute(tx(id), &[&k]).await.unwrap();
+    assert_eq!(
+        r.consensus,
+        Timestamp {
+            secs: 1_700_000_100,
+            nanos: 0
+        }
+    );
+    let id = TransactionId::generate(TREASURY, ledger.now());
+    clock.advance(115);
+    assert_eq!(
+        ledger.execute(tx(id), &[&k]).await.unwrap_err().status(),
+        Some(Status::TransactionExpired)
+    );
+    // A stopped clock still gives strictly increasing consensus times.
+    let a = ledger
+        .transfer(&t, FEE_COLLECTOR, 1)
+        .await
+        .unwrap()
+        .consensus;
+    let b = ledger
+        .transfer(&t, FEE_COLLECTOR, 1)
+        .await
+        .unwrap()
+        .consensus;
+    assert!(b > a);
+}

@@ -1,0 +1,362 @@
+//! Durable, idempotent settlement of a period.
+//!
+//! The [`Journal`] (one redb file) records every receipt as it arrives and every settlement
+//! step before it is sent. Closing a period first writes the whole plan — each transfer and the
+//! anchor message with the transaction id it will use — in one database transaction; then sends
+//! the steps in order, marking each done once the ledger confirms it. A process killed at any
+//! point resumes from the journal: a step that reached consensus is found by its transaction id
+//! (the ledger refuses the resend as a duplicate and its receipt says so), a step that never
+//! did is sent again. Nothing is paid twice, nothing is lost.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use streamspace_ledger::{
+    AccountId, Ledger, LedgerError, Operator, Status, Timestamp, TopicId, Transaction,
+    TransactionId, TxKind,
+};
+
+use crate::merkle::{Hash, Tree};
+use crate::netting::{NettingError, plan};
+use crate::receipt::SignedReceipt;
+
+/// (period, payer, payee) → newest receipt.
+const RECEIPTS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("receipts");
+/// (period, step) → planned or done step.
+const STEPS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("steps");
+
+/// Settlement failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettleError {
+    /// The journal's storage failed.
+    #[error("journal: {0}")]
+    Journal(String),
+    /// The period cannot be netted.
+    #[error(transparent)]
+    Netting(#[from] NettingError),
+    /// The ledger refused a step for a reason a retry will not fix.
+    #[error("settlement step {step}: {source}")]
+    Ledger {
+        /// Step index.
+        step: u32,
+        /// The ledger's error.
+        source: LedgerError,
+    },
+    /// Stopped by fault injection (tests): the journal holds everything done so far.
+    #[error("interrupted before step {0}")]
+    Interrupted(u32),
+}
+
+fn journal_err(e: impl std::fmt::Display) -> SettleError {
+    SettleError::Journal(e.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Action {
+    Transfer(Vec<(AccountId, i64)>),
+    Anchor(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Step {
+    id: TransactionId,
+    action: Action,
+    done: Option<Timestamp>,
+}
+
+/// The durable record of receipts and settlement steps.
+#[derive(Clone)]
+pub struct Journal {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens or creates the journal file.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Journal`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, SettleError> {
+        let db = Database::create(path.as_ref()).map_err(journal_err)?;
+        let txn = db.begin_write().map_err(journal_err)?;
+        txn.open_table(RECEIPTS).map_err(journal_err)?;
+        txn.open_table(STEPS).map_err(journal_err)?;
+        txn.commit().map_err(journal_err)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Records receipts durably, keeping the newest per (period, payer, payee). Receipts must
+    /// already be verified (see [`crate::book::ReceiptBook`]).
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Journal`].
+    pub fn record(&self, receipts: &[SignedReceipt]) -> Result<(), SettleError> {
+        let txn = self.db.begin_write().map_err(journal_err)?;
+        {
+            let mut t = txn.open_table(RECEIPTS).map_err(journal_err)?;
+            for r in receipts {
+                let key = (r.body.period, r.body.payer.num(), r.body.payee.num());
+                let newer = match t.get(key).map_err(journal_err)? {
+                    Some(old) => SignedReceipt::decode(old.value())
+                        .map_or(true, |o| r.body.shards > o.body.shards),
+                    None => true,
+                };
+                if newer {
+                    t.insert(key, r.encode().as_slice()).map_err(journal_err)?;
+                }
+            }
+        }
+        txn.commit().map_err(journal_err)
+    }
+
+    /// The newest receipts of `period`, by payer then payee.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Journal`].
+    pub fn receipts(&self, period: u64) -> Result<Vec<SignedReceipt>, SettleError> {
+        let txn = self.db.begin_read().map_err(journal_err)?;
+        let t = txn.open_table(RECEIPTS).map_err(journal_err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((period, 0, 0)..=(period, u64::MAX, u64::MAX))
+            .map_err(journal_err)?
+        {
+            let (_, v) = row.map_err(journal_err)?;
+            out.push(SignedReceipt::decode(v.value()).map_err(journal_err)?);
+        }
+        Ok(out)
+    }
+
+    fn steps(&self, period: u64) -> Result<Vec<Step>, SettleError> {
+        let txn = self.db.begin_read().map_err(journal_err)?;
+        let t = txn.open_table(STEPS).map_err(journal_err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((period, 0)..=(period, u32::MAX))
+            .map_err(journal_err)?
+        {
+            let (_, v) = row.map_err(journal_err)?;
+            out.push(postcard::from_bytes(v.value()).map_err(journal_err)?);
+        }
+        Ok(out)
+    }
+
+    fn put_steps(&self, period: u64, steps: &[(u32, &Step)]) -> Result<(), SettleError> {
+        let txn = self.db.begin_write().map_err(journal_err)?;
+        {
+            let mut t = txn.open_table(STEPS).map_err(journal_err)?;
+            for (i, s) in steps {
+                let v = postcard::to_allocvec(s).map_err(journal_err)?;
+                t.insert((period, *i), v.as_slice()).map_err(journal_err)?;
+            }
+        }
+        txn.commit().map_err(journal_err)
+    }
+}
+
+/// Where a fault may be injected (tests of crash safety).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// After the plan is journaled, before the step is sent.
+    BeforeSend,
+    /// After the ledger confirmed the step, before the journal records it.
+    AfterSend,
+}
+
+/// What closing a period did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Receipts settled.
+    pub receipts: usize,
+    /// Ledger transfers in the plan.
+    pub transfers: usize,
+    /// Tinybars paid out of the clearing account.
+    pub paid_out: u64,
+    /// Merkle root of the settled receipts, anchored on the topic.
+    pub root: Hash,
+    /// Ledger fees of the steps sent by this call.
+    pub fees: i64,
+}
+
+/// Settles periods out of a clearing account.
+#[derive(Debug)]
+pub struct Settler<L> {
+    ledger: L,
+    journal: Journal,
+    clearing: Operator,
+    topic: TopicId,
+}
+
+/// The anchor message: a tag, the period, the receipt count and the Merkle root.
+pub fn anchor_message(period: u64, count: u64, root: &Hash) -> Vec<u8> {
+    let mut m = b"streamspace-period-v1".to_vec();
+    m.extend_from_slice(&period.to_be_bytes());
+    m.extend_from_slice(&count.to_be_bytes());
+    m.extend_from_slice(root);
+    m
+}
+
+impl<L: Ledger> Settler<L> {
+    /// A settler paying from `clearing` and anchoring on `topic`.
+    pub fn new(ledger: L, journal: Journal, clearing: Operator, topic: TopicId) -> Self {
+        Self {
+            ledger,
+            journal,
+            clearing,
+            topic,
+        }
+    }
+
+    /// Closes `period`: nets its journaled receipts against `collateral`, pays out and anchors
+    /// the Merkle root. Safe to call again after any failure or crash.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError`].
+    pub async fn close(
+        &self,
+        period: u64,
+        collateral: &BTreeMap<AccountId, u64>,
+    ) -> Result<Report, SettleError> {
+        self.close_with_faults(period, collateral, |_, _| false)
+            .await
+    }
+
+    /// [`Settler::close`], stopping with [`SettleError::Interrupted`] where `fault` says.
+    ///
+    /// # Errors
+    ///
+    /// As [`Settler::close`].
+    pub async fn close_with_faults(
+        &self,
+        period: u64,
+        collateral: &BTreeMap<AccountId, u64>,
+        fault: impl Fn(u32, Phase) -> bool,
+    ) -> Result<Report, SettleError> {
+        let receipts = self.journal.receipts(period)?;
+        let netted = plan(&receipts, collateral)?;
+        let root = Tree::new(&receipts).root();
+        let transfers = netted.transfers(self.clearing.account);
+        let mut steps = self.journal.steps(period)?;
+        if steps.is_empty() {
+            // Plan once, durably, with the transaction id of every step.
+            let start = self.ledger.now().as_nanos() - 1_000_000_000;
+            let mut actions: Vec<Action> =
+                transfers.iter().cloned().map(Action::Transfer).collect();
+            actions.push(Action::Anchor(anchor_message(
+                period,
+                receipts.len() as u64,
+                &root,
+            )));
+            steps = actions
+                .into_iter()
+                .enumerate()
+                .map(|(i, action)| Step {
+                    id: TransactionId {
+                        payer: self.clearing.account,
+                        valid_start: Timestamp::from_nanos(start + i as i128),
+                    },
+                    action,
+                    done: None,
+                })
+                .collect();
+            let refs: Vec<_> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i as u32, s))
+                .collect();
+            self.journal.put_steps(period, &refs)?;
+        }
+        let mut fees = 0;
+        for (i, step) in steps.iter_mut().enumerate() {
+            let i = i as u32;
+            if step.done.is_some() {
+                continue;
+            }
+            if fault(i, Phase::BeforeSend) {
+                return Err(SettleError::Interrupted(i));
+            }
+            let consensus = self.send(i, step, period).await?;
+            fees += self
+                .ledger
+                .record(step.id)
+                .await
+                .map(|r| r.fee)
+                .unwrap_or(0);
+            if fault(i, Phase::AfterSend) {
+                return Err(SettleError::Interrupted(i));
+            }
+            step.done = Some(consensus);
+            self.journal.put_steps(period, &[(i, step)])?;
+        }
+        Ok(Report {
+            receipts: receipts.len(),
+            transfers: transfers.len(),
+            paid_out: netted.payouts.iter().map(|(_, v)| v).sum(),
+            root,
+            fees,
+        })
+    }
+
+    /// Sends one step with its journaled id; a resend of a step that already reached consensus
+    /// is recognised, not repeated.
+    async fn send(&self, i: u32, step: &mut Step, period: u64) -> Result<Timestamp, SettleError> {
+        loop {
+            let kind = match &step.action {
+                Action::Transfer(list) => TxKind::Transfer {
+                    hbar: list.clone(),
+                    nfts: Vec::new(),
+                },
+                Action::Anchor(m) => TxKind::SubmitMessage {
+                    topic: self.topic,
+                    message: Bytes::from(m.clone()),
+                    chunk: None,
+                },
+            };
+            let tx = Transaction::new(step.id, kind)
+                .with_memo(format!("streamspace settlement {period}/{i}"));
+            match self.ledger.execute(tx, &[&self.clearing.key]).await {
+                Ok(r) => return Ok(r.consensus),
+                Err(LedgerError::Precheck {
+                    status: Status::DuplicateTransaction | Status::TransactionExpired,
+                    ..
+                }) => {
+                    match self.ledger.receipt(step.id).await {
+                        Ok(r) if r.status == Status::Success => return Ok(r.consensus),
+                        Ok(r) => {
+                            return Err(SettleError::Ledger {
+                                step: i,
+                                source: LedgerError::Failed {
+                                    status: r.status,
+                                    id: step.id,
+                                },
+                            });
+                        }
+                        Err(e) if e.status() == Some(Status::ReceiptNotFound) => {
+                            // Never reached consensus and can no longer: journal a fresh id.
+                            step.id =
+                                TransactionId::generate(self.clearing.account, self.ledger.now());
+                            self.journal.put_steps(period, &[(i, step)])?;
+                        }
+                        Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
+                    }
+                }
+                Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
+            }
+        }
+    }
+}

@@ -1,0 +1,469 @@
+//! Receipts, exposure, fraud proofs, netting properties, and settlement that survives a crash
+//! at every step without paying twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use streamspace_ledger::local::TREASURY;
+use streamspace_ledger::{
+    AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Transaction,
+    TransactionId, TxKind,
+};
+use streamspace_payments::book::{BookError, PayerTab, ReceiptBook, Terms};
+use streamspace_payments::fraud::{FraudProof, FraudProofError};
+use streamspace_payments::merkle::{Tree, verify};
+use streamspace_payments::netting::{MAX_RECIPIENTS, NettingError, plan};
+use streamspace_payments::receipt::{ReceiptBody, ReceiptError, SignedReceipt, verify_batch};
+use streamspace_payments::settle::{Journal, Phase, SettleError, Settler, anchor_message};
+
+fn key(s: u8) -> SigningKey {
+    SigningKey::from_bytes(&[s; 32])
+}
+
+fn body(payer: u64, payee: u64, amount: u64, shards: u64) -> ReceiptBody {
+    ReceiptBody {
+        payer: AccountId::new(payer),
+        payee: AccountId::new(payee),
+        period: 1,
+        amount,
+        shards,
+    }
+}
+
+#[test]
+fn forged_truncated_and_tampered_receipts_are_refused() {
+    let r = body(1001, 1002, 500, 5).sign(&key(1));
+    let bytes = r.encode();
+    assert_eq!(
+        SignedReceipt::decode(&bytes[..100]),
+        Err(ReceiptError::Length(100))
+    );
+    let mut v = bytes;
+    v[0] = 9;
+    assert_eq!(SignedReceipt::decode(&v), Err(ReceiptError::Version(9)));
+    let mut v = bytes;
+    v[5] ^= 1;
+    assert_eq!(SignedReceipt::decode(&v), Err(ReceiptError::Domain));
+    // Raising the amount breaks the signature.
+    let mut v = bytes;
+    v[80] ^= 1;
+    assert_eq!(
+        SignedReceipt::decode(&v).unwrap().verify(),
+        Err(ReceiptError::BadSignature)
+    );
+    // Batch verification catches one bad receipt among many.
+    let mut many: Vec<_> = (0..20)
+        .map(|i| body(1001, 1002 + i, 10, 1).sign(&key(1)))
+        .collect();
+    assert!(verify_batch(&many).is_ok());
+    many[7].body.amount += 1;
+    assert!(verify_batch(&many).is_err());
+}
+
+#[test]
+fn payee_book_refuses_and_counts_bad_receipts() {
+    let (me, viewer, other) = (
+        AccountId::new(2000),
+        AccountId::new(1001),
+        AccountId::new(1003),
+    );
+    let terms = Terms {
+        price_per_shard: 100,
+        max_ahead: 2,
+    };
+    let mut book = ReceiptBook::new(me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1_000);
+    let mut tab = PayerTab::new(viewer, key(1), 1);
+    for _ in 0..2 {
+        book.serve(viewer).unwrap();
+        tab.received(me);
+    }
+    assert!(matches!(
+        book.serve(viewer),
+        Err(BookError::ReceiptDue { unpaid: 2, .. })
+    ));
+    assert!(matches!(book.serve(other), Err(BookError::UnknownPayer(_))));
+
+    let good = tab.sign(me, 100).unwrap();
+    let cases: Vec<(SignedReceipt, &str)> = vec![
+        (
+            ReceiptBody {
+                payee: AccountId::new(9),
+                ..good.body
+            }
+            .sign(&key(1)),
+            "wrong_payee",
+        ),
+        (
+            ReceiptBody {
+                period: 2,
+                ..good.body
+            }
+            .sign(&key(1)),
+            "wrong_period",
+        ),
+        (
+            ReceiptBody {
+                payer: other,
+                ..good.body
+            }
+            .sign(&key(3)),
+            "unknown_payer",
+        ),
+        (good.body.sign(&key(9)), "key_mismatch"),
+        (
+            ReceiptBody {
+                amount: 150,
+                ..good.body
+            }
+            .sign(&key(1)),
+            "underpaid",
+        ),
+        (
+            ReceiptBody {
+                amount: 5_000,
+                shards: 2,
+                ..good.body
+            }
+            .sign(&key(1)),
+            "beyond_collateral",
+        ),
+    ];
+    for (r, kind) in &cases {
+        let e = book.accept(&r.encode()).unwrap_err();
+        assert_eq!(e.kind(), *kind, "{e}");
+    }
+    book.accept(&good.encode()).unwrap();
+    // Replaying it, or an older one, is stale.
+    assert_eq!(book.accept(&good.encode()).unwrap_err().kind(), "stale");
+    assert_eq!(book.refusals().get("stale"), Some(&1));
+    assert_eq!(
+        book.accept(&[0u8; 3]).unwrap_err().kind(),
+        "malformed_or_forged"
+    );
+    book.serve(viewer).unwrap();
+    // The payer will not sign more than it received at the price.
+    assert!(tab.sign_asked(me, 201, 100).is_err());
+}
+
+#[test]
+fn fraud_proofs() {
+    let payer_key = key(1);
+    let pk = PublicKey::from(&payer_key);
+    let a = body(1001, 2001, 600, 6).sign(&payer_key);
+    let b = body(1001, 2002, 600, 6).sign(&payer_key);
+    let proof = FraudProof {
+        receipts: vec![a, b],
+    };
+    assert_eq!(proof.verify(&pk, 1_000), Ok(AccountId::new(1001)));
+    assert_eq!(FraudProof::decode(&proof.encode()).unwrap(), proof);
+    assert!(matches!(
+        proof.verify(&pk, 1_200),
+        Err(FraudProofError::WithinCollateral { .. })
+    ));
+    assert!(matches!(
+        FraudProof { receipts: vec![a] }.verify(&pk, 0),
+        Err(FraudProofError::TooFew)
+    ));
+    assert!(matches!(
+        FraudProof {
+            receipts: vec![a, a]
+        }
+        .verify(&pk, 0),
+        Err(FraudProofError::RepeatedPayee(_))
+    ));
+    let forged = body(1001, 2003, 900, 9).sign(&key(2));
+    assert!(matches!(
+        FraudProof {
+            receipts: vec![a, forged]
+        }
+        .verify(&pk, 0),
+        Err(FraudProofError::Mixed(_))
+    ));
+    let mut tampered = b;
+    tampered.body.amount = 10_000;
+    assert!(matches!(
+        FraudProof {
+            receipts: vec![a, tampered]
+        }
+        .verify(&pk, 0),
+        Err(FraudProofError::Receipt(_))
+    ));
+    assert!(FraudProof::decode(&[3, 1, 2]).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Netting preserves every account's net position, nobody pays more than they signed for,
+    /// and the escrow paid in equals what is paid out.
+    #[test]
+    fn netting_properties(pairs in proptest::collection::btree_map((0u64..8, 0u64..8), 1u64..1_000_000, 0..40), slack in 0u64..1_000) {
+        let receipts: Vec<SignedReceipt> = pairs
+            .iter()
+            .filter(|((p, q), _)| p != q)
+            .map(|((p, q), amount)| body(1000 + p, 1000 + q, *amount, 1).sign(&key(*p as u8 + 1)))
+            .collect();
+        let mut owed: BTreeMap<AccountId, u64> = BTreeMap::new();
+        for r in &receipts {
+            *owed.entry(r.body.payer).or_default() += r.body.amount;
+        }
+        let collateral: BTreeMap<AccountId, u64> = owed.iter().map(|(a, v)| (*a, v + slack)).collect();
+        let p = plan(&receipts, &collateral).unwrap();
+        let paid_out: u64 = p.payouts.iter().map(|(_, v)| v).sum();
+        prop_assert_eq!(paid_out, p.collateral);
+        prop_assert_eq!(p.net.values().sum::<i128>(), 0);
+        for (a, payout) in &p.payouts {
+            let c = collateral.get(a).copied().unwrap_or(0);
+            // Each account ends with its collateral plus its net position.
+            prop_assert_eq!(i128::from(*payout) - i128::from(c), p.net.get(a).copied().unwrap_or(0));
+            // A payer never loses more than it signed for.
+            let signed = owed.get(a).copied().unwrap_or(0);
+            prop_assert!(i128::from(c) - i128::from(*payout) <= i128::from(signed));
+        }
+        let transfers = p.transfers(AccountId::new(98_000));
+        prop_assert_eq!(transfers.len(), p.payouts.len().div_ceil(MAX_RECIPIENTS));
+        for t in &transfers {
+            prop_assert!(t.len() <= MAX_RECIPIENTS + 1);
+            prop_assert_eq!(t.iter().map(|(_, v)| v).sum::<i64>(), 0);
+        }
+    }
+
+    #[test]
+    fn merkle_proofs(n in 1usize..40, pick in 0usize..40) {
+        let rs: Vec<_> = (0..n as u64).map(|i| body(1001, 2000 + i, i, 1).sign(&key(1))).collect();
+        let tree = Tree::new(&rs);
+        let i = pick % n;
+        let proof = tree.proof(i).unwrap();
+        prop_assert!(verify(&tree.root(), &rs[i], &proof));
+        if n > 1 {
+            prop_assert!(!verify(&tree.root(), &rs[(i + 1) % n], &proof));
+        }
+    }
+}
+
+#[test]
+fn over_collateral_periods_do_not_net() {
+    let rs = vec![
+        body(1001, 2001, 600, 6).sign(&key(1)),
+        body(1001, 2002, 600, 6).sign(&key(1)),
+    ];
+    let c = BTreeMap::from([(AccountId::new(1001), 1_000)]);
+    assert!(matches!(
+        plan(&rs, &c),
+        Err(NettingError::OverCollateral { .. })
+    ));
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    ledger: LocalLedger,
+    clearing: Operator,
+    topic: streamspace_ledger::TopicId,
+    payers: Vec<Operator>,
+    payees: Vec<Operator>,
+    collateral: BTreeMap<AccountId, u64>,
+    receipts: Vec<SignedReceipt>,
+}
+
+/// 3 payers, 12 payees (so payouts need several transfers), collateral deposited.
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tk = key(200);
+    let ledger = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&tk),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let treasury = Operator {
+        account: TREASURY,
+        key: tk,
+    };
+    let mk = |seed: u8, bal: i64| {
+        let l = ledger.clone();
+        let t = treasury.clone();
+        async move {
+            let k = key(seed);
+            Operator {
+                account: l
+                    .create_account(&t, PublicKey::from(&k), bal)
+                    .await
+                    .unwrap(),
+                key: k,
+            }
+        }
+    };
+    let clearing = mk(1, 10_000_000_000).await;
+    let id = TransactionId::generate(clearing.account, ledger.now());
+    let tx = Transaction::new(
+        id,
+        TxKind::CreateTopic {
+            memo: "settlement".into(),
+            submit_key: Some(PublicKey::from(&clearing.key)),
+        },
+    );
+    let topic = ledger
+        .execute(tx, &[&clearing.key])
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    let mut payers = Vec::new();
+    for i in 0..3 {
+        payers.push(mk(10 + i, 10_000_000_000).await);
+    }
+    let mut payees = Vec::new();
+    for i in 0..12 {
+        payees.push(mk(50 + i, 0).await);
+    }
+    let mut collateral = BTreeMap::new();
+    for p in &payers {
+        ledger
+            .transfer(p, clearing.account, 1_000_000_000)
+            .await
+            .unwrap();
+        collateral.insert(p.account, 1_000_000_000u64);
+    }
+    let mut receipts = Vec::new();
+    for (i, p) in payers.iter().enumerate() {
+        for (j, q) in payees.iter().enumerate() {
+            let shards = (i * 7 + j * 3 + 1) as u64;
+            receipts.push(
+                ReceiptBody {
+                    payer: p.account,
+                    payee: q.account,
+                    period: 1,
+                    amount: shards * 10_000,
+                    shards,
+                }
+                .sign(&p.key),
+            );
+        }
+    }
+    World {
+        _dir: dir,
+        ledger,
+        clearing,
+        topic,
+        payers,
+        payees,
+        collateral,
+        receipts,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_pays_the_plan_and_anchors_the_root() {
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    journal.record(&w.receipts).unwrap();
+    // An older receipt arriving late changes nothing.
+    journal
+        .record(&[ReceiptBody {
+            amount: 1,
+            shards: 0,
+            ..w.receipts[0].body
+        }
+        .sign(&w.payers[0].key)])
+        .unwrap();
+    let before: Vec<i64> = futures_balances(&w.ledger, &w.payees).await;
+    let settler = Settler::new(
+        w.ledger.clone(),
+        journal.clone(),
+        w.clearing.clone(),
+        w.topic,
+    );
+    let report = settler.close(1, &w.collateral).await.unwrap();
+    assert_eq!(report.receipts, 36);
+    assert_eq!(report.transfers, 15usize.div_ceil(9)); // 12 payees + 3 refunds
+    let after = futures_balances(&w.ledger, &w.payees).await;
+    for (j, q) in w.payees.iter().enumerate() {
+        let earned: u64 = w
+            .receipts
+            .iter()
+            .filter(|r| r.body.payee == q.account)
+            .map(|r| r.body.amount)
+            .sum();
+        assert_eq!(after[j] - before[j], earned as i64, "payee {j}");
+    }
+    let msgs = w.ledger.topic_messages(w.topic, 1, 10).await.unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(
+        msgs[0].message.to_vec(),
+        anchor_message(1, 36, &report.root)
+    );
+    // Closing again is a no-op: nothing is paid twice.
+    settler.close(1, &w.collateral).await.unwrap();
+    assert_eq!(futures_balances(&w.ledger, &w.payees).await, after);
+}
+
+async fn futures_balances(l: &LocalLedger, ops: &[Operator]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for o in ops {
+        out.push(l.balance(o.account).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_neither_loses_nor_repeats_a_payment() {
+    for phase in [Phase::BeforeSend, Phase::AfterSend] {
+        for crash_at in 0..3u32 {
+            let w = world().await;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("j.redb");
+            {
+                let journal = Journal::open(&path).unwrap();
+                journal.record(&w.receipts).unwrap();
+                let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+                let r = settler
+                    .close_with_faults(1, &w.collateral, |i, p| i == crash_at && p == phase)
+                    .await;
+                assert!(
+                    matches!(r, Err(SettleError::Interrupted(i)) if i == crash_at),
+                    "{r:?}"
+                );
+            }
+            // Restart from the journal alone.
+            let journal = Journal::open(&path).unwrap();
+            let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+            settler.close(1, &w.collateral).await.unwrap();
+            for q in &w.payees {
+                let earned: u64 = w
+                    .receipts
+                    .iter()
+                    .filter(|r| r.body.payee == q.account)
+                    .map(|r| r.body.amount)
+                    .sum();
+                assert_eq!(
+                    w.ledger.balance(q.account).await.unwrap(),
+                    earned as i64,
+                    "{phase:?} at {crash_at}"
+                );
+            }
+            for p in &w.payers {
+                let owed: u64 = w
+                    .receipts
+                    .iter()
+                    .filter(|r| r.body.payer == p.account)
+                    .map(|r| r.body.amount)
+                    .sum();
+                let fee = 100_000; // its collateral deposit
+                assert_eq!(
+                    w.ledger.balance(p.account).await.unwrap(),
+                    10_000_000_000 - fee - owed as i64,
+                    "{phase:?} at {crash_at}"
+                );
+            }
+            assert_eq!(
+                w.ledger.topic_messages(w.topic, 1, 10).await.unwrap().len(),
+                1,
+                "anchored once"
+            );
+        }
+    }
+}
