@@ -16,6 +16,8 @@ pub struct Terms {
     pub price_per_shard: u64,
     /// Shards served beyond the newest valid receipt before service pauses (default 1).
     pub max_ahead: u64,
+    /// Refused receipts or requests from one payer after which it should be disconnected.
+    pub disconnect_after: u64,
 }
 
 impl Default for Terms {
@@ -23,6 +25,7 @@ impl Default for Terms {
         Self {
             price_per_shard: DEFAULT_PRICE_PER_SHARD,
             max_ahead: 1,
+            disconnect_after: 8,
         }
     }
 }
@@ -95,6 +98,18 @@ pub enum BookError {
 }
 
 impl BookError {
+    /// The admitted payer the error is about, where there is one.
+    pub fn payer(&self) -> Option<AccountId> {
+        match self {
+            Self::KeyMismatch(p) => Some(*p),
+            Self::Stale { payer, .. }
+            | Self::Underpaid { payer, .. }
+            | Self::BeyondCollateral { payer, .. }
+            | Self::ReceiptDue { payer, .. } => Some(*payer),
+            _ => None,
+        }
+    }
+
     /// A short name for counters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -116,6 +131,7 @@ struct PayerState {
     key: PublicKey,
     collateral: u64,
     served: u64,
+    refused: u64,
     newest: Option<SignedReceipt>,
 }
 
@@ -128,7 +144,7 @@ struct PayerState {
 /// use streamspace_payments::book::{PayerTab, ReceiptBook, Terms};
 /// let (me, viewer) = (AccountId::new(1002), AccountId::new(1001));
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-/// let terms = Terms { price_per_shard: 100, max_ahead: 1 };
+/// let terms = Terms { price_per_shard: 100, max_ahead: 1, disconnect_after: 8 };
 /// let mut book = ReceiptBook::new(me, 1, terms);
 /// book.admit(viewer, PublicKey::from(&key), 1_000_000);
 /// let mut tab = PayerTab::new(viewer, key, 1);
@@ -168,6 +184,7 @@ impl ReceiptBook {
             key,
             collateral,
             served: 0,
+            refused: 0,
             newest: None,
         });
         entry.key = key;
@@ -205,8 +222,19 @@ impl ReceiptBook {
     fn count<T>(&mut self, r: Result<T, BookError>) -> Result<T, BookError> {
         if let Err(e) = &r {
             *self.refusals.entry(e.kind()).or_default() += 1;
+            if let Some(p) = e.payer().and_then(|p| self.payers.get_mut(&p)) {
+                p.refused += 1;
+            }
         }
         r
+    }
+
+    /// Whether `payer` has been refused often enough (`Terms::disconnect_after`) that the
+    /// transport should drop it.
+    pub fn should_disconnect(&self, payer: AccountId) -> bool {
+        self.payers
+            .get(&payer)
+            .is_some_and(|p| p.refused >= self.terms.disconnect_after)
     }
 
     /// Takes a receipt from the wire: decodes, verifies and keeps it if it is the newest.

@@ -201,6 +201,51 @@ pub struct Settler<L> {
     topic: TopicId,
 }
 
+/// Locks `amount` tinybars of `payer`'s collateral for `period` in the clearing account: one
+/// ledger transfer per payer per period.
+///
+/// # Errors
+///
+/// The ledger's error.
+pub async fn lock_collateral<L: Ledger>(
+    ledger: &L,
+    payer: &Operator,
+    clearing: AccountId,
+    period: u64,
+    amount: u64,
+) -> Result<streamspace_ledger::Receipt, LedgerError> {
+    let id = TransactionId::generate(payer.account, ledger.now());
+    let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+    let tx = Transaction::new(
+        id,
+        TxKind::Transfer {
+            hbar: vec![(payer.account, -amount), (clearing, amount)],
+            nfts: Vec::new(),
+        },
+    )
+    .with_memo(format!("streamspace collateral {period}"));
+    ledger.execute(tx, &[&payer.key]).await
+}
+
+/// Publishes a fraud proof on a consensus topic, where every node can read and check it.
+///
+/// # Errors
+///
+/// The ledger's error.
+pub async fn publish_fraud_proof<L: Ledger>(
+    ledger: &L,
+    publisher: &Operator,
+    topic: TopicId,
+    proof: &crate::fraud::FraudProof,
+    submit_key: Option<&ed25519_dalek::SigningKey>,
+) -> Result<Vec<streamspace_ledger::Receipt>, LedgerError> {
+    let mut message = b"streamspace-fraud-v1".to_vec();
+    message.extend_from_slice(&proof.encode());
+    ledger
+        .submit_message(publisher, topic, Bytes::from(message), submit_key)
+        .await
+}
+
 /// The anchor message: a tag, the period, the receipt count and the Merkle root.
 pub fn anchor_message(period: u64, count: u64, root: &Hash) -> Vec<u8> {
     let mut m = b"streamspace-period-v1".to_vec();

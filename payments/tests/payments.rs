@@ -16,7 +16,9 @@ use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::merkle::{Tree, verify};
 use streamspace_payments::netting::{MAX_RECIPIENTS, NettingError, plan};
 use streamspace_payments::receipt::{ReceiptBody, ReceiptError, SignedReceipt, verify_batch};
-use streamspace_payments::settle::{Journal, Phase, SettleError, Settler, anchor_message};
+use streamspace_payments::settle::{
+    Journal, Phase, SettleError, Settler, anchor_message, lock_collateral, publish_fraud_proof,
+};
 
 fn key(s: u8) -> SigningKey {
     SigningKey::from_bytes(&[s; 32])
@@ -72,6 +74,7 @@ fn payee_book_refuses_and_counts_bad_receipts() {
     let terms = Terms {
         price_per_shard: 100,
         max_ahead: 2,
+        disconnect_after: 5,
     };
     let mut book = ReceiptBook::new(me, 1, terms);
     book.admit(viewer, PublicKey::from(&key(1)), 1_000);
@@ -144,6 +147,9 @@ fn payee_book_refuses_and_counts_bad_receipts() {
         "malformed_or_forged"
     );
     book.serve(viewer).unwrap();
+    // The viewer's refusals so far: receipt due, key mismatch, underpaid, beyond collateral,
+    // stale — enough to be dropped.
+    assert!(book.should_disconnect(viewer));
     // The payer will not sign more than it received at the price.
     assert!(tab.sign_asked(me, 201, 100).is_err());
 }
@@ -321,8 +327,7 @@ async fn world() -> World {
     }
     let mut collateral = BTreeMap::new();
     for p in &payers {
-        ledger
-            .transfer(p, clearing.account, 1_000_000_000)
+        lock_collateral(&ledger, p, clearing.account, 1, 1_000_000_000)
             .await
             .unwrap();
         collateral.insert(p.account, 1_000_000_000u64);
@@ -466,4 +471,40 @@ async fn a_crash_at_any_step_neither_loses_nor_repeats_a_payment() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
+    let w = world().await;
+    let cheat = &w.payers[0];
+    let proof = FraudProof {
+        receipts: vec![
+            body(cheat.account.num(), 2001, 700_000_000, 1).sign(&cheat.key),
+            body(cheat.account.num(), 2002, 700_000_000, 1).sign(&cheat.key),
+        ],
+    };
+    publish_fraud_proof(
+        &w.ledger,
+        &w.clearing,
+        w.topic,
+        &proof,
+        Some(&w.clearing.key),
+    )
+    .await
+    .unwrap();
+    let msgs = w.ledger.topic_messages(w.topic, 1, 10).await.unwrap();
+    let bytes = msgs[0]
+        .message
+        .strip_prefix(&b"streamspace-fraud-v1"[..])
+        .unwrap();
+    let read = FraudProof::decode(bytes).unwrap();
+    assert_eq!(
+        read.verify(&PublicKey::from(&cheat.key), w.collateral[&cheat.account]),
+        Ok(cheat.account)
+    );
+    // The payee expels the payer.
+    let mut book = ReceiptBook::new(AccountId::new(2001), 1, Terms::default());
+    book.admit(cheat.account, PublicKey::from(&cheat.key), 1_000_000_000);
+    book.expel(cheat.account);
+    assert!(book.serve(cheat.account).is_err());
 }
