@@ -236,14 +236,20 @@ async fn injected_clock_drives_the_time_box() {
         ledger.execute(tx(id), &[&k]).await.unwrap_err().status(),
         Some(Status::TransactionExpired)
     );
-    // A stopped clock still gives strictly increasing consensus times.
+    // A stopped clock still gives strictly increasing consensus times. (Ids are chosen here:
+    // other tests in this process generate ids from the system clock at the same time.)
+    let now = ledger.now().as_nanos();
+    let at = |n: i128| TransactionId {
+        payer: TREASURY,
+        valid_start: Timestamp::from_nanos(now - 1_000_000_000 + n),
+    };
     let a = ledger
-        .transfer(&t, FEE_COLLECTOR, 1)
+        .execute(tx(at(0)), &[&t.key])
         .await
         .unwrap()
         .consensus;
     let b = ledger
-        .transfer(&t, FEE_COLLECTOR, 1)
+        .execute(tx(at(1)), &[&t.key])
         .await
         .unwrap()
         .consensus;
