@@ -81,14 +81,7 @@ where
     if opts.hamt_split == ShardSplit::BlockBytes && bytes.len() > opts.hamt_threshold {
         return hamt::build(entries, opts, &mut sink);
     }
-    let cid = cid_of(opts.cid_version, DAG_PB, &bytes);
-    let tsize = bytes.len() as u64 + tsize_children;
-    sink(Block::from_parts_unchecked(cid, bytes))?;
-    Ok(Imported {
-        cid,
-        size: 0,
-        tsize,
-    })
+    commit_encoded(bytes, tsize_children, opts, &mut sink)
 }
 
 /// Encodes, hashes and emits a dag-pb node; returns its root info.
@@ -98,7 +91,16 @@ pub(super) fn commit_node(
     opts: &ImportOptions,
     sink: &mut dyn FnMut(Block) -> Result<(), ImportError>,
 ) -> Result<Imported, ImportError> {
-    let bytes = node.encode();
+    commit_encoded(node.encode(), tsize_children, opts, sink)
+}
+
+/// Hashes and emits an encoded dag-pb node; returns its root info.
+fn commit_encoded(
+    bytes: bytes::Bytes,
+    tsize_children: u64,
+    opts: &ImportOptions,
+    sink: &mut dyn FnMut(Block) -> Result<(), ImportError>,
+) -> Result<Imported, ImportError> {
     let cid = cid_of(opts.cid_version, DAG_PB, &bytes);
     let tsize = bytes.len() as u64 + tsize_children;
     sink(Block::from_parts_unchecked(cid, bytes))?;
