@@ -218,30 +218,25 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
     };
     let quiet = a.quiet;
     let quieter = a.quieter;
-    let root = if a.encrypt {
-        if meta.is_dir() {
-            bail!("--encrypt adds one file at a time");
-        }
-        let key = ContentKey::generate();
-        let bar = progress(Some(meta.len()), "encrypting");
-        let file = std::fs::File::open(&a.path)?;
-        let root = add_encrypted(store.as_ref(), bar.wrap_read(file), key.clone(), opts).await?;
-        bar.finish_and_clear();
-        if let Some(out) = &a.key_out {
-            write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
-        }
-        let name = a
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        print_added(&root.cid, &name, quiet, quieter, true);
-        root
-    } else if meta.is_file() {
-        let bar = progress(Some(meta.len()), "adding");
-        let file = std::fs::File::open(&a.path)?;
-        let reader = bar.wrap_read(file);
-        let root = add_reader(store.as_ref(), reader, opts).await?;
+    if a.encrypt && meta.is_dir() {
+        bail!("--encrypt adds one file at a time");
+    }
+    let root = if meta.is_file() {
+        let bar = progress(
+            Some(meta.len()),
+            if a.encrypt { "encrypting" } else { "adding" },
+        );
+        let reader = bar.wrap_read(std::fs::File::open(&a.path)?);
+        let root = if a.encrypt {
+            let key = ContentKey::generate();
+            let root = add_encrypted(store.as_ref(), reader, key.clone(), opts).await?;
+            if let Some(out) = &a.key_out {
+                write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
+            }
+            root
+        } else {
+            add_reader(store.as_ref(), reader, opts).await?
+        };
         bar.finish_and_clear();
         let name = a
             .path
