@@ -12,7 +12,7 @@ use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Transaction,
     TransactionId, TxKind,
 };
-use streamspace_payments::receipt::{ReceiptBody, SignedReceipt, verify_batch};
+use streamspace_payments::receipt::{ReceiptBody, ReceiptSigner, SignedReceipt, verify_batch};
 use streamspace_payments::settle::{Journal, Settler, lock_collateral};
 
 fn receipts(c: &mut Criterion) {
@@ -31,6 +31,10 @@ fn receipts(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1024));
     g.bench_function("sign", |b| {
         b.iter(|| std::hint::black_box(bodies.iter().map(|x| x.sign(&key)).collect::<Vec<_>>()))
+    });
+    let signer = ReceiptSigner::new(&key);
+    g.bench_function("sign_expanded_key", |b| {
+        b.iter(|| std::hint::black_box(bodies.iter().map(|x| signer.sign(x)).collect::<Vec<_>>()))
     });
     g.bench_function("verify_one_by_one", |b| {
         b.iter(|| signed.iter().all(|r| r.verify().is_ok()))

@@ -2,28 +2,126 @@
 //! receipt per payer, never serve more than `max_ahead` shards beyond it, refuse bad receipts)
 //! and the payer's [`PayerTab`] (sign only for what was received at the agreed price).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use ed25519_dalek::SigningKey;
 use streamspace_ledger::{AccountId, PublicKey};
 
-use crate::receipt::{ReceiptBody, ReceiptError, SignedReceipt};
+use crate::receipt::{ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt};
 
-/// A payee's prices and exposure limit.
+/// A price set by a payee: a part per shard and a part per byte, the latter in tinybars per
+/// GiB because one byte is worth far less than a tinybar.
+///
+/// The amount owed for `shards` shards totalling `bytes` bytes is
+/// `shards × per_shard + ⌈bytes × per_gib / 2³⁰⌉`, computed on cumulative totals so that payer
+/// and payee round once, identically.
+///
+/// # Examples
+///
+/// ```
+/// use streamspace_payments::book::Price;
+/// let p = Price { per_shard: 1_000, per_gib: 4_000_000 };
+/// // Two 256 KiB shards: 2,000 for the shards, ⌈512 KiB × 4,000,000 / 1 GiB⌉ = 1,954 for the bytes.
+/// assert_eq!(p.owed(2, 512 * 1024), 2_000 + 1_954);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Price {
+    /// Tinybars per shard.
+    pub per_shard: u64,
+    /// Tinybars per GiB (2³⁰ bytes) of shard data.
+    pub per_gib: u64,
+}
+
+impl Price {
+    /// A price per shard only.
+    pub const fn per_shard(per_shard: u64) -> Self {
+        Self {
+            per_shard,
+            per_gib: 0,
+        }
+    }
+
+    /// A price per byte only, in tinybars per GiB.
+    pub const fn per_gib(per_gib: u64) -> Self {
+        Self {
+            per_shard: 0,
+            per_gib,
+        }
+    }
+
+    /// What `shards` shards of `bytes` bytes in total cost, saturating at `u64::MAX`.
+    pub fn owed(&self, shards: u64, bytes: u64) -> u64 {
+        let by_bytes = (u128::from(bytes) * u128::from(self.per_gib)).div_ceil(1 << 30);
+        let total = u128::from(shards) * u128::from(self.per_shard) + by_bytes;
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+}
+
+/// The tier a node serves at: Tier-1 nodes have fast links and spread copies; edge nodes sit
+/// near viewers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ServiceTier {
+    /// A well-connected node that replicates content in demand.
+    Tier1,
+    /// A low-powered node near viewers that caches what they ask for.
+    Edge,
+}
+
+/// A payee's prices by the tier it serves at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PriceList {
+    /// Price when serving as a Tier-1 node.
+    pub tier1: Price,
+    /// Price when serving as an edge node.
+    pub edge: Price,
+}
+
+impl PriceList {
+    /// The price for `tier`.
+    pub fn price(&self, tier: ServiceTier) -> Price {
+        match tier {
+            ServiceTier::Tier1 => self.tier1,
+            ServiceTier::Edge => self.edge,
+        }
+    }
+}
+
+impl Default for PriceList {
+    /// [`DEFAULT_PRICE_PER_SHARD`] at both tiers.
+    fn default() -> Self {
+        Self {
+            tier1: Price::per_shard(DEFAULT_PRICE_PER_SHARD),
+            edge: Price::per_shard(DEFAULT_PRICE_PER_SHARD),
+        }
+    }
+}
+
+/// A payee's price and exposure limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Terms {
-    /// Tinybars per shard.
-    pub price_per_shard: u64,
-    /// Shards served beyond the newest valid receipt before service pauses (default 1).
+    /// The price asked.
+    pub price: Price,
+    /// Shards served beyond the newest valid receipt before service pauses (default 1), for
+    /// payers not on the allowlist with a tier of their own.
     pub max_ahead: u64,
     /// Refused receipts or requests from one payer after which it should be disconnected.
     pub disconnect_after: u64,
 }
 
+impl Terms {
+    /// Default limits at the price of `tier` in `prices`.
+    pub fn for_tier(prices: &PriceList, tier: ServiceTier) -> Self {
+        Self {
+            price: prices.price(tier),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Terms {
     fn default() -> Self {
         Self {
-            price_per_shard: DEFAULT_PRICE_PER_SHARD,
+            price: Price::per_shard(DEFAULT_PRICE_PER_SHARD),
             max_ahead: 1,
             disconnect_after: 8,
         }
@@ -32,6 +130,73 @@ impl Default for Terms {
 
 /// Default price: 10,000 tinybars (0.0001 hbar) per 256 KiB shard.
 pub const DEFAULT_PRICE_PER_SHARD: u64 = 10_000;
+
+/// How far a payee trusts one payer: credit at most `max_credit` tinybars in a period (and never
+/// more than the collateral the payer locked), and up to `max_ahead` shards served before a
+/// receipt is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CreditTier {
+    /// Most credit extended in a period, in tinybars.
+    pub max_credit: u64,
+    /// Shards served beyond the newest receipt.
+    pub max_ahead: u64,
+}
+
+/// The payers a payee deals with, and their credit tiers.
+///
+/// In open mode any payer with collateral is admitted at the book's default terms; in closed
+/// mode only listed payers are. A payer proved to have cheated is struck off and refused in both
+/// modes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Allowlist {
+    /// Whether payers that are not listed are admitted.
+    pub open: bool,
+    /// Listed payers and their tiers.
+    pub payers: std::collections::BTreeMap<AccountId, CreditTier>,
+    /// Payers struck off after a fraud proof.
+    pub banned: std::collections::BTreeSet<AccountId>,
+}
+
+impl Allowlist {
+    /// An open allowlist: everyone with collateral is admitted at default terms.
+    pub fn open() -> Self {
+        Self {
+            open: true,
+            ..Self::default()
+        }
+    }
+
+    /// A closed allowlist of `payers`.
+    pub fn closed(payers: impl IntoIterator<Item = (AccountId, CreditTier)>) -> Self {
+        Self {
+            open: false,
+            payers: payers.into_iter().collect(),
+            banned: Default::default(),
+        }
+    }
+
+    /// The tier of `payer`: `Ok(Some)` when listed, `Ok(None)` when admitted at default terms.
+    ///
+    /// # Errors
+    ///
+    /// [`BookError::NotAllowed`] for a banned payer, or an unlisted one in closed mode.
+    pub fn tier(&self, payer: AccountId) -> Result<Option<CreditTier>, BookError> {
+        if self.banned.contains(&payer) {
+            return Err(BookError::NotAllowed(payer));
+        }
+        match self.payers.get(&payer) {
+            Some(t) => Ok(Some(*t)),
+            None if self.open => Ok(None),
+            None => Err(BookError::NotAllowed(payer)),
+        }
+    }
+
+    /// Strikes `payer` off for good.
+    pub fn ban(&mut self, payer: AccountId) {
+        self.payers.remove(&payer);
+        self.banned.insert(payer);
+    }
+}
 
 /// A receipt the payee refuses. Each refusal is counted by kind.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -48,9 +213,12 @@ pub enum BookError {
         /// Current period.
         current: u64,
     },
-    /// From a payer not admitted (no collateral, not on the allowlist).
+    /// From a payer not admitted (no collateral locked for the period).
     #[error("payer {0} is not admitted")]
     UnknownPayer(AccountId),
+    /// A payer the allowlist refuses: not listed in closed mode, or banned after fraud.
+    #[error("payer {0} is not on the allowlist")]
+    NotAllowed(AccountId),
     /// Signed with a key that is not the payer's.
     #[error("receipt of {0} is signed with another key")]
     KeyMismatch(AccountId),
@@ -77,15 +245,16 @@ pub enum BookError {
         /// Amount owed at the agreed price.
         owed: u64,
     },
-    /// Promises more than the payer's collateral for the period.
-    #[error("receipt of {payer} for {amount} exceeds its collateral {collateral}")]
+    /// Promises more than the payer's credit for the period: its collateral, capped by its
+    /// credit tier.
+    #[error("receipt of {payer} for {amount} exceeds its credit {credit}")]
     BeyondCollateral {
         /// The payer.
         payer: AccountId,
         /// Amount signed.
         amount: u64,
-        /// Collateral locked for the period.
-        collateral: u64,
+        /// Credit for the period.
+        credit: u64,
     },
     /// Service paused: the payer is `max_ahead` shards ahead of its newest receipt.
     #[error("payer {payer} owes a receipt for {unpaid} shards before more are served")]
@@ -116,6 +285,7 @@ impl BookError {
             Self::WrongPayee(_) => "wrong_payee",
             Self::WrongPeriod { .. } => "wrong_period",
             Self::UnknownPayer(_) => "unknown_payer",
+            Self::NotAllowed(_) => "not_allowed",
             Self::KeyMismatch(_) => "key_mismatch",
             Self::Receipt(_) => "malformed_or_forged",
             Self::Stale { .. } => "stale",
@@ -129,10 +299,38 @@ impl BookError {
 #[derive(Debug, Clone)]
 struct PayerState {
     key: PublicKey,
-    collateral: u64,
+    credit: u64,
+    max_ahead: u64,
+    /// Shards served, and the bytes they held.
     served: u64,
+    served_bytes: u64,
+    /// Cumulative bytes after each shard served beyond the newest receipt (at most `max_ahead`),
+    /// to price a receipt acknowledging any of them.
+    unpaid_bytes: VecDeque<u64>,
+    /// Cumulative bytes of the shards the newest receipt acknowledges.
+    paid_bytes: u64,
     refused: u64,
     newest: Option<SignedReceipt>,
+}
+
+impl PayerState {
+    fn paid_shards(&self) -> u64 {
+        self.newest.map_or(0, |r| r.body.shards)
+    }
+
+    /// Cumulative bytes of the first `shards` shards served (shards never served count as
+    /// empty: a payer acknowledging more than it got only pays more per shard).
+    fn bytes_at(&self, shards: u64) -> u64 {
+        let paid = self.paid_shards();
+        if shards <= paid {
+            return self.paid_bytes;
+        }
+        let k = usize::try_from(shards - paid).unwrap_or(usize::MAX);
+        match self.unpaid_bytes.get(k - 1) {
+            Some(b) => *b,
+            None => self.served_bytes,
+        }
+    }
 }
 
 /// The payee's book for one period: storage is O(payers), one receipt each.
@@ -141,20 +339,22 @@ struct PayerState {
 ///
 /// ```
 /// use streamspace_ledger::{AccountId, PublicKey};
-/// use streamspace_payments::book::{PayerTab, ReceiptBook, Terms};
+/// use streamspace_payments::book::{PayerTab, Price, ReceiptBook, Terms};
 /// let (me, viewer) = (AccountId::new(1002), AccountId::new(1001));
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-/// let terms = Terms { price_per_shard: 100, max_ahead: 1, disconnect_after: 8 };
+/// let terms = Terms { price: Price::per_shard(100), ..Terms::default() };
 /// let mut book = ReceiptBook::new(me, 1, terms);
-/// book.admit(viewer, PublicKey::from(&key), 1_000_000);
+/// book.admit(viewer, PublicKey::from(&key), 1_000_000)?;
 /// let mut tab = PayerTab::new(viewer, key, 1);
+/// tab.agree(me, terms.price);
 ///
-/// book.serve(viewer)?;                       // one shard ahead is allowed…
-/// assert!(book.serve(viewer).is_err());      // …a second is not, until a receipt arrives
-/// tab.received(me);
-/// let receipt = tab.sign(me, 100).expect("the price of one shard");
+/// book.serve(viewer, 262_144)?;                  // one shard ahead is allowed…
+/// assert!(book.serve(viewer, 262_144).is_err()); // …a second is not, until a receipt arrives
+/// tab.received(me, 262_144);
+/// let receipt = tab.sign(me);
+/// assert_eq!(receipt.body.amount, 100);
 /// book.accept(&receipt.encode())?;
-/// book.serve(viewer)?;
+/// book.serve(viewer, 262_144)?;
 /// # Ok::<(), streamspace_payments::book::BookError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -162,56 +362,92 @@ pub struct ReceiptBook {
     me: AccountId,
     period: u64,
     terms: Terms,
+    allowlist: Allowlist,
     payers: HashMap<AccountId, PayerState>,
     refusals: HashMap<&'static str, u64>,
 }
 
 impl ReceiptBook {
-    /// An empty book for `period`.
+    /// An empty book for `period`, admitting any payer with collateral.
     pub fn new(me: AccountId, period: u64, terms: Terms) -> Self {
+        Self::with_allowlist(me, period, terms, Allowlist::open())
+    }
+
+    /// An empty book for `period` that admits payers as `allowlist` says.
+    pub fn with_allowlist(me: AccountId, period: u64, terms: Terms, allowlist: Allowlist) -> Self {
         Self {
             me,
             period,
             terms,
+            allowlist,
             payers: HashMap::new(),
             refusals: HashMap::new(),
         }
     }
 
-    /// Admits a payer with its key and the collateral it locked for the period.
-    pub fn admit(&mut self, payer: AccountId, key: PublicKey, collateral: u64) {
+    /// The allowlist, with the payers struck off so far (to carry into the next period).
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allowlist
+    }
+
+    /// Admits a payer with its key and the collateral it locked for the period. Its credit is
+    /// the collateral, capped by its credit tier if it has one.
+    ///
+    /// # Errors
+    ///
+    /// [`BookError::NotAllowed`] (counted) when the allowlist refuses the payer.
+    pub fn admit(
+        &mut self,
+        payer: AccountId,
+        key: PublicKey,
+        collateral: u64,
+    ) -> Result<(), BookError> {
+        let tier = self.allowlist.tier(payer);
+        let tier = self.count(tier)?;
+        let (credit, max_ahead) = match tier {
+            Some(t) => (collateral.min(t.max_credit), t.max_ahead),
+            None => (collateral, self.terms.max_ahead),
+        };
         let entry = self.payers.entry(payer).or_insert(PayerState {
             key,
-            collateral,
+            credit,
+            max_ahead,
             served: 0,
+            served_bytes: 0,
+            unpaid_bytes: VecDeque::new(),
+            paid_bytes: 0,
             refused: 0,
             newest: None,
         });
         entry.key = key;
-        entry.collateral = collateral;
+        entry.credit = credit;
+        entry.max_ahead = max_ahead;
+        Ok(())
     }
 
-    /// Removes a payer (after a fraud proof); its newest receipt is returned for settlement.
+    /// Removes a payer after a fraud proof and strikes it off the allowlist; its newest receipt
+    /// is returned for settlement.
     pub fn expel(&mut self, payer: AccountId) -> Option<SignedReceipt> {
+        self.allowlist.ban(payer);
         self.payers.remove(&payer).and_then(|p| p.newest)
     }
 
-    /// Records one shard served to `payer`, if the exposure limit allows it.
+    /// Records one shard of `bytes` bytes served to `payer`, if the exposure limit allows it.
     ///
     /// # Errors
     ///
     /// [`BookError::UnknownPayer`] or [`BookError::ReceiptDue`]; both are counted.
-    pub fn serve(&mut self, payer: AccountId) -> Result<(), BookError> {
-        let max_ahead = self.terms.max_ahead;
+    pub fn serve(&mut self, payer: AccountId, bytes: u64) -> Result<(), BookError> {
         let result = match self.payers.get_mut(&payer) {
             None => Err(BookError::UnknownPayer(payer)),
             Some(p) => {
-                let paid = p.newest.map_or(0, |r| r.body.shards);
-                let unpaid = p.served.saturating_sub(paid);
-                if unpaid >= max_ahead {
+                let unpaid = p.served.saturating_sub(p.paid_shards());
+                if unpaid >= p.max_ahead {
                     Err(BookError::ReceiptDue { payer, unpaid })
                 } else {
                     p.served += 1;
+                    p.served_bytes = p.served_bytes.saturating_add(bytes);
+                    p.unpaid_bytes.push_back(p.served_bytes);
                     Ok(())
                 }
             }
@@ -246,6 +482,10 @@ impl ReceiptBook {
         let r = self.check(bytes);
         let r = self.count(r)?;
         if let Some(p) = self.payers.get_mut(&r.body.payer) {
+            let newly = r.body.shards - p.paid_shards();
+            p.paid_bytes = p.bytes_at(r.body.shards);
+            let drop = usize::try_from(newly).unwrap_or(usize::MAX);
+            p.unpaid_bytes.drain(..drop.min(p.unpaid_bytes.len()));
             p.newest = Some(r);
         }
         Ok(r)
@@ -263,10 +503,13 @@ impl ReceiptBook {
                 current: self.period,
             });
         }
-        let p = self
-            .payers
-            .get(&b.payer)
-            .ok_or(BookError::UnknownPayer(b.payer))?;
+        let p = match self.payers.get(&b.payer) {
+            Some(p) => p,
+            None if self.allowlist.tier(b.payer).is_err() => {
+                return Err(BookError::NotAllowed(b.payer));
+            }
+            None => return Err(BookError::UnknownPayer(b.payer)),
+        };
         if p.key != r.payer_key {
             return Err(BookError::KeyMismatch(b.payer));
         }
@@ -279,7 +522,7 @@ impl ReceiptBook {
                 });
             }
         }
-        let owed = b.shards.saturating_mul(self.terms.price_per_shard);
+        let owed = self.terms.price.owed(b.shards, p.bytes_at(b.shards));
         if b.amount < owed {
             return Err(BookError::Underpaid {
                 payer: b.payer,
@@ -288,11 +531,11 @@ impl ReceiptBook {
                 owed,
             });
         }
-        if b.amount > p.collateral {
+        if b.amount > p.credit {
             return Err(BookError::BeyondCollateral {
                 payer: b.payer,
                 amount: b.amount,
-                collateral: p.collateral,
+                credit: p.credit,
             });
         }
         Ok(r)
@@ -309,14 +552,27 @@ impl ReceiptBook {
     }
 }
 
-/// The payer's side: counts shards received per payee and signs cumulative receipts, never for
-/// more than the received shards at the agreed price.
+#[derive(Debug, Clone, Copy, Default)]
+struct Received {
+    price: Price,
+    shards: u64,
+    bytes: u64,
+}
+
+impl Received {
+    fn allowed(&self) -> u64 {
+        self.price.owed(self.shards, self.bytes)
+    }
+}
+
+/// The payer's side: counts shards and bytes received per payee and signs cumulative receipts,
+/// never for more than was received at the agreed price.
 #[derive(Debug)]
 pub struct PayerTab {
     account: AccountId,
-    key: SigningKey,
+    signer: ReceiptSigner,
     period: u64,
-    received: HashMap<AccountId, u64>,
+    received: HashMap<AccountId, Received>,
 }
 
 /// The payer refuses to sign.
@@ -340,63 +596,58 @@ impl PayerTab {
     pub fn new(account: AccountId, key: SigningKey, period: u64) -> Self {
         Self {
             account,
-            key,
+            signer: ReceiptSigner::new(&key),
             period,
             received: HashMap::new(),
         }
     }
 
-    /// Records one verified shard received from `payee`.
-    pub fn received(&mut self, payee: AccountId) {
-        *self.received.entry(payee).or_default() += 1;
+    /// Agrees on `payee`'s price (zero until agreed). Amounts are computed on cumulative totals,
+    /// so a price agreed anew applies to every shard of the period.
+    pub fn agree(&mut self, payee: AccountId, price: Price) {
+        self.received.entry(payee).or_default().price = price;
     }
 
-    /// Signs a cumulative receipt to `payee` at `price_per_shard`.
-    ///
-    /// # Errors
-    ///
-    /// [`Overcharged`] never happens here (the amount is computed); see [`PayerTab::sign_asked`].
-    pub fn sign(
-        &self,
-        payee: AccountId,
-        price_per_shard: u64,
-    ) -> Result<SignedReceipt, Overcharged> {
-        let shards = self.received.get(&payee).copied().unwrap_or(0);
-        self.sign_asked(
-            payee,
-            shards.saturating_mul(price_per_shard),
-            price_per_shard,
-        )
+    /// Records one verified shard of `bytes` bytes received from `payee`.
+    pub fn received(&mut self, payee: AccountId, bytes: u64) {
+        let r = self.received.entry(payee).or_default();
+        r.shards += 1;
+        r.bytes = r.bytes.saturating_add(bytes);
     }
 
-    /// Signs the amount a payee asks for, if it does not exceed what was received at the price.
+    /// Signs a cumulative receipt to `payee` for everything received, at the agreed price.
+    pub fn sign(&self, payee: AccountId) -> SignedReceipt {
+        let r = self.received.get(&payee).copied().unwrap_or_default();
+        self.body(payee, r.allowed(), r.shards)
+    }
+
+    /// Signs the amount a payee asks for, if it does not exceed what was received at the
+    /// agreed price.
     ///
     /// # Errors
     ///
     /// [`Overcharged`] when it does.
-    pub fn sign_asked(
-        &self,
-        payee: AccountId,
-        asked: u64,
-        price_per_shard: u64,
-    ) -> Result<SignedReceipt, Overcharged> {
-        let shards = self.received.get(&payee).copied().unwrap_or(0);
-        let allowed = shards.saturating_mul(price_per_shard);
+    pub fn sign_asked(&self, payee: AccountId, asked: u64) -> Result<SignedReceipt, Overcharged> {
+        let r = self.received.get(&payee).copied().unwrap_or_default();
+        let allowed = r.allowed();
         if asked > allowed {
             return Err(Overcharged {
                 payee,
                 asked,
-                shards,
+                shards: r.shards,
                 allowed,
             });
         }
-        Ok(ReceiptBody {
+        Ok(self.body(payee, asked, r.shards))
+    }
+
+    fn body(&self, payee: AccountId, amount: u64, shards: u64) -> SignedReceipt {
+        self.signer.sign(&ReceiptBody {
             payer: self.account,
             payee,
             period: self.period,
-            amount: asked,
+            amount,
             shards,
-        }
-        .sign(&self.key))
+        })
     }
 }

@@ -132,6 +132,59 @@ impl ReceiptBody {
     }
 }
 
+/// Signs receipts with one key, its secret expanded once rather than for every signature
+/// (the rate a payer signs at is bounded by this).
+///
+/// # Examples
+///
+/// ```
+/// use streamspace_payments::receipt::{ReceiptBody, ReceiptSigner};
+/// use streamspace_ledger::AccountId;
+/// let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+/// let body = ReceiptBody { payer: AccountId::new(1001), payee: AccountId::new(1002), period: 7, amount: 500, shards: 5 };
+/// let signer = ReceiptSigner::new(&key);
+/// assert_eq!(signer.sign(&body), body.sign(&key));
+/// ```
+pub struct ReceiptSigner {
+    secret: ed25519_dalek::hazmat::ExpandedSecretKey,
+    verifying: VerifyingKey,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for ReceiptSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptSigner")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceiptSigner {
+    /// A signer for `key`.
+    pub fn new(key: &SigningKey) -> Self {
+        Self {
+            secret: ed25519_dalek::hazmat::ExpandedSecretKey::from(key.as_bytes()),
+            verifying: key.verifying_key(),
+            public: PublicKey::from(key),
+        }
+    }
+
+    /// Signs `body`; the same signature as [`ReceiptBody::sign`] (Ed25519 is deterministic).
+    pub fn sign(&self, body: &ReceiptBody) -> SignedReceipt {
+        let signature = ed25519_dalek::hazmat::raw_sign::<sha2::Sha512>(
+            &self.secret,
+            &body.signed_bytes(&self.public),
+            &self.verifying,
+        )
+        .to_bytes();
+        SignedReceipt {
+            body: *body,
+            payer_key: self.public,
+            signature,
+        }
+    }
+}
+
 impl SignedReceipt {
     /// The 185-byte encoding.
     pub fn encode(&self) -> [u8; ENCODED_LEN] {

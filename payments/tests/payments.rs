@@ -11,11 +11,15 @@ use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Transaction,
     TransactionId, TxKind,
 };
-use streamspace_payments::book::{BookError, PayerTab, ReceiptBook, Terms};
+use streamspace_payments::book::{
+    Allowlist, BookError, CreditTier, PayerTab, Price, PriceList, ReceiptBook, ServiceTier, Terms,
+};
 use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::merkle::{Tree, verify};
 use streamspace_payments::netting::{MAX_RECIPIENTS, NettingError, plan};
-use streamspace_payments::receipt::{ReceiptBody, ReceiptError, SignedReceipt, verify_batch};
+use streamspace_payments::receipt::{
+    ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt, verify_batch,
+};
 use streamspace_payments::settle::{
     Journal, Phase, SettleError, Settler, anchor_message, lock_collateral, publish_fraud_proof,
 };
@@ -72,24 +76,29 @@ fn payee_book_refuses_and_counts_bad_receipts() {
         AccountId::new(1003),
     );
     let terms = Terms {
-        price_per_shard: 100,
+        price: Price::per_shard(100),
         max_ahead: 2,
         disconnect_after: 5,
     };
     let mut book = ReceiptBook::new(me, 1, terms);
-    book.admit(viewer, PublicKey::from(&key(1)), 1_000);
+    book.admit(viewer, PublicKey::from(&key(1)), 1_000).unwrap();
     let mut tab = PayerTab::new(viewer, key(1), 1);
+    tab.agree(me, terms.price);
     for _ in 0..2 {
-        book.serve(viewer).unwrap();
-        tab.received(me);
+        book.serve(viewer, 1000).unwrap();
+        tab.received(me, 1000);
     }
     assert!(matches!(
-        book.serve(viewer),
+        book.serve(viewer, 1000),
         Err(BookError::ReceiptDue { unpaid: 2, .. })
     ));
-    assert!(matches!(book.serve(other), Err(BookError::UnknownPayer(_))));
+    assert!(matches!(
+        book.serve(other, 1000),
+        Err(BookError::UnknownPayer(_))
+    ));
 
-    let good = tab.sign(me, 100).unwrap();
+    let good = tab.sign(me);
+    assert_eq!((good.body.amount, good.body.shards), (200, 2));
     let cases: Vec<(SignedReceipt, &str)> = vec![
         (
             ReceiptBody {
@@ -146,12 +155,161 @@ fn payee_book_refuses_and_counts_bad_receipts() {
         book.accept(&[0u8; 3]).unwrap_err().kind(),
         "malformed_or_forged"
     );
-    book.serve(viewer).unwrap();
+    book.serve(viewer, 1000).unwrap();
     // The viewer's refusals so far: receipt due, key mismatch, underpaid, beyond collateral,
     // stale — enough to be dropped.
     assert!(book.should_disconnect(viewer));
     // The payer will not sign more than it received at the price.
-    assert!(tab.sign_asked(me, 201, 100).is_err());
+    assert!(tab.sign_asked(me, 201).is_err());
+    assert!(tab.sign_asked(me, 150).is_ok());
+}
+
+#[test]
+fn per_byte_and_per_tier_prices() {
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let prices = PriceList {
+        tier1: Price {
+            per_shard: 1_000,
+            per_gib: 1 << 30,
+        },
+        edge: Price::per_gib(3 << 30),
+    };
+    assert_eq!(prices.price(ServiceTier::Edge), Price::per_gib(3 << 30));
+    let terms = Terms {
+        max_ahead: 3,
+        ..Terms::for_tier(&prices, ServiceTier::Tier1)
+    };
+    let mut book = ReceiptBook::new(me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1_000_000)
+        .unwrap();
+    let mut tab = PayerTab::new(viewer, key(1), 1);
+    tab.agree(me, terms.price);
+    // Shards of 100, 7 and 250 bytes: 1,000 per shard plus one tinybar per byte.
+    for size in [100, 7, 250] {
+        book.serve(viewer, size).unwrap();
+        tab.received(me, size);
+    }
+    // A receipt for the first two shards is priced on their bytes, not on the last one's.
+    let two = ReceiptBody {
+        payer: viewer,
+        payee: me,
+        period: 1,
+        amount: 2_107,
+        shards: 2,
+    };
+    assert!(matches!(
+        book.accept(
+            &ReceiptBody {
+                amount: 2_106,
+                ..two
+            }
+            .sign(&key(1))
+            .encode()
+        ),
+        Err(BookError::Underpaid { owed: 2_107, .. })
+    ));
+    book.accept(&two.sign(&key(1)).encode()).unwrap();
+    let all = tab.sign(me);
+    assert_eq!((all.body.amount, all.body.shards), (3_357, 3));
+    assert!(matches!(
+        book.accept(
+            &ReceiptBody {
+                amount: 3_356,
+                ..all.body
+            }
+            .sign(&key(1))
+            .encode()
+        ),
+        Err(BookError::Underpaid { owed: 3_357, .. })
+    ));
+    book.accept(&all.encode()).unwrap();
+    // Rounding happens once, on the cumulative bytes: 3 bytes at 1/3 tinybar each cost 1.
+    let third = Price::per_gib((1 << 30) / 3);
+    assert_eq!((third.owed(0, 1), third.owed(0, 3)), (1, 1));
+    assert_eq!(Price::per_gib(u64::MAX).owed(u64::MAX, u64::MAX), u64::MAX);
+}
+
+#[test]
+fn allowlist_and_credit_tiers() {
+    let me = AccountId::new(2000);
+    let (trusted, capped, stranger) = (
+        AccountId::new(1001),
+        AccountId::new(1002),
+        AccountId::new(1003),
+    );
+    let terms = Terms {
+        price: Price::per_shard(100),
+        ..Terms::default()
+    };
+    let list = Allowlist::closed([
+        (
+            trusted,
+            CreditTier {
+                max_credit: u64::MAX,
+                max_ahead: 4,
+            },
+        ),
+        (
+            capped,
+            CreditTier {
+                max_credit: 250,
+                max_ahead: 1,
+            },
+        ),
+    ]);
+    let mut book = ReceiptBook::with_allowlist(me, 1, terms, list);
+    book.admit(trusted, PublicKey::from(&key(1)), 10_000)
+        .unwrap();
+    book.admit(capped, PublicKey::from(&key(2)), 10_000)
+        .unwrap();
+    assert_eq!(
+        book.admit(stranger, PublicKey::from(&key(3)), 10_000),
+        Err(BookError::NotAllowed(stranger))
+    );
+    // A receipt from a payer the allowlist refuses says so.
+    let from_stranger = body(1003, 2000, 100, 1).sign(&key(3));
+    assert_eq!(
+        book.accept(&from_stranger.encode()).unwrap_err().kind(),
+        "not_allowed"
+    );
+    assert_eq!(book.refusals().get("not_allowed"), Some(&2));
+    // The trusted tier is served four shards ahead; the capped one, one.
+    for _ in 0..4 {
+        book.serve(trusted, 10).unwrap();
+    }
+    assert!(book.serve(trusted, 10).is_err());
+    book.serve(capped, 10).unwrap();
+    assert!(book.serve(capped, 10).is_err());
+    // Credit is the collateral capped by the tier: 250 of the 10,000 locked.
+    let mut tab = PayerTab::new(capped, key(2), 1);
+    tab.agree(me, terms.price);
+    for _ in 0..3 {
+        tab.received(me, 10);
+    }
+    assert!(matches!(
+        book.accept(&tab.sign(me).encode()),
+        Err(BookError::BeyondCollateral { credit: 250, .. })
+    ));
+    // An open list admits strangers at the book's default terms, with credit = collateral.
+    let mut open = ReceiptBook::new(me, 1, terms);
+    open.admit(stranger, PublicKey::from(&key(3)), 100).unwrap();
+    open.serve(stranger, 10).unwrap();
+    assert!(open.serve(stranger, 10).is_err());
+    open.accept(&from_stranger.encode()).unwrap();
+    let list = open.allowlist().clone();
+    assert!(list.open && list.banned.is_empty());
+}
+
+#[test]
+fn signer_with_expanded_key_signs_as_the_plain_key() {
+    let k = key(7);
+    let signer = ReceiptSigner::new(&k);
+    for i in 0..50 {
+        let b = body(1001, 1002 + i, i * 10, i);
+        let r = signer.sign(&b);
+        assert_eq!(r, b.sign(&k));
+        r.verify().unwrap();
+    }
 }
 
 #[test]
@@ -504,7 +662,14 @@ async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
     );
     // The payee expels the payer.
     let mut book = ReceiptBook::new(AccountId::new(2001), 1, Terms::default());
-    book.admit(cheat.account, PublicKey::from(&cheat.key), 1_000_000_000);
+    book.admit(cheat.account, PublicKey::from(&cheat.key), 1_000_000_000)
+        .unwrap();
     book.expel(cheat.account);
-    assert!(book.serve(cheat.account).is_err());
+    assert!(book.serve(cheat.account, 1).is_err());
+    // Struck off the allowlist: not admitted again, even with fresh collateral.
+    assert_eq!(
+        book.admit(cheat.account, PublicKey::from(&cheat.key), 1_000_000_000),
+        Err(BookError::NotAllowed(cheat.account))
+    );
+    assert!(book.allowlist().banned.contains(&cheat.account));
 }

@@ -1,0 +1,32 @@
+//! The StreamSpace network layer, on [rust-libp2p](https://github.com/libp2p/rust-libp2p).
+//!
+//! A [`Node`] has an Ed25519 identity ([`identity::load_or_create`]), listens on TCP and QUIC
+//! (noise and yamux on TCP), speaks identify and ping, finds content through a Kademlia DHT
+//! private to its network (`/streamspace/<network>/kad/1.0.0`, one provider record per content
+//! root, republished every 22 hours and kept 48), and exchanges blocks with its own bounded
+//! protocol ([`message`], `/streamspace/exchange/1.0.0`).
+//!
+//! - [`Node::fetch`] downloads a DAG, or only the blocks a byte range of a file needs, from many
+//!   peers at once: in playback order within a window, each block verified against its CID,
+//!   failed requests asked elsewhere, peers that send bad blocks reported and banned.
+//! - A closed network admits only the peers on a list its operator signed
+//!   ([`allowlist::SignedAllowlist`]); others are refused when they connect, and counted.
+//! - Every shard sent or received goes through a [`meter::Meter`], which may pause or refuse
+//!   service: payments plug in there.
+//! - [`Node::stats`] and [`Node::events`] report bytes per peer, shards served, refusals, bad
+//!   blocks and bans.
+#![deny(missing_docs, unreachable_pub, rustdoc::broken_intra_doc_links)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod allowlist;
+pub mod codec;
+pub mod fetch;
+pub mod identity;
+pub mod message;
+pub mod meter;
+pub mod node;
+
+pub use fetch::{FetchError, FetchOptions, FetchReport};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use message::Tier;
+pub use node::{Admission, Config, Node, NodeError, NodeEvent, RequestError, Stats};

@@ -1,0 +1,544 @@
+//! Swarms of real nodes on 127.0.0.1, in one process: publishing and fetching through the DHT,
+//! corrupt and vanishing peers, closed networks, quotas, metering and byte ranges.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::TryStreamExt;
+use libp2p::identity::{Keypair, ed25519};
+use rand::{RngCore, SeedableRng};
+use streamspace_shard::block::Block;
+use streamspace_shard::export::{ByteRange, cat};
+use streamspace_shard::import::ImportOptions;
+use streamspace_shard::store::{BlockStore, DiskStore, MemoryStore, StoreError, add_reader};
+use streamspace_transport::allowlist::SignedAllowlist;
+use streamspace_transport::message::{Request, Response};
+use streamspace_transport::meter::{Decision, Free, Meter};
+use streamspace_transport::{
+    Admission, Config, FetchError, FetchOptions, Node, NodeEvent, PeerId, Tier,
+};
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+async fn publish<S: BlockStore + 'static>(node: &Node<S>, data: &[u8]) -> Cid {
+    add_reader(
+        Some(node.store().as_ref()),
+        std::io::Cursor::new(data.to_vec()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid
+}
+
+async fn read_back<S: BlockStore>(store: &S, root: Cid, range: ByteRange) -> Vec<u8> {
+    let parts: Vec<Bytes> = cat(store, root, range).try_collect().await.unwrap();
+    parts.concat()
+}
+
+fn config() -> Config {
+    let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+    c.request_timeout = Duration::from_secs(5);
+    c
+}
+
+async fn start<S: BlockStore + 'static>(config: Config, store: S) -> Node<S> {
+    Node::start(config, Arc::new(store), Arc::new(Free))
+        .await
+        .unwrap()
+}
+
+/// A peer that serves every block with one byte flipped.
+struct Corrupt(MemoryStore);
+
+impl BlockStore for Corrupt {
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.0.get(cid).await?.map(|b| {
+            let mut v = b.to_vec();
+            v[0] ^= 0xff;
+            Bytes::from(v)
+        }))
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
+        self.0.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.delete(cid).await
+    }
+}
+
+/// A peer on a slow disk.
+struct Slow(MemoryStore, Duration);
+
+impl BlockStore for Slow {
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        tokio::time::sleep(self.1).await;
+        self.0.get(cid).await
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
+        self.0.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.delete(cid).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_nodes_find_and_fetch_through_the_dht_concurrently() {
+    let seeder = start(config(), MemoryStore::new()).await;
+    let data = random(3 * 1024 * 1024 + 12_345, 1);
+    let root = publish(&seeder, &data).await;
+    seeder.provide(root).await.unwrap();
+    let boot = seeder.dialable_addrs().await.unwrap();
+
+    let mut nodes = Vec::new();
+    for _ in 0..11 {
+        let mut c = config();
+        c.bootstrap = boot.clone();
+        nodes.push(start(c, MemoryStore::new()).await);
+    }
+    // Every node fetches at once, finding the seeder through the DHT.
+    let fetches = nodes.iter().map(|n| {
+        let n = n.clone();
+        tokio::spawn(async move { n.fetch(root, FetchOptions::default()).await })
+    });
+    for (node, f) in nodes.iter().zip(fetches) {
+        let report = f.await.unwrap().unwrap();
+        assert_eq!(report.blocks, 14, "13 leaves and the root");
+        assert_eq!(report.fetched, 14);
+        assert_eq!(report.bad_blocks, 0);
+        assert!(report.first_block.is_some());
+        assert_eq!(
+            read_back(node.store().as_ref(), root, ByteRange::default()).await,
+            data
+        );
+        assert_eq!(
+            node.stats().bytes_received,
+            report.bytes_from.values().sum()
+        );
+    }
+    let served = seeder.stats();
+    assert_eq!(served.shards_served, 11 * 14);
+    assert_eq!(served.peers.len(), 11);
+
+    // A node that now provides the content too is found by a newcomer, which can fetch from
+    // both.
+    nodes[0].provide(root).await.unwrap();
+    let mut c = config();
+    c.bootstrap = nodes[5].dialable_addrs().await.unwrap();
+    let late = start(c, MemoryStore::new()).await;
+    let mut providers = late.find_providers(root).await.unwrap();
+    providers.sort();
+    let mut expected = vec![seeder.peer_id(), nodes[0].peer_id()];
+    expected.sort();
+    assert_eq!(providers, expected);
+    late.fetch(root, FetchOptions::default()).await.unwrap();
+    // Every node learnt the seeder's tier and capacity when it connected.
+    let tiers = nodes[1].peer_tiers().await.unwrap();
+    assert_eq!(tiers.get(&seeder.peer_id()).map(|t| t.0), Some(Tier::Edge));
+    for n in nodes.iter().chain([&seeder, &late]) {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_peer_is_banned_and_the_fetch_completes_from_others() {
+    let data = random(2 * 1024 * 1024, 2);
+    let honest = start(config(), MemoryStore::new()).await;
+    let root = publish(&honest, &data).await;
+    let bad_store = MemoryStore::new();
+    add_reader(
+        Some(&bad_store),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let liar = start(config(), Corrupt(bad_store)).await;
+
+    let mut c = config();
+    c.ban_after_bad_blocks = 2;
+    let viewer = start(c, MemoryStore::new()).await;
+    let mut events = viewer.events();
+    for n in [
+        &honest.dialable_addrs().await.unwrap(),
+        &liar.dialable_addrs().await.unwrap(),
+    ] {
+        viewer.dial(n[0].clone()).await.unwrap();
+    }
+    let report = viewer
+        .fetch(
+            root,
+            FetchOptions {
+                peers: vec![liar.peer_id(), honest.peer_id()],
+                use_dht: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.bad_blocks >= 1, "{report:?}");
+    assert_eq!(report.bytes_from.get(&liar.peer_id()), None);
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    let stats = viewer.stats();
+    assert_eq!(stats.bad_blocks, report.bad_blocks);
+    assert_eq!(stats.peers[&liar.peer_id()].bad_blocks, report.bad_blocks);
+    if report.bad_blocks >= 2 {
+        assert_eq!(stats.bans, 1);
+    }
+    let mut seen_bad = false;
+    while let Ok(e) = events.try_recv() {
+        seen_bad |= matches!(e, NodeEvent::BadBlock { peer, .. } if peer == liar.peer_id());
+    }
+    assert!(seen_bad);
+
+    // Once banned, the liar cannot even connect.
+    let mut c = config();
+    c.ban_after_bad_blocks = 1;
+    let strict = start(c, MemoryStore::new()).await;
+    strict
+        .dial(liar.dialable_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let err = strict
+        .fetch(
+            root,
+            FetchOptions {
+                peers: vec![liar.peer_id()],
+                use_dht: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Unavailable { .. }), "{err}");
+    assert_eq!(strict.stats().bans, 1);
+    assert!(
+        strict
+            .dial(liar.dialable_addrs().await.unwrap()[0].clone())
+            .await
+            .is_err()
+    );
+    for n in [&honest, &viewer, &strict] {
+        n.shutdown().await;
+    }
+    liar.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_transfer_is_replaced() {
+    let data = random(6 * 1024 * 1024, 3);
+    let mut seeders = Vec::new();
+    for _ in 0..2 {
+        let store = MemoryStore::new();
+        add_reader(
+            Some(&store),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap();
+        seeders.push(start(config(), Slow(store, Duration::from_millis(15))).await);
+    }
+    let root = streamspace_shard::store::add_reader(
+        None::<&MemoryStore>,
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let viewer = start(config(), MemoryStore::new()).await;
+    for s in &seeders {
+        viewer
+            .dial(s.dialable_addrs().await.unwrap()[0].clone())
+            .await
+            .unwrap();
+    }
+    let peers: Vec<PeerId> = seeders.iter().map(|s| s.peer_id()).collect();
+    let v = viewer.clone();
+    let fetch = tokio::spawn(async move {
+        v.fetch(
+            root,
+            FetchOptions {
+                peers,
+                use_dht: false,
+                batch: 2,
+                per_peer: 2,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+    });
+    while seeders[0].stats().shards_served < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seeders[0].shutdown().await;
+    let report = fetch.await.unwrap().unwrap();
+    assert_eq!(report.blocks, 25);
+    assert!(report.bytes_from[&seeders[1].peer_id()] > 0);
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    viewer.shutdown().await;
+    seeders[1].shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_network_refuses_outsiders_and_counts_them() {
+    let operator = ed25519::Keypair::generate();
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let members = keys[..2].iter().map(|k| k.public().to_peer_id());
+    let list = SignedAllowlist::sign(
+        &operator,
+        "studio",
+        SystemTime::now() + Duration::from_secs(3600),
+        members,
+    );
+    let member_config = |k: &Keypair| {
+        let mut c = Config::new(k.clone()).loopback();
+        c.network = "studio".into();
+        c.admission = Some(Admission {
+            operator: operator.public(),
+            list: list.clone(),
+        });
+        c
+    };
+    let a = start(member_config(&keys[0]), MemoryStore::new()).await;
+    let b = start(member_config(&keys[1]), MemoryStore::new()).await;
+    let mut outsider_config = Config::new(keys[2].clone()).loopback();
+    outsider_config.network = "studio".into();
+    let outsider = start(outsider_config, MemoryStore::new()).await;
+    let addr = a.dialable_addrs().await.unwrap()[0].clone();
+
+    b.dial(addr.clone()).await.unwrap();
+    // The outsider's handshake may complete on its side; the member then drops the connection.
+    let _ = outsider.dial(addr).await;
+    for _ in 0..500 {
+        if a.stats().refused_connections >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.stats().refused_connections, 1);
+    while !outsider.connected_peers().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ask = outsider.request(a.peer_id(), Request::Status).await;
+    assert!(ask.is_err(), "{ask:?}");
+    for _ in 0..500 {
+        if a.stats().refused_connections >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.stats().refused_connections, 2, "each attempt is counted");
+    assert_eq!(a.connected_peers().await.unwrap(), vec![b.peer_id()]);
+    // Members talk.
+    assert!(matches!(
+        b.request(a.peer_id(), Request::Status).await,
+        Ok(Response::Status { .. })
+    ));
+
+    // A list for another network, signed by someone else, or expired, is not accepted.
+    let mut c = member_config(&keys[0]);
+    c.network = "other".into();
+    assert!(
+        Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .is_err()
+    );
+    let mut c = member_config(&keys[0]);
+    c.admission = Some(Admission {
+        operator: ed25519::Keypair::generate().public(),
+        list: list.clone(),
+    });
+    assert!(
+        Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .is_err()
+    );
+    let expired = SignedAllowlist::sign(&operator, "studio", SystemTime::now(), []);
+    let mut c = member_config(&keys[0]);
+    c.admission = Some(Admission {
+        operator: operator.public(),
+        list: expired,
+    });
+    assert!(
+        Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .is_err()
+    );
+    for n in [&a, &b, &outsider] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_evicts_unpinned_content_only() {
+    let seeder = start(config(), MemoryStore::new()).await;
+    let items: Vec<Vec<u8>> = (0..3).map(|i| random(1024 * 1024, 10 + i)).collect();
+    let mut roots = Vec::new();
+    for d in &items {
+        roots.push(publish(&seeder, d).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Room for about two of the three items.
+    let store =
+        DiskStore::open(dir.path().join("blocks.redb"), Some(2 * 1024 * 1024 + 4096)).unwrap();
+    let edge = start(config(), store).await;
+    edge.dial(seeder.dialable_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let from_seeder = || FetchOptions {
+        peers: vec![seeder.peer_id()],
+        use_dht: false,
+        ..FetchOptions::default()
+    };
+    edge.fetch(roots[0], from_seeder()).await.unwrap();
+    edge.store().pin(&roots[0]).await.unwrap();
+    edge.fetch(roots[1], from_seeder()).await.unwrap();
+    edge.fetch(roots[2], from_seeder()).await.unwrap();
+    assert!(edge.store().used_bytes() <= 2 * 1024 * 1024 + 4096);
+    // The pinned item is whole; the newest is whole; the unpinned older one was evicted.
+    assert_eq!(
+        read_back(edge.store().as_ref(), roots[0], ByteRange::default()).await,
+        items[0]
+    );
+    assert_eq!(
+        read_back(edge.store().as_ref(), roots[2], ByteRange::default()).await,
+        items[2]
+    );
+    let mut left = 0;
+    for (c, _) in streamspace_shard::dag::walk(seeder.store().as_ref(), roots[1])
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+    {
+        left += usize::from(edge.store().has(&c).await.unwrap());
+    }
+    assert!(left <= 1, "{left} of item 1's 5 blocks remain");
+    edge.shutdown().await;
+    seeder.shutdown().await;
+}
+
+/// Serves `limit` shards, then pauses every request; counts what it sees.
+struct Quota {
+    limit: u64,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Meter for Quota {
+    fn before_send(&self, _: &PeerId, _: &Cid, _: usize) -> Decision {
+        if self.sent.fetch_add(1, Ordering::SeqCst) < self.limit {
+            Decision::Serve
+        } else {
+            self.sent.fetch_sub(1, Ordering::SeqCst);
+            Decision::Refuse
+        }
+    }
+    fn received(&self, _: &PeerId, _: &Cid, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_meter_sees_every_shard_and_may_refuse_service_and_ranges_fetch_only_what_they_need() {
+    let data = random(4 * 1024 * 1024, 4);
+    let metered = Arc::new(Quota {
+        limit: 5,
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    });
+    let stingy = Node::start(config(), Arc::new(MemoryStore::new()), metered.clone())
+        .await
+        .unwrap();
+    let root = publish(&stingy, &data).await;
+    let generous = start(config(), MemoryStore::new()).await;
+    publish(&generous, &data).await;
+
+    let counting = Arc::new(Quota {
+        limit: u64::MAX,
+        sent: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+    });
+    let viewer = Node::start(config(), Arc::new(MemoryStore::new()), counting.clone())
+        .await
+        .unwrap();
+    for n in [&stingy, &generous] {
+        viewer
+            .dial(n.dialable_addrs().await.unwrap()[0].clone())
+            .await
+            .unwrap();
+    }
+    // Bytes 1,000,000..1,300,000 lie in leaves 3 and 4 (256 KiB each): with the root, 3 blocks.
+    let range = (1_000_000, 300_000);
+    let report = viewer
+        .fetch(
+            root,
+            FetchOptions {
+                peers: vec![stingy.peer_id()],
+                use_dht: false,
+                range: Some(range),
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.fetched, 3);
+    assert_eq!(
+        read_back(
+            viewer.store().as_ref(),
+            root,
+            ByteRange::new(range.0, Some(range.1))
+        )
+        .await,
+        &data[1_000_000..1_300_000]
+    );
+    // The rest: the stingy peer refuses after 5 shards, the generous one serves the remainder.
+    let report = viewer
+        .fetch(
+            root,
+            FetchOptions {
+                peers: vec![stingy.peer_id(), generous.peer_id()],
+                use_dht: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.blocks, 17);
+    assert_eq!(report.fetched, 14);
+    assert_eq!(metered.sent.load(Ordering::SeqCst), 5);
+    assert!(stingy.stats().metered_refusals >= 1);
+    assert_eq!(
+        counting.received.load(Ordering::SeqCst),
+        viewer.stats().bytes_received
+    );
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    for n in [&viewer, &generous] {
+        n.shutdown().await;
+    }
+    stingy.shutdown().await;
+}
