@@ -108,7 +108,10 @@ fn transfer(c: &mut Criterion) {
                         .await
                         .expect("fetch");
                     total += start.elapsed();
-                    assert_eq!(report.fetched, 1025);
+                    assert_eq!(
+                        report.fetched, 1031,
+                        "1,024 leaves, 6 inner nodes, the root"
+                    );
                     viewer.shutdown().await;
                 }
                 total

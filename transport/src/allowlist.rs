@@ -161,7 +161,9 @@ impl SignedAllowlist {
             .to_owned();
         let mut e = [0u8; 8];
         e.copy_from_slice(take(&mut at, 8, "expiry")?);
-        let expires = UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(e));
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(u64::from_be_bytes(e)))
+            .ok_or_else(|| bad(at - 8, "expiry out of range"))?;
         let count = varint(&mut at, "peer count")?;
         if count > MAX_PEERS {
             return Err(bad(at, "too many peers"));

@@ -197,4 +197,14 @@ fn allowlists_verify_only_as_signed() {
     long.push(0);
     assert!(SignedAllowlist::decode(&long).is_err());
     assert!(SignedAllowlist::decode(b"streamspace-allowlist-v2").is_err());
+    // Found by the fuzzer: an expiry past what the platform's clock can hold.
+    let mut far = b"streamspace-allowlist-v1\x00".to_vec();
+    far.extend_from_slice(&[0xff; 8]);
+    assert_eq!(
+        SignedAllowlist::decode(&far),
+        Err(AllowlistError::Malformed {
+            offset: 25,
+            what: "expiry out of range"
+        })
+    );
 }
