@@ -659,6 +659,16 @@ impl<S: BlockStore + 'static> Driver<S> {
                     let _ = tx.send(Err(NodeError::Address(addr, "needs /p2p/<peer id>")));
                     return;
                 };
+                if self
+                    .swarm
+                    .behaviour()
+                    .banned
+                    .blocked_peers()
+                    .contains(&peer)
+                {
+                    let _ = tx.send(Err(NodeError::Dial(addr, "peer is banned".into())));
+                    return;
+                }
                 if self.swarm.is_connected(&peer) {
                     let _ = tx.send(Ok(()));
                     return;
