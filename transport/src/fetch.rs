@@ -1,12 +1,23 @@
 //! Fetching a DAG, or the part of a file a byte range needs, from many peers at once.
 //!
 //! Blocks are wanted in playback order (depth-first, children in link order). The next
-//! `window` blocks are requested first, in order, each from the best-scoring peer with room
-//! for another request; every block is verified against its CID before it is stored; a request
-//! that fails or times out is asked of another peer; a peer that sends a bad block is reported
-//! to the node, which bans it past a threshold, and the fetch goes on with the others.
+//! `window` blocks are requested first, in order; beyond the window, up to `lookahead` more are
+//! requested rarest first (fewest known holders, ties broken differently on every node), so
+//! that nodes fetching the same item at once spread its blocks among themselves instead of all
+//! asking the origin for the same ones. Which peer holds what is learnt from have lists asked
+//! every `refresh`; peers that hold everything (origins, seeders) are asked for blocks beyond the
+//! window only when no other holder is known, with at most `origin_requests` such requests in
+//! flight.
+//!
+//! Every block is verified against its CID before it is stored. A window block outstanding past
+//! its `deadline` is also asked of another peer (the first verified copy wins); a request that
+//! fails is asked elsewhere; a peer that sends a bad block is reported to the node, which bans
+//! it past a threshold, and the fetch goes on with the others.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,19 +37,38 @@ use crate::node::{Node, RequestError};
 pub struct FetchOptions {
     /// Peers to fetch from besides the providers the DHT names.
     pub peers: Vec<PeerId>,
-    /// Whether to ask the DHT for providers.
+    /// Whether to ask the DHT for providers (again every few `refresh` periods, to find other
+    /// nodes fetching the same item).
     pub use_dht: bool,
+    /// Whether to announce on the DHT, as the fetch starts, that this node provides the item,
+    /// so that others fetching it at the same time can take blocks from this one.
+    pub announce: bool,
     /// Only the blocks of this byte range of the file (`offset`, `length`); `None` for the
     /// whole DAG.
     pub range: Option<(u64, u64)>,
-    /// Blocks ahead of the playback position requested at once.
+    /// Blocks ahead of the playback position requested in order.
     pub window: usize,
+    /// Blocks beyond the window requested at once, rarest first.
+    pub lookahead: usize,
     /// Blocks per request.
     pub batch: usize,
     /// Requests in flight to one peer.
     pub per_peer: usize,
+    /// Requests in flight to peers holding everything, for blocks beyond the window.
+    pub origin_requests: usize,
+    /// How long a block beyond the window waits for another fetcher to take it from an origin
+    /// before this node takes it from the origin itself. Among the nodes fetching an item at
+    /// once, each block is the charge of one (by rendezvous hashing of block and peer ids):
+    /// that one takes it from the origin, the others from it.
+    pub origin_patience: Duration,
+    /// A window block outstanding this long is also asked of another peer.
+    pub deadline: Duration,
+    /// How often have lists are refreshed.
+    pub refresh: Duration,
     /// Failed or late requests after which a peer is no longer asked in this fetch.
     pub max_failures: u32,
+    /// The fetch fails when no block arrives for this long.
+    pub stall: Duration,
 }
 
 impl Default for FetchOptions {
@@ -46,11 +76,18 @@ impl Default for FetchOptions {
         Self {
             peers: Vec::new(),
             use_dht: true,
+            announce: false,
             range: None,
-            window: 64,
+            window: 16,
+            lookahead: 256,
             batch: 4,
             per_peer: 4,
+            origin_requests: 1,
+            origin_patience: Duration::from_secs(3),
+            deadline: Duration::from_secs(2),
+            refresh: Duration::from_millis(100),
             max_failures: 3,
+            stall: Duration::from_secs(30),
         }
     }
 }
@@ -62,12 +99,16 @@ pub struct FetchReport {
     pub blocks: u64,
     /// Of those, fetched from peers (the rest were in the store already).
     pub fetched: u64,
-    /// Bytes fetched, per peer.
+    /// Bytes of verified blocks stored, per peer that sent them.
     pub bytes_from: HashMap<PeerId, u64>,
     /// Bad blocks received (and discarded).
     pub bad_blocks: u64,
     /// Requests that failed or timed out and were asked elsewhere.
     pub retries: u64,
+    /// Window blocks also asked of a second peer for being late.
+    pub hedged: u64,
+    /// Verified blocks that arrived after another copy (hedged requests).
+    pub duplicates: u64,
     /// Time until the first verified block arrived.
     pub first_block: Option<Duration>,
     /// Time for the whole fetch.
@@ -110,10 +151,33 @@ struct Need {
     cid: Cid,
     /// Byte offset of the block's data in the file.
     offset: u64,
-    /// Peers that lack the block or failed to deliver it.
+    /// Peers that sent a bad copy or failed to deliver it.
     excluded: HashSet<PeerId>,
     /// Whether the local store was already asked for it.
     checked: bool,
+    /// When it was first queued.
+    queued: Instant,
+}
+
+impl Need {
+    fn new(cid: Cid, offset: u64) -> Self {
+        Self {
+            cid,
+            offset,
+            excluded: HashSet::new(),
+            checked: false,
+            queued: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Flight {
+    need: Need,
+    since: Instant,
+    peers: Vec<PeerId>,
+    in_window: bool,
+    hedged: bool,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +187,11 @@ struct PeerScore {
     busy: Duration,
     failures: u32,
     paused_until: Option<Instant>,
+    /// Has answered a have list.
+    informed: bool,
+    /// Held every block it was last asked about.
+    complete: bool,
+    have_pending: bool,
 }
 
 impl PeerScore {
@@ -139,12 +208,168 @@ impl PeerScore {
 }
 
 type Key = Vec<u32>;
-type Outcome = (
-    PeerId,
-    Vec<(Key, Need)>,
-    Result<Response, RequestError>,
-    Duration,
-);
+
+enum Done {
+    /// The peer, the blocks asked, the response, the time it took, and whether the request
+    /// counted against `origin_requests`.
+    Want(
+        PeerId,
+        Vec<Key>,
+        Result<Response, RequestError>,
+        Duration,
+        bool,
+    ),
+    Have(PeerId, Vec<Cid>, Result<Response, RequestError>),
+    Providers(Vec<PeerId>),
+    Announced,
+}
+
+type Task = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// Everything one fetch keeps.
+struct Session {
+    root: Cid,
+    me: PeerId,
+    options: FetchOptions,
+    start: Instant,
+    report: FetchReport,
+    pending: BTreeMap<Key, Need>,
+    flying: HashMap<Key, Flight>,
+    peers: HashMap<PeerId, PeerScore>,
+    holders: HashMap<Cid, HashSet<PeerId>>,
+    lacks: HashSet<(PeerId, Cid)>,
+    origin_inflight: usize,
+    dht_running: bool,
+    dht_answered: bool,
+    last_progress: Instant,
+}
+
+impl Session {
+    fn usable(&self, p: &PeerId, need: &Need) -> bool {
+        !need.excluded.contains(p)
+            && self
+                .peers
+                .get(p)
+                .is_some_and(|s| s.failures < self.options.max_failures)
+    }
+
+    /// Fewest holders first (origins not counted); ties broken by a hash of the block and this
+    /// node, so that nodes fetching together start on different blocks.
+    fn rarity(&self, cid: &Cid) -> (usize, u64) {
+        let holders = self.holders.get(cid).map_or(0, |h| {
+            h.iter()
+                .filter(|p| !self.peers.get(p).is_some_and(|s| s.complete))
+                .count()
+        });
+        let mut h = std::hash::DefaultHasher::new();
+        (cid, self.me).hash(&mut h);
+        (holders, h.finish())
+    }
+
+    /// Whether this node is the one, among the nodes known to be fetching the item, that takes
+    /// `cid` from an origin (highest rendezvous hash of block and peer).
+    fn in_charge_of(&self, cid: &Cid) -> bool {
+        let weight = |p: &PeerId| {
+            let mut h = std::hash::DefaultHasher::new();
+            (cid, p).hash(&mut h);
+            h.finish()
+        };
+        let mine = weight(&self.me);
+        !self.peers.iter().any(|(p, s)| {
+            s.informed && !s.complete && s.failures < self.options.max_failures && weight(p) > mine
+        })
+    }
+
+    /// The peer to ask for `need` now, if any: a known holder, else a peer not yet heard
+    /// from, else one holding everything (for blocks beyond the window, only while few
+    /// requests to such peers are in flight).
+    fn choose(
+        &self,
+        need: &Need,
+        in_window: bool,
+        taken: &HashMap<PeerId, Vec<(Key, bool)>>,
+        skip: &[PeerId],
+        now: Instant,
+    ) -> Option<PeerId> {
+        let o = &self.options;
+        let origin_room = in_window
+            || self.origin_inflight
+                + taken
+                    .keys()
+                    .filter(|p| self.peers.get(p).is_some_and(|s| s.complete))
+                    .count()
+                < o.origin_requests;
+        let origin_room = origin_room
+            && (in_window
+                || need.queued.elapsed() > o.origin_patience
+                || self.in_charge_of(&need.cid));
+        let holders = self.holders.get(&need.cid);
+        self.peers
+            .iter()
+            .filter(|(p, s)| {
+                !skip.contains(p)
+                    && self.usable(p, need)
+                    && !self.lacks.contains(&(**p, need.cid))
+                    && s.inflight < o.per_peer
+                    && s.paused_until.is_none_or(|t| t <= now)
+                    && taken.get(p).is_none_or(|t| t.len() < o.batch)
+                    && (!s.complete || origin_room)
+            })
+            .map(|(p, s)| {
+                // Peers not heard from yet are tried only for the window: beyond it, wait a
+                // round trip for their have list rather than load an origin blindly.
+                let class = if s.complete {
+                    2
+                } else if holders.is_some_and(|h| h.contains(p)) {
+                    0
+                } else if !s.informed && in_window {
+                    1
+                } else {
+                    3
+                };
+                (class, s.score(), *p)
+            })
+            .filter(|(class, _, _)| *class < 3)
+            .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+            .map(|(_, _, p)| p)
+    }
+
+    /// What to ask for next: the window in playback order, then up to `lookahead` more,
+    /// rarest first. Each is flagged with whether it is in the window.
+    fn candidates(&self) -> Vec<(Key, bool)> {
+        let window = self.options.window;
+        let mut keys: Vec<(Key, bool)> = self
+            .pending
+            .keys()
+            .take(window)
+            .map(|k| (k.clone(), true))
+            .collect();
+        let mut beyond: Vec<(usize, u64, Key)> = self
+            .pending
+            .iter()
+            .skip(window)
+            .take(self.options.lookahead)
+            .map(|(k, n)| {
+                let (holders, tie) = self.rarity(&n.cid);
+                (holders, tie, k.clone())
+            })
+            .collect();
+        beyond.sort_unstable_by_key(|b| (b.0, b.1));
+        keys.extend(beyond.into_iter().map(|(_, _, k)| (k, false)));
+        keys
+    }
+
+    fn requeue(&mut self, key: Key, peer: PeerId) {
+        if let Some(f) = self.flying.get_mut(&key) {
+            f.peers.retain(|p| *p != peer);
+            if f.peers.is_empty()
+                && let Some(f) = self.flying.remove(&key)
+            {
+                self.pending.insert(key, f.need);
+            }
+        }
+    }
+}
 
 impl<S: BlockStore + 'static> Node<S> {
     /// Fetches `root` (or the blocks of `options.range`) into this node's store from peers,
@@ -155,208 +380,340 @@ impl<S: BlockStore + 'static> Node<S> {
     /// [`FetchError`]; blocks verified so far stay in the store, so fetching again resumes.
     pub async fn fetch(&self, root: Cid, options: FetchOptions) -> Result<FetchReport, FetchError> {
         let start = Instant::now();
-        let mut peers: HashMap<PeerId, PeerScore> = options
-            .peers
-            .iter()
-            .map(|p| (*p, PeerScore::default()))
-            .collect();
-        let mut report = FetchReport::default();
-        let mut pending: BTreeMap<Key, Need> = BTreeMap::new();
-        pending.insert(
-            vec![0],
-            Need {
-                cid: root,
-                offset: 0,
-                excluded: HashSet::new(),
-                checked: false,
-            },
-        );
-        let mut asked_dht = false;
-        let mut inflight: FuturesUnordered<_> = FuturesUnordered::new();
-        let window = options.window.max(1);
-        let batch = options.batch.clamp(1, MAX_WANT);
+        let mut s = Session {
+            root,
+            me: self.peer_id(),
+            peers: options
+                .peers
+                .iter()
+                .filter(|p| **p != self.peer_id())
+                .map(|p| (*p, PeerScore::default()))
+                .collect(),
+            options,
+            start,
+            report: FetchReport::default(),
+            pending: BTreeMap::from([(vec![0], Need::new(root, 0))]),
+            flying: HashMap::new(),
+            holders: HashMap::new(),
+            lacks: HashSet::new(),
+            origin_inflight: 0,
+            dht_running: false,
+            dht_answered: false,
+            last_progress: start,
+        };
+        let mut tasks: FuturesUnordered<Task> = FuturesUnordered::new();
+        if s.options.announce {
+            let node = self.clone();
+            tasks.push(Box::pin(async move {
+                let _ = node.provide(root).await;
+                Done::Announced
+            }));
+        }
+        let mut next_dht = start;
+        let mut next_have = start;
 
         loop {
-            // Blocks already held are expanded locally, without asking anyone (and their
-            // children may be held too).
-            loop {
-                let mut local = Vec::new();
-                for (key, need) in pending.iter_mut().take(window) {
-                    if need.checked {
-                        continue;
-                    }
-                    need.checked = true;
-                    if let Some(data) = self.store().get(&need.cid).await? {
-                        local.push((key.clone(), data));
-                    }
-                }
-                if local.is_empty() {
-                    break;
-                }
-                for (key, data) in local {
-                    if let Some(need) = pending.remove(&key) {
-                        report.blocks += 1;
-                        self.expand(&key, &need, data, &options, &mut pending)?;
-                    }
-                }
-            }
-            if pending.is_empty() && inflight.is_empty() {
+            self.expand_local(&mut s).await?;
+            if s.pending.is_empty() && s.flying.is_empty() {
                 break;
             }
-            if !pending.is_empty() && peers.is_empty() && !asked_dht && options.use_dht {
-                asked_dht = true;
-                for p in self
-                    .find_providers(root)
-                    .await
-                    .map_err(|_| FetchError::Closed)?
-                {
-                    peers.entry(p).or_default();
-                }
+            let now = Instant::now();
+            if s.options.use_dht && !s.dht_running && now >= next_dht {
+                s.dht_running = true;
+                next_dht = now + 4 * s.options.refresh;
+                let node = self.clone();
+                tasks.push(Box::pin(async move {
+                    Done::Providers(node.find_providers(root).await.unwrap_or_default())
+                }));
             }
-            if peers.is_empty() && inflight.is_empty() {
+            if now >= next_have {
+                next_have = now + s.options.refresh;
+                self.ask_haves(&mut s, &mut tasks, false);
+            } else if s.peers.values().any(|p| !p.informed && !p.have_pending) {
+                self.ask_haves(&mut s, &mut tasks, true);
+            }
+            if s.peers.is_empty() && !s.dht_running && (s.dht_answered || !s.options.use_dht) {
                 return Err(FetchError::NoProviders(root));
             }
-
-            // Hand out the window, in order, to the best peers with room.
-            let now = Instant::now();
-            let in_window: Vec<Key> = pending.keys().take(window).cloned().collect();
-            let mut taken: HashMap<PeerId, Vec<(Key, Need)>> = HashMap::new();
-            let mut stuck = None;
-            for key in in_window {
-                let Some(need) = pending.get(&key) else {
-                    continue;
-                };
-                let best = peers
-                    .iter()
-                    .filter(|(p, s)| {
-                        !need.excluded.contains(p)
-                            && s.failures < options.max_failures
-                            && s.inflight < options.per_peer
-                            && s.paused_until.is_none_or(|t| t <= now)
-                            && taken.get(p).is_none_or(|t| t.len() < batch)
-                    })
-                    .max_by(|a, b| a.1.score().total_cmp(&b.1.score()))
-                    .map(|(p, _)| *p);
-                match best {
-                    Some(p) => {
-                        if let Some(need) = pending.remove(&key) {
-                            taken.entry(p).or_default().push((key, need));
-                        }
-                    }
-                    None => {
-                        let usable = peers.iter().any(|(p, s)| {
-                            !need.excluded.contains(p) && s.failures < options.max_failures
-                        });
-                        if !usable {
-                            stuck = Some(need.clone());
-                        }
-                    }
-                }
-            }
-            for (peer, needs) in taken {
-                if let Some(s) = peers.get_mut(&peer) {
-                    s.inflight += 1;
-                }
-                let cids = needs.iter().map(|(_, n)| n.cid).collect();
-                let node = self.clone();
-                inflight.push(async move {
-                    let t = Instant::now();
-                    let r = node
-                        .request(
-                            peer,
-                            Request::Want {
-                                root: Some(root),
-                                cids,
-                            },
-                        )
-                        .await;
-                    (peer, needs, r, t.elapsed())
+            self.schedule(&mut s, &mut tasks, now)?;
+            if s.last_progress.elapsed() > s.options.stall {
+                let cid = s.pending.values().next().map_or(root, |n| n.cid);
+                return Err(FetchError::Unavailable {
+                    cid,
+                    tried: s.peers.len(),
                 });
             }
-            if inflight.is_empty() {
-                if let Some(need) = stuck {
-                    return Err(FetchError::Unavailable {
-                        cid: need.cid,
-                        tried: need.excluded.len(),
-                    });
-                }
-                // Every usable peer paused us: wait for the earliest to resume.
-                let wake = peers
-                    .values()
-                    .filter_map(|s| s.paused_until)
-                    .min()
-                    .unwrap_or(now + Duration::from_millis(50));
-                tokio::time::sleep_until(wake.into()).await;
-                continue;
-            }
-            let Some(outcome) = inflight.next().await else {
-                continue;
-            };
-            self.settle(
-                outcome,
-                &mut peers,
-                &mut pending,
-                &mut report,
-                &options,
-                start,
-            )
-            .await?;
-        }
-        report.elapsed = start.elapsed();
-        Ok(report)
-    }
-
-    async fn settle(
-        &self,
-        (peer, needs, result, took): Outcome,
-        peers: &mut HashMap<PeerId, PeerScore>,
-        pending: &mut BTreeMap<Key, Need>,
-        report: &mut FetchReport,
-        options: &FetchOptions,
-        start: Instant,
-    ) -> Result<(), FetchError> {
-        let score = peers.entry(peer).or_default();
-        score.inflight = score.inflight.saturating_sub(1);
-        let mut requeue = |key: Key, mut need: Need, exclude: bool| {
-            if exclude {
-                need.excluded.insert(peer);
-            }
-            pending.insert(key, need);
-        };
-        match result {
-            Ok(Response::Blocks {
-                blocks,
-                missing,
-                deferred,
-            }) => {
-                let mut by_cid: HashMap<Cid, Bytes> = blocks.into_iter().collect();
-                let missing: HashSet<Cid> = missing.into_iter().collect();
-                let deferred: HashSet<Cid> = deferred.into_iter().collect();
-                let mut got = Vec::new();
-                let mut bytes = 0u64;
-                for (key, need) in needs {
-                    if let Some(data) = by_cid.get(&need.cid).cloned() {
-                        if verify(&need.cid, &data).is_err() {
-                            report.bad_blocks += 1;
-                            self.report_bad_block(peer, need.cid).await;
-                            requeue(key, need, true);
-                            continue;
-                        }
-                        bytes += data.len() as u64;
-                        got.push((key, need, data));
-                    } else {
-                        let exclude = missing.contains(&need.cid) || !deferred.contains(&need.cid);
-                        requeue(key, need, exclude);
+            let wake = next_have.min(if s.options.use_dht {
+                next_dht
+            } else {
+                next_have
+            });
+            tokio::select! {
+                done = tasks.next(), if !tasks.is_empty() => {
+                    if let Some(done) = done {
+                        self.settle(&mut s, done).await?;
                     }
                 }
-                by_cid.clear();
-                let score = peers.entry(peer).or_default();
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+        s.report.elapsed = start.elapsed();
+        Ok(s.report)
+    }
+
+    /// Blocks already held are expanded locally, without asking anyone (and their children may
+    /// be held too).
+    async fn expand_local(&self, s: &mut Session) -> Result<(), FetchError> {
+        let span = s.options.window.max(1) + s.options.lookahead;
+        loop {
+            let mut local = Vec::new();
+            for (key, need) in s.pending.iter_mut().take(span) {
+                if need.checked {
+                    continue;
+                }
+                need.checked = true;
+                if let Some(data) = self.store().get(&need.cid).await? {
+                    local.push((key.clone(), data));
+                }
+            }
+            if local.is_empty() {
+                return Ok(());
+            }
+            for (key, data) in local {
+                if let Some(need) = s.pending.remove(&key) {
+                    s.report.blocks += 1;
+                    expand(&key, &need, data, &s.options, &mut s.pending)?;
+                }
+            }
+        }
+    }
+
+    /// Asks peers which of the blocks about to be scheduled they hold (only peers not heard
+    /// from yet, with `only_new`).
+    fn ask_haves(&self, s: &mut Session, tasks: &mut FuturesUnordered<Task>, only_new: bool) {
+        let cids: Vec<Cid> = s
+            .candidates()
+            .iter()
+            .filter_map(|(k, _)| s.pending.get(k))
+            .take(MAX_WANT)
+            .map(|n| n.cid)
+            .collect();
+        if cids.is_empty() {
+            return;
+        }
+        for (peer, score) in s.peers.iter_mut() {
+            if score.have_pending
+                || score.failures >= s.options.max_failures
+                || (only_new && score.informed)
+            {
+                continue;
+            }
+            score.have_pending = true;
+            let (node, peer, cids) = (self.clone(), *peer, cids.clone());
+            tasks.push(Box::pin(async move {
+                let r = node
+                    .request(peer, Request::Have { cids: cids.clone() })
+                    .await;
+                Done::Have(peer, cids, r)
+            }));
+        }
+    }
+
+    fn schedule(
+        &self,
+        s: &mut Session,
+        tasks: &mut FuturesUnordered<Task>,
+        now: Instant,
+    ) -> Result<(), FetchError> {
+        let keys = s.candidates();
+        let mut taken: HashMap<PeerId, Vec<(Key, bool)>> = HashMap::new();
+        for (key, in_window) in keys {
+            let Some(need) = s.pending.get(&key) else {
+                continue;
+            };
+            match s.choose(need, in_window, &taken, &[], now) {
+                Some(p) => taken.entry(p).or_default().push((key, in_window)),
+                None => {
+                    let usable = s.peers.keys().any(|p| s.usable(p, need));
+                    if !usable && !s.dht_running && s.flying.is_empty() {
+                        return Err(FetchError::Unavailable {
+                            cid: need.cid,
+                            tried: need.excluded.len(),
+                        });
+                    }
+                }
+            }
+        }
+        // Late window blocks are also asked of another peer.
+        let late: Vec<(Key, Vec<PeerId>)> = s
+            .flying
+            .iter()
+            .filter(|(_, f)| f.in_window && !f.hedged && now - f.since > s.options.deadline)
+            .map(|(k, f)| (k.clone(), f.peers.clone()))
+            .collect();
+        for (key, asked) in late {
+            let Some(need) = s.flying.get(&key).map(|f| f.need.clone()) else {
+                continue;
+            };
+            if let Some(p) = s.choose(&need, true, &taken, &asked, now) {
+                s.report.hedged += 1;
+                if let Some(f) = s.flying.get_mut(&key) {
+                    f.hedged = true;
+                }
+                taken.entry(p).or_default().push((key, true));
+            }
+        }
+        for (peer, keyed) in taken {
+            let mut cids = Vec::with_capacity(keyed.len());
+            let mut keys = Vec::with_capacity(keyed.len());
+            for (key, in_window) in keyed {
+                if let Some(need) = s.pending.remove(&key) {
+                    cids.push(need.cid);
+                    s.flying.insert(
+                        key.clone(),
+                        Flight {
+                            need,
+                            since: now,
+                            peers: vec![peer],
+                            in_window,
+                            hedged: false,
+                        },
+                    );
+                } else if let Some(f) = s.flying.get_mut(&key) {
+                    cids.push(f.need.cid);
+                    f.peers.push(peer);
+                }
+                keys.push(key);
+            }
+            let score = s.peers.entry(peer).or_default();
+            score.inflight += 1;
+            let origin = score.complete;
+            if origin {
+                s.origin_inflight += 1;
+            }
+            let node = self.clone();
+            let root = s.root;
+            tasks.push(Box::pin(async move {
+                let t = Instant::now();
+                let r = node
+                    .request(
+                        peer,
+                        Request::Want {
+                            root: Some(root),
+                            cids,
+                        },
+                    )
+                    .await;
+                Done::Want(peer, keys, r, t.elapsed(), origin)
+            }));
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, s: &mut Session, done: Done) -> Result<(), FetchError> {
+        match done {
+            Done::Announced => {}
+            Done::Providers(found) => {
+                s.dht_running = false;
+                s.dht_answered = true;
+                for p in found {
+                    if p != s.me {
+                        s.peers.entry(p).or_default();
+                    }
+                }
+            }
+            Done::Have(peer, cids, r) => {
+                let score = s.peers.entry(peer).or_default();
+                score.have_pending = false;
+                if let Ok(Response::Haves { have }) = r {
+                    score.informed = true;
+                    score.complete = have.len() == cids.len() && have.iter().all(|h| *h);
+                    for (cid, has) in cids.into_iter().zip(have) {
+                        if has {
+                            s.holders.entry(cid).or_default().insert(peer);
+                            s.lacks.remove(&(peer, cid));
+                        } else {
+                            if let Some(h) = s.holders.get_mut(&cid) {
+                                h.remove(&peer);
+                            }
+                            s.lacks.insert((peer, cid));
+                        }
+                    }
+                }
+            }
+            Done::Want(peer, keys, result, took, origin) => {
+                if origin {
+                    s.origin_inflight -= 1;
+                }
+                self.settle_want(s, peer, keys, result, took).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle_want(
+        &self,
+        s: &mut Session,
+        peer: PeerId,
+        keys: Vec<Key>,
+        result: Result<Response, RequestError>,
+        took: Duration,
+    ) -> Result<(), FetchError> {
+        let score = s.peers.entry(peer).or_default();
+        score.inflight = score.inflight.saturating_sub(1);
+        match result {
+            Ok(Response::Blocks {
+                blocks, missing, ..
+            }) => {
+                let by_cid: HashMap<Cid, Bytes> = blocks.into_iter().collect();
+                let missing: HashSet<Cid> = missing.into_iter().collect();
+                let mut got = Vec::new();
+                let mut bytes = 0u64;
+                let mut used = 0;
+                for key in keys {
+                    let Some(flight) = s.flying.get_mut(&key) else {
+                        // Another copy arrived first.
+                        continue;
+                    };
+                    used += usize::from(by_cid.contains_key(&flight.need.cid));
+                    let cid = flight.need.cid;
+                    match by_cid.get(&cid) {
+                        Some(data) if verify(&cid, data).is_ok() => {
+                            bytes += data.len() as u64;
+                            if let Some(f) = s.flying.remove(&key) {
+                                got.push((key, f.need, data.clone()));
+                            }
+                        }
+                        Some(_) => {
+                            s.report.bad_blocks += 1;
+                            flight.need.excluded.insert(peer);
+                            self.report_bad_block(peer, cid).await;
+                            s.requeue(key, peer);
+                        }
+                        None => {
+                            if missing.contains(&cid) {
+                                s.lacks.insert((peer, cid));
+                                if let Some(h) = s.holders.get_mut(&cid) {
+                                    h.remove(&peer);
+                                }
+                                if let Some(p) = s.peers.get_mut(&peer) {
+                                    p.complete = false;
+                                }
+                            }
+                            s.requeue(key, peer);
+                        }
+                    }
+                }
+                s.report.duplicates += by_cid.len().saturating_sub(used) as u64;
+                let score = s.peers.entry(peer).or_default();
                 score.bytes += bytes;
                 score.busy += took;
                 if got.is_empty() {
                     return Ok(());
                 }
-                report.first_block.get_or_insert_with(|| start.elapsed());
+                s.last_progress = Instant::now();
+                let start = s.start;
+                s.report.first_block.get_or_insert_with(|| start.elapsed());
                 let blocks: Vec<Block> = got
                     .iter()
                     .map(|(_, n, d)| Block::new(n.cid, d.clone()))
@@ -366,95 +723,87 @@ impl<S: BlockStore + 'static> Node<S> {
                         reason: e.to_string(),
                     })?;
                 self.store().put_many(blocks).await?;
-                self.shared.with_stats(|s| {
-                    let p = s.peers.entry(peer).or_default();
+                self.shared.with_stats(|st| {
+                    let p = st.peers.entry(peer).or_default();
                     p.shards_received += got.len() as u64;
                     p.bytes_received += bytes;
-                    s.shards_received += got.len() as u64;
-                    s.bytes_received += bytes;
+                    st.shards_received += got.len() as u64;
+                    st.bytes_received += bytes;
                 });
-                *report.bytes_from.entry(peer).or_default() += bytes;
+                *s.report.bytes_from.entry(peer).or_default() += bytes;
                 for (key, need, data) in got {
                     self.shared.meter.received(&peer, &need.cid, data.len());
-                    report.blocks += 1;
-                    report.fetched += 1;
-                    self.expand(&key, &need, data, options, pending)?;
+                    s.report.blocks += 1;
+                    s.report.fetched += 1;
+                    expand(&key, &need, data, &s.options, &mut s.pending)?;
                 }
             }
             Ok(Response::Refused {
                 reason,
                 retry_after_ms,
             }) => {
-                let score = peers.entry(peer).or_default();
+                let max = s.options.max_failures;
+                let score = s.peers.entry(peer).or_default();
                 if reason == RefusalReason::Refused {
-                    score.failures = options.max_failures;
+                    score.failures = max;
                 } else {
                     score.paused_until = Some(
                         Instant::now() + Duration::from_millis(retry_after_ms.clamp(1, 10_000)),
                     );
                 }
-                for (key, need) in needs {
-                    requeue(key, need, false);
+                for key in keys {
+                    s.requeue(key, peer);
                 }
             }
             Ok(_) | Err(_) => {
-                report.retries += 1;
-                peers.entry(peer).or_default().failures += 1;
-                for (key, need) in needs {
-                    pending.insert(key, need);
+                s.report.retries += 1;
+                s.peers.entry(peer).or_default().failures += 1;
+                for key in keys {
+                    s.requeue(key, peer);
                 }
             }
         }
         Ok(())
     }
+}
 
-    /// Queues the children of a verified block that the fetch needs, keyed so that the
-    /// queue's order is playback order.
-    fn expand(
-        &self,
-        key: &Key,
-        need: &Need,
-        data: Bytes,
-        options: &FetchOptions,
-        pending: &mut BTreeMap<Key, Need>,
-    ) -> Result<(), FetchError> {
-        if need.cid.codec() != DAG_PB {
-            return Ok(());
-        }
-        let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {
-            cid: need.cid,
-            reason: e.to_string(),
-        };
-        let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
-        // With a range, follow only the children of a file node whose bytes overlap it.
-        let sizes = match (&options.range, &node.data) {
-            (Some(_), Some(d)) => UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes,
-            _ => Vec::new(),
-        };
-        let mut offset = need.offset;
-        for (i, link) in node.links.iter().enumerate() {
-            let size = sizes.get(i).copied();
-            let wanted = match (options.range, size) {
-                (Some((start, len)), Some(size)) => {
-                    offset < start.saturating_add(len) && offset.saturating_add(size) > start
-                }
-                _ => true,
-            };
-            if wanted {
-                let mut child = key.clone();
-                child.push(u32::try_from(i).unwrap_or(u32::MAX));
-                pending.insert(
-                    child,
-                    Need {
-                        cid: link.cid,
-                        offset,
-                        excluded: HashSet::new(),
-                        checked: false,
-                    },
-                );
-            }
-            offset = offset.saturating_add(size.unwrap_or(0));
-        }
-        Ok(())
+/// Queues the children of a verified block that the fetch needs, keyed so that the queue's
+/// order is playback order.
+fn expand(
+    key: &Key,
+    need: &Need,
+    data: Bytes,
+    options: &FetchOptions,
+    pending: &mut BTreeMap<Key, Need>,
+) -> Result<(), FetchError> {
+    if need.cid.codec() != DAG_PB {
+        return Ok(());
     }
+    let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {
+        cid: need.cid,
+        reason: e.to_string(),
+    };
+    let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
+    // With a range, follow only the children of a file node whose bytes overlap it.
+    let sizes = match (&options.range, &node.data) {
+        (Some(_), Some(d)) => UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes,
+        _ => Vec::new(),
+    };
+    let mut offset = need.offset;
+    for (i, link) in node.links.iter().enumerate() {
+        let size = sizes.get(i).copied();
+        let wanted = match (options.range, size) {
+            (Some((start, len)), Some(size)) => {
+                offset < start.saturating_add(len) && offset.saturating_add(size) > start
+            }
+            _ => true,
+        };
+        if wanted {
+            let mut child = key.clone();
+            child.push(u32::try_from(i).unwrap_or(u32::MAX));
+            pending.insert(child, Need::new(link.cid, offset));
+        }
+        offset = offset.saturating_add(size.unwrap_or(0));
+    }
+    Ok(())
 }

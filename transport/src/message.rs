@@ -194,7 +194,13 @@ impl<'a> Reader<'a> {
         let rest = &self.buf[self.at..];
         match unsigned_varint::decode::u64(rest) {
             Ok((v, tail)) => {
-                self.at += rest.len() - tail.len();
+                let used = rest.len() - tail.len();
+                // Canonical: a tenth byte may not carry bits beyond the 64th.
+                let mut b = unsigned_varint::encode::u64_buffer();
+                if unsigned_varint::encode::u64(v, &mut b) != &rest[..used] {
+                    return Err(MessageError::Varint { offset: self.at });
+                }
+                self.at += used;
                 Ok(v)
             }
             Err(unsigned_varint::decode::Error::Insufficient) => Err(MessageError::Truncated {

@@ -150,6 +150,14 @@ fn bad_messages_say_what_and_where() {
             ..
         }
     ));
+    // Found by the fuzzer: a ten-byte varint whose last byte carries bits beyond the 64th.
+    assert_eq!(
+        Response::decode(Bytes::from_static(&[
+            0x83, 0x01, 0xf6, 0xbb, 0xc7, 0xff, 0xff, 0xff, 0xff, 0xff, 0x83, 0x2f, 0x00
+        ]))
+        .unwrap_err(),
+        MessageError::Varint { offset: 2 }
+    );
     // Set padding bits in a have bitmap.
     assert!(Response::decode(Bytes::from_static(&[0x82, 0x01, 0x03])).is_err());
     assert!(Response::decode(Bytes::from_static(&[0x83, 0x07, 0x00, 0x00])).is_err());

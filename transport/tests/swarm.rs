@@ -542,3 +542,61 @@ async fn the_meter_sees_every_shard_and_may_refuse_service_and_ranges_fetch_only
     }
     stingy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetchers_of_one_item_take_blocks_from_each_other() {
+    let seeder = start(config(), MemoryStore::new()).await;
+    let data = random(4 * 1024 * 1024, 5);
+    let root = publish(&seeder, &data).await;
+    seeder.provide(root).await.unwrap();
+    let boot = seeder.dialable_addrs().await.unwrap();
+    let mut fetchers = Vec::new();
+    for _ in 0..8 {
+        let mut c = config();
+        c.bootstrap = boot.clone();
+        fetchers.push(start(c, MemoryStore::new()).await);
+    }
+    let runs: Vec<_> = fetchers
+        .iter()
+        .map(|n| {
+            let n = n.clone();
+            tokio::spawn(async move {
+                n.fetch(
+                    root,
+                    FetchOptions {
+                        announce: true,
+                        window: 0,
+                        ..FetchOptions::default()
+                    },
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut from_peers = 0;
+    for (n, r) in fetchers.iter().zip(runs) {
+        let report = r.await.unwrap().unwrap();
+        from_peers += report
+            .bytes_from
+            .iter()
+            .filter(|(p, _)| **p != seeder.peer_id())
+            .map(|(_, b)| *b)
+            .sum::<u64>();
+        assert_eq!(
+            read_back(n.store().as_ref(), root, ByteRange::default()).await,
+            data
+        );
+    }
+    let uploaded = seeder.stats().bytes_served;
+    assert!(from_peers > 0, "no block flowed between fetchers");
+    // Serving all eight alone would be 8x; each block is the charge of one fetcher, which
+    // takes it from the seeder, and the others take it from that one.
+    assert!(
+        uploaded < 3 * data.len() as u64,
+        "the seeder uploaded {uploaded} bytes for an item of {}",
+        data.len()
+    );
+    for n in fetchers.iter().chain([&seeder]) {
+        n.shutdown().await;
+    }
+}
