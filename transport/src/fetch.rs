@@ -37,8 +37,8 @@ use crate::node::{Node, RequestError};
 pub struct FetchOptions {
     /// Peers to fetch from besides the providers the DHT names.
     pub peers: Vec<PeerId>,
-    /// Whether to ask the DHT for providers (again every few `refresh` periods, to find other
-    /// nodes fetching the same item).
+    /// Whether to ask the DHT for providers (again every `rediscover`, to find other nodes
+    /// fetching the same item).
     pub use_dht: bool,
     /// Whether to announce on the DHT, as the fetch starts, that this node provides the item,
     /// so that others fetching it at the same time can take blocks from this one.
@@ -65,6 +65,9 @@ pub struct FetchOptions {
     pub deadline: Duration,
     /// How often have lists are refreshed.
     pub refresh: Duration,
+    /// How often the DHT is asked again for providers (other nodes fetching the same item
+    /// announce themselves there).
+    pub rediscover: Duration,
     /// Failed or late requests after which a peer is no longer asked in this fetch.
     pub max_failures: u32,
     /// The fetch fails when no block arrives for this long.
@@ -86,6 +89,7 @@ impl Default for FetchOptions {
             origin_patience: Duration::from_secs(3),
             deadline: Duration::from_secs(2),
             refresh: Duration::from_millis(100),
+            rediscover: Duration::from_secs(2),
             max_failures: 3,
             stall: Duration::from_secs(30),
         }
@@ -189,7 +193,7 @@ struct PeerScore {
     paused_until: Option<Instant>,
     /// Has answered a have list.
     informed: bool,
-    /// Held every block it was last asked about.
+    /// Has never lacked a block it was asked about: an origin or seeder.
     complete: bool,
     have_pending: bool,
 }
@@ -239,6 +243,7 @@ struct Session {
     holders: HashMap<Cid, HashSet<PeerId>>,
     lacks: HashSet<(PeerId, Cid)>,
     origin_inflight: usize,
+    have_round: usize,
     dht_running: bool,
     dht_answered: bool,
     last_progress: Instant,
@@ -397,6 +402,7 @@ impl<S: BlockStore + 'static> Node<S> {
             holders: HashMap::new(),
             lacks: HashSet::new(),
             origin_inflight: 0,
+            have_round: 0,
             dht_running: false,
             dht_answered: false,
             last_progress: start,
@@ -420,7 +426,7 @@ impl<S: BlockStore + 'static> Node<S> {
             let now = Instant::now();
             if s.options.use_dht && !s.dht_running && now >= next_dht {
                 s.dht_running = true;
-                next_dht = now + 4 * s.options.refresh;
+                next_dht = now + s.options.rediscover;
                 let node = self.clone();
                 tasks.push(Box::pin(async move {
                     Done::Providers(node.find_providers(root).await.unwrap_or_default())
@@ -495,13 +501,16 @@ impl<S: BlockStore + 'static> Node<S> {
             .candidates()
             .iter()
             .filter_map(|(k, _)| s.pending.get(k))
-            .take(MAX_WANT)
             .map(|n| n.cid)
             .collect();
         if cids.is_empty() {
             return;
         }
-        for (peer, score) in s.peers.iter_mut() {
+        // Each peer is asked about another slice of the candidates, and the slices rotate
+        // every round, so that every candidate is asked about somewhere.
+        let chunks: Vec<&[Cid]> = cids.chunks(MAX_WANT).collect();
+        s.have_round = s.have_round.wrapping_add(1);
+        for (j, (peer, score)) in s.peers.iter_mut().enumerate() {
             if score.have_pending
                 || score.failures >= s.options.max_failures
                 || (only_new && score.informed)
@@ -509,7 +518,8 @@ impl<S: BlockStore + 'static> Node<S> {
                 continue;
             }
             score.have_pending = true;
-            let (node, peer, cids) = (self.clone(), *peer, cids.clone());
+            let cids = chunks[(j + s.have_round) % chunks.len()].to_vec();
+            let (node, peer) = (self.clone(), *peer);
             tasks.push(Box::pin(async move {
                 let r = node
                     .request(peer, Request::Have { cids: cids.clone() })
@@ -626,8 +636,9 @@ impl<S: BlockStore + 'static> Node<S> {
                 let score = s.peers.entry(peer).or_default();
                 score.have_pending = false;
                 if let Ok(Response::Haves { have }) = r {
+                    let lacked = have.len() != cids.len() || have.iter().any(|h| !h);
+                    score.complete = (!score.informed || score.complete) && !lacked;
                     score.informed = true;
-                    score.complete = have.len() == cids.len() && have.iter().all(|h| *h);
                     for (cid, has) in cids.into_iter().zip(have) {
                         if has {
                             s.holders.entry(cid).or_default().insert(peer);
