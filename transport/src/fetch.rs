@@ -214,14 +214,16 @@ impl PeerScore {
 type Key = Vec<u32>;
 
 enum Done {
-    /// The peer, the blocks asked, the response, the time it took, and whether the request
-    /// counted against `origin_requests`.
+    /// The peer, the blocks asked, the response, the time it took, whether the request
+    /// counted against `origin_requests`, and the blocks in the response that failed
+    /// verification.
     Want(
         PeerId,
         Vec<Key>,
         Result<Response, RequestError>,
         Duration,
         bool,
+        HashSet<Cid>,
     ),
     Have(PeerId, Vec<Cid>, Result<Response, RequestError>),
     Providers(Vec<PeerId>),
@@ -614,7 +616,24 @@ impl<S: BlockStore + 'static> Node<S> {
                         },
                     )
                     .await;
-                Done::Want(peer, keys, r, t.elapsed(), origin)
+                let took = t.elapsed();
+                // Blocks are verified off the fetch's own task, in parallel with it.
+                let bad = match &r {
+                    Ok(Response::Blocks { blocks, .. }) => {
+                        let blocks = blocks.clone();
+                        tokio::task::spawn_blocking(move || {
+                            blocks
+                                .iter()
+                                .filter(|(cid, data)| verify(cid, data).is_err())
+                                .map(|(cid, _)| *cid)
+                                .collect()
+                        })
+                        .await
+                        .unwrap_or_default()
+                    }
+                    _ => HashSet::new(),
+                };
+                Done::Want(peer, keys, r, took, origin, bad)
             }));
         }
         Ok(())
@@ -652,11 +671,11 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                 }
             }
-            Done::Want(peer, keys, result, took, origin) => {
+            Done::Want(peer, keys, result, took, origin, bad) => {
                 if origin {
                     s.origin_inflight -= 1;
                 }
-                self.settle_want(s, peer, keys, result, took).await?;
+                self.settle_want(s, peer, keys, result, took, &bad).await?;
             }
         }
         Ok(())
@@ -669,6 +688,7 @@ impl<S: BlockStore + 'static> Node<S> {
         keys: Vec<Key>,
         result: Result<Response, RequestError>,
         took: Duration,
+        bad: &HashSet<Cid>,
     ) -> Result<(), FetchError> {
         let score = s.peers.entry(peer).or_default();
         score.inflight = score.inflight.saturating_sub(1);
@@ -689,7 +709,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     used += usize::from(by_cid.contains_key(&flight.need.cid));
                     let cid = flight.need.cid;
                     match by_cid.get(&cid) {
-                        Some(data) if verify(&cid, data).is_ok() => {
+                        Some(data) if !bad.contains(&cid) => {
                             bytes += data.len() as u64;
                             if let Some(f) = s.flying.remove(&key) {
                                 got.push((key, f.need, data.clone()));
