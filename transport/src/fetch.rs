@@ -29,7 +29,7 @@ use streamspace_shard::block::{Block, DAG_PB, verify};
 use streamspace_shard::pb::{PbNode, UnixFsData};
 use streamspace_shard::store::{BlockStore, StoreError};
 
-use crate::message::{MAX_WANT, RefusalReason, Request, Response};
+use crate::message::{MAX_WANT, RefusalReason, Request, Response, Tier};
 use crate::node::{Node, RequestError};
 
 /// How a fetch runs.
@@ -40,6 +40,9 @@ pub struct FetchOptions {
     /// Whether to ask the DHT for providers (again every `rediscover`, to find other nodes
     /// fetching the same item).
     pub use_dht: bool,
+    /// Whether to also ask the Tier-1 nodes this node is connected to (they replicate content
+    /// that several peers ask them for).
+    pub ask_tier1: bool,
     /// Whether to announce on the DHT, as the fetch starts, that this node provides the item,
     /// so that others fetching it at the same time can take blocks from this one.
     pub announce: bool,
@@ -79,6 +82,7 @@ impl Default for FetchOptions {
         Self {
             peers: Vec::new(),
             use_dht: true,
+            ask_tier1: true,
             announce: false,
             range: None,
             window: 16,
@@ -145,6 +149,9 @@ pub enum FetchError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The fetched content could not be read back as a file.
+    #[error(transparent)]
+    Export(#[from] streamspace_shard::dag::ExportError),
     /// The node shut down.
     #[error("node has shut down")]
     Closed,
@@ -386,6 +393,22 @@ impl<S: BlockStore + 'static> Node<S> {
     ///
     /// [`FetchError`]; blocks verified so far stay in the store, so fetching again resumes.
     pub async fn fetch(&self, root: Cid, options: FetchOptions) -> Result<FetchReport, FetchError> {
+        let store = self.store().clone();
+        self.fetch_into(store.as_ref(), root, options).await
+    }
+
+    /// Like [`Node::fetch`], into `target` rather than the node's store (blocks `target`
+    /// already holds are not fetched).
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::fetch`].
+    pub async fn fetch_into<T: BlockStore>(
+        &self,
+        target: &T,
+        root: Cid,
+        options: FetchOptions,
+    ) -> Result<FetchReport, FetchError> {
         let start = Instant::now();
         let mut s = Session {
             root,
@@ -409,6 +432,13 @@ impl<S: BlockStore + 'static> Node<S> {
             dht_answered: false,
             last_progress: start,
         };
+        if s.options.ask_tier1 {
+            for (p, (tier, _)) in self.peer_tiers().await.map_err(|_| FetchError::Closed)? {
+                if tier == Tier::Tier1 {
+                    s.peers.entry(p).or_default();
+                }
+            }
+        }
         let mut tasks: FuturesUnordered<Task> = FuturesUnordered::new();
         if s.options.announce {
             let node = self.clone();
@@ -421,7 +451,7 @@ impl<S: BlockStore + 'static> Node<S> {
         let mut next_have = start;
 
         loop {
-            self.expand_local(&mut s).await?;
+            expand_local(target, &mut s).await?;
             if s.pending.is_empty() && s.flying.is_empty() {
                 break;
             }
@@ -459,7 +489,7 @@ impl<S: BlockStore + 'static> Node<S> {
             tokio::select! {
                 done = tasks.next(), if !tasks.is_empty() => {
                     if let Some(done) = done {
-                        self.settle(&mut s, done).await?;
+                        self.settle(target, &mut s, done).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -467,33 +497,6 @@ impl<S: BlockStore + 'static> Node<S> {
         }
         s.report.elapsed = start.elapsed();
         Ok(s.report)
-    }
-
-    /// Blocks already held are expanded locally, without asking anyone (and their children may
-    /// be held too).
-    async fn expand_local(&self, s: &mut Session) -> Result<(), FetchError> {
-        let span = s.options.window.max(1) + s.options.lookahead;
-        loop {
-            let mut local = Vec::new();
-            for (key, need) in s.pending.iter_mut().take(span) {
-                if need.checked {
-                    continue;
-                }
-                need.checked = true;
-                if let Some(data) = self.store().get(&need.cid).await? {
-                    local.push((key.clone(), data));
-                }
-            }
-            if local.is_empty() {
-                return Ok(());
-            }
-            for (key, data) in local {
-                if let Some(need) = s.pending.remove(&key) {
-                    s.report.blocks += 1;
-                    expand(&key, &need, data, &s.options, &mut s.pending)?;
-                }
-            }
-        }
     }
 
     /// Asks peers which of the blocks about to be scheduled they hold (only peers not heard
@@ -521,10 +524,16 @@ impl<S: BlockStore + 'static> Node<S> {
             }
             score.have_pending = true;
             let cids = chunks[(j + s.have_round) % chunks.len()].to_vec();
-            let (node, peer) = (self.clone(), *peer);
+            let (node, peer, root) = (self.clone(), *peer, s.root);
             tasks.push(Box::pin(async move {
                 let r = node
-                    .request(peer, Request::Have { cids: cids.clone() })
+                    .request(
+                        peer,
+                        Request::Have {
+                            root: Some(root),
+                            cids: cids.clone(),
+                        },
+                    )
                     .await;
                 Done::Have(peer, cids, r)
             }));
@@ -639,7 +648,12 @@ impl<S: BlockStore + 'static> Node<S> {
         Ok(())
     }
 
-    async fn settle(&self, s: &mut Session, done: Done) -> Result<(), FetchError> {
+    async fn settle<T: BlockStore>(
+        &self,
+        target: &T,
+        s: &mut Session,
+        done: Done,
+    ) -> Result<(), FetchError> {
         match done {
             Done::Announced => {}
             Done::Providers(found) => {
@@ -675,14 +689,17 @@ impl<S: BlockStore + 'static> Node<S> {
                 if origin {
                     s.origin_inflight -= 1;
                 }
-                self.settle_want(s, peer, keys, result, took, &bad).await?;
+                self.settle_want(target, s, peer, keys, result, took, &bad)
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn settle_want(
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_want<T: BlockStore>(
         &self,
+        target: &T,
         s: &mut Session,
         peer: PeerId,
         keys: Vec<Key>,
@@ -753,7 +770,7 @@ impl<S: BlockStore + 'static> Node<S> {
                         cid: got[0].1.cid,
                         reason: e.to_string(),
                     })?;
-                self.store().put_many(blocks).await?;
+                target.put_many(blocks).await?;
                 self.shared.with_stats(|st| {
                     let p = st.peers.entry(peer).or_default();
                     p.shards_received += got.len() as u64;
@@ -795,6 +812,33 @@ impl<S: BlockStore + 'static> Node<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// Blocks already held are expanded locally, without asking anyone (and their children may
+/// be held too).
+async fn expand_local<T: BlockStore>(target: &T, s: &mut Session) -> Result<(), FetchError> {
+    let span = s.options.window.max(1) + s.options.lookahead;
+    loop {
+        let mut local = Vec::new();
+        for (key, need) in s.pending.iter_mut().take(span) {
+            if need.checked {
+                continue;
+            }
+            need.checked = true;
+            if let Some(data) = target.get(&need.cid).await? {
+                local.push((key.clone(), data));
+            }
+        }
+        if local.is_empty() {
+            return Ok(());
+        }
+        for (key, data) in local {
+            if let Some(need) = s.pending.remove(&key) {
+                s.report.blocks += 1;
+                expand(&key, &need, data, &s.options, &mut s.pending)?;
+            }
+        }
     }
 }
 

@@ -13,12 +13,15 @@
 //!   ([`allowlist::SignedAllowlist`]); others are refused when they connect, and counted.
 //! - Every shard sent or received goes through a [`meter::Meter`], which may pause or refuse
 //!   service: payments plug in there.
+//! - Tier-1 nodes replicate content that several peers ask them for and they lack; edge nodes
+//!   cache what local viewers watch on its second view ([`cache`], [`Node::view`]).
 //! - [`Node::stats`] and [`Node::events`] report bytes per peer, shards served, refusals, bad
 //!   blocks and bans.
 #![deny(missing_docs, unreachable_pub, rustdoc::broken_intra_doc_links)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod allowlist;
+pub mod cache;
 pub mod codec;
 pub mod fetch;
 pub mod identity;
@@ -26,6 +29,7 @@ pub mod message;
 pub mod meter;
 pub mod node;
 
+pub use cache::View;
 pub use fetch::{FetchError, FetchOptions, FetchReport};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use message::Tier;

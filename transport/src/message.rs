@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! request  = 0x01 want   root? cids        ask for blocks (root names the content, for demand)
-//!          | 0x02 have   cids              ask which of these the peer holds
+//!          | 0x02 have   root? cids        ask which of these the peer holds
 //!          | 0x03 status                   ask the peer's tier, spare capacity and roots
 //! response = 0x81 blocks (cid data)* missing-cids deferred-cids
 //!          | 0x82 haves  count bitmap
@@ -72,6 +72,8 @@ pub enum Request {
     },
     /// Which of these blocks do you hold?
     Have {
+        /// The content they belong to, if the asker says.
+        root: Option<Cid>,
         /// Blocks asked about.
         cids: Vec<Cid>,
     },
@@ -245,11 +247,12 @@ impl<'a> Reader<'a> {
             offset,
             reason: e.to_string(),
         })?;
-        // Canonical: what we re-encode must be what was sent.
-        if cid.encoded_len() != n {
+        // Canonical: what we re-encode must be what was sent (no trailing bytes, no varint
+        // with bits past the 64th).
+        if cid.to_bytes() != b {
             return Err(MessageError::Cid {
                 offset,
-                reason: "trailing bytes inside the CID".into(),
+                reason: "not in canonical form".into(),
             });
         }
         Ok(cid)
@@ -291,8 +294,12 @@ impl Request {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();
         match self {
-            Self::Want { root, cids } => {
-                out.put_u8(0x01);
+            Self::Want { root, cids } | Self::Have { root, cids } => {
+                out.put_u8(if matches!(self, Self::Want { .. }) {
+                    0x01
+                } else {
+                    0x02
+                });
                 match root {
                     None => out.put_u8(0),
                     Some(r) => {
@@ -300,10 +307,6 @@ impl Request {
                         put_cid(&mut out, r);
                     }
                 }
-                put_cids(&mut out, cids);
-            }
-            Self::Have { cids } => {
-                out.put_u8(0x02);
                 put_cids(&mut out, cids);
             }
             Self::Status => out.put_u8(0x03),
@@ -330,7 +333,7 @@ impl Request {
     pub fn decode(buf: Bytes) -> Result<Self, MessageError> {
         let mut r = Reader::new(&buf);
         let req = match r.u8("message tag")? {
-            0x01 => {
+            tag @ (0x01 | 0x02) => {
                 let root = match r.u8("root flag")? {
                     0 => None,
                     1 => Some(r.cid()?),
@@ -342,14 +345,13 @@ impl Request {
                         });
                     }
                 };
-                Self::Want {
-                    root,
-                    cids: r.cids(MAX_WANT)?,
+                let cids = r.cids(MAX_WANT)?;
+                if tag == 0x01 {
+                    Self::Want { root, cids }
+                } else {
+                    Self::Have { root, cids }
                 }
             }
-            0x02 => Self::Have {
-                cids: r.cids(MAX_WANT)?,
-            },
             0x03 => Self::Status,
             tag => {
                 return Err(MessageError::Tag {

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::allowlist::{AllowlistError, SignedAllowlist};
 use crate::codec::{ExchangeCodec, PROTOCOL};
+use crate::fetch::FetchOptions;
 use crate::message::{
     MAX_RESPONSE_DATA, MAX_STATUS_ROOTS, MAX_WANT, RefusalReason, Request, Response, Tier,
 };
@@ -35,6 +36,10 @@ pub const PROVIDER_TTL: Duration = Duration::from_secs(48 * 3600);
 const COMMAND_QUEUE: usize = 256;
 /// Events kept for slow subscribers before the oldest are dropped.
 const EVENT_QUEUE: usize = 1024;
+/// Roots whose demand a Tier-1 node tracks at once.
+const MAX_DEMAND_TRACKED: usize = 4096;
+/// Replications a Tier-1 node runs at once.
+const MAX_REPLICATIONS: usize = 4;
 
 /// Admission to a closed network: the operator's key and the list it signed.
 #[derive(Debug, Clone)]
@@ -71,6 +76,9 @@ pub struct Config {
     pub ban_after_bad_blocks: u32,
     /// How long a ban lasts.
     pub ban_for: Duration,
+    /// Tier-1 only: distinct peers asking for content this node lacks before it replicates the
+    /// content (fetches it and provides it too).
+    pub replicate_after: usize,
 }
 
 impl Config {
@@ -94,6 +102,7 @@ impl Config {
             max_concurrent_serves: 64,
             ban_after_bad_blocks: 3,
             ban_for: Duration::from_secs(600),
+            replicate_after: 3,
         }
     }
 
@@ -178,6 +187,8 @@ pub enum NodeEvent {
     Banned(PeerId),
     /// A ban ended.
     Unbanned(PeerId),
+    /// A Tier-1 node replicated content in demand (`true`) or failed to (`false`).
+    Replicated(Cid, bool),
 }
 
 /// Counters per peer.
@@ -244,6 +255,7 @@ enum Command {
     BadBlock(PeerId, Cid, oneshot::Sender<()>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Tiers(oneshot::Sender<HashMap<PeerId, (Tier, u64)>>),
+    Replicated(Cid, bool),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -254,6 +266,7 @@ pub(crate) struct Shared<S> {
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) tier: Tier,
     pub(crate) request_timeout: Duration,
+    pub(crate) viewed: Mutex<crate::cache::Viewed>,
 }
 
 impl<S> Shared<S> {
@@ -425,6 +438,7 @@ impl<S: BlockStore + 'static> Node<S> {
             events,
             tier: config.tier,
             request_timeout,
+            viewed: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver {
@@ -446,6 +460,9 @@ impl<S: BlockStore + 'static> Node<S> {
             ban_for: config.ban_for,
             capacity: config.capacity,
             kad_protocol: kad_protocol.clone(),
+            replicate_after: config.replicate_after.max(1),
+            demand: HashMap::new(),
+            replicating: HashSet::new(),
         };
         tokio::spawn(driver.run());
         let node = Self {
@@ -619,6 +636,9 @@ struct Driver<S> {
     ban_for: Duration,
     capacity: u64,
     kad_protocol: StreamProtocol,
+    replicate_after: usize,
+    demand: HashMap<Cid, HashSet<PeerId>>,
+    replicating: HashSet<Cid>,
 }
 
 impl<S: BlockStore + 'static> Driver<S> {
@@ -751,6 +771,10 @@ impl<S: BlockStore + 'static> Driver<S> {
             }
             Command::Tiers(tx) => {
                 let _ = tx.send(self.tiers.clone());
+            }
+            Command::Replicated(root, ok) => {
+                self.replicating.remove(&root);
+                self.emit(NodeEvent::Replicated(root, ok));
             }
             Command::Shutdown(_) => {}
         }
@@ -931,7 +955,50 @@ impl<S: BlockStore + 'static> Driver<S> {
         }
     }
 
+    /// Tier-1 nodes replicate content that several peers ask them for and they lack.
+    fn note_demand(&mut self, peer: PeerId, root: Cid) {
+        if self.shared.tier != Tier::Tier1
+            || self.provided.contains(&root)
+            || self.replicating.contains(&root)
+        {
+            return;
+        }
+        if self.demand.len() >= MAX_DEMAND_TRACKED && !self.demand.contains_key(&root) {
+            self.demand.clear();
+        }
+        let askers = self.demand.entry(root).or_default();
+        askers.insert(peer);
+        if askers.len() < self.replicate_after || self.replicating.len() >= MAX_REPLICATIONS {
+            return;
+        }
+        let Some(commands) = self.me.upgrade() else {
+            return;
+        };
+        self.demand.remove(&root);
+        self.replicating.insert(root);
+        tracing::info!(%root, "replicating content in demand");
+        let node = Node {
+            peer_id: *self.swarm.local_peer_id(),
+            commands,
+            shared: self.shared.clone(),
+        };
+        tokio::spawn(async move {
+            let ok = node.fetch(root, FetchOptions::default()).await.is_ok()
+                && node.provide(root).await.is_ok();
+            let _ = node.commands.send(Command::Replicated(root, ok)).await;
+        });
+    }
+
     fn serve(&mut self, peer: PeerId, request: Request, channel: ResponseChannel<Response>) {
+        if let Request::Want {
+            root: Some(root), ..
+        }
+        | Request::Have {
+            root: Some(root), ..
+        } = &request
+        {
+            self.note_demand(peer, *root);
+        }
         if let Request::Status = request {
             let resp = Response::Status {
                 tier: self.shared.tier,
@@ -1034,7 +1101,7 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                 deferred,
             }
         }
-        Request::Have { cids } => {
+        Request::Have { cids, .. } => {
             let mut have = Vec::with_capacity(cids.len());
             for cid in cids.iter().take(MAX_WANT) {
                 have.push(shared.store.has(cid).await.unwrap_or(false));

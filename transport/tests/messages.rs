@@ -32,7 +32,10 @@ fn request() -> impl Strategy<Value = Request> {
             root: root.map(|r| cid(r, true)),
             cids,
         }),
-        cids().prop_map(|cids| Request::Have { cids }),
+        (prop::option::of(any::<u64>()), cids()).prop_map(|(root, cids)| Request::Have {
+            root: root.map(|r| cid(r, false)),
+            cids,
+        }),
         Just(Request::Status),
     ]
 }
@@ -119,9 +122,9 @@ fn bad_messages_say_what_and_where() {
         }
     );
     assert!(matches!(
-        e(&[0x02, 0x41]),
+        e(&[0x02, 0x00, 0x41]),
         MessageError::TooLong {
-            offset: 1,
+            offset: 2,
             what: "CID count",
             len: 65,
             ..
@@ -133,10 +136,21 @@ fn bad_messages_say_what_and_where() {
     ));
     assert_eq!(e(&[0x03, 0x00]), MessageError::Trailing { extra: 1 });
     // A non-minimal varint (0 encoded in two bytes).
-    assert_eq!(e(&[0x02, 0x80, 0x00]), MessageError::Varint { offset: 1 });
+    assert_eq!(
+        e(&[0x02, 0x00, 0x80, 0x00]),
+        MessageError::Varint { offset: 2 }
+    );
     assert!(matches!(
-        e(&[0x02, 0x80]),
-        MessageError::Truncated { offset: 1, .. }
+        e(&[0x02, 0x00, 0x80]),
+        MessageError::Truncated { offset: 2, .. }
+    ));
+    // Found by the fuzzer: a CID whose codec varint carries bits past the 64th.
+    assert!(matches!(
+        e(&[
+            0x01, 0x01, 0x0d, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xf3, 0xff, 0x23,
+            0x00, 0x00, 0x00
+        ]),
+        MessageError::Cid { offset: 3, .. }
     ));
     // A block longer than any block may be.
     let c = cid(1, true).to_bytes();

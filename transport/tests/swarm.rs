@@ -600,3 +600,114 @@ async fn fetchers_of_one_item_take_blocks_from_each_other() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier1_node_replicates_content_in_demand() {
+    let publisher = start(config(), MemoryStore::new()).await;
+    let data = random(1024 * 1024 + 1, 6);
+    let root = publish(&publisher, &data).await;
+    publisher.provide(root).await.unwrap();
+    let mut c = config();
+    c.tier = Tier::Tier1;
+    c.replicate_after = 2;
+    c.bootstrap = publisher.dialable_addrs().await.unwrap();
+    let tier1 = start(c, MemoryStore::new()).await;
+    let mut replicated = tier1.events();
+    let mut edges = Vec::new();
+    for _ in 0..2 {
+        let mut c = config();
+        c.bootstrap = tier1.dialable_addrs().await.unwrap();
+        let edge = start(c, MemoryStore::new()).await;
+        // Wait until the edge has learnt its neighbour's tier.
+        while edge
+            .peer_tiers()
+            .await
+            .unwrap()
+            .get(&tier1.peer_id())
+            .map(|t| t.0)
+            != Some(Tier::Tier1)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        edge.fetch(root, FetchOptions::default()).await.unwrap();
+        edges.push(edge);
+    }
+    // Two edges asked it for content it lacked: it fetched the content and provides it.
+    let ok = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match replicated.recv().await {
+                Ok(NodeEvent::Replicated(r, ok)) if r == root => return ok,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok);
+    assert_eq!(
+        read_back(tier1.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    let providers = edges[0].find_providers(root).await.unwrap();
+    assert!(providers.contains(&tier1.peer_id()), "{providers:?}");
+    // Once the publisher is gone, a newcomer is served by the Tier-1 node.
+    publisher.shutdown().await;
+    let mut c = config();
+    c.bootstrap = tier1.dialable_addrs().await.unwrap();
+    let late = start(c, MemoryStore::new()).await;
+    let report = late.fetch(root, FetchOptions::default()).await.unwrap();
+    assert!(report.bytes_from.contains_key(&tier1.peer_id()));
+    for n in edges.iter().chain([&tier1, &late]) {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_caches_content_on_its_second_view() {
+    let publisher = start(config(), MemoryStore::new()).await;
+    let data = random(2 * 1024 * 1024, 7);
+    let root = publish(&publisher, &data).await;
+    publisher.provide(root).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.bootstrap = publisher.dialable_addrs().await.unwrap();
+    let edge = start(
+        c,
+        DiskStore::open(dir.path().join("blocks.redb"), Some(64 << 20)).unwrap(),
+    )
+    .await;
+
+    // First view of a range: only the blocks it needs, and nothing kept.
+    let first = edge
+        .view(
+            root,
+            ByteRange::new(300_000, Some(10)),
+            FetchOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&first.data[..], &data[300_000..300_010]);
+    assert!(!first.cached);
+    assert_eq!(first.report.fetched, 2, "the root and one leaf");
+    assert!(!edge.store().has(&root).await.unwrap());
+    assert_eq!(edge.store().used_bytes(), 0);
+
+    // Second view: kept, and announced.
+    let second = edge
+        .view(root, ByteRange::ALL, FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(&second.data[..], &data[..]);
+    assert!(second.cached);
+    assert!(edge.store().has(&root).await.unwrap());
+    let third = edge
+        .view(root, ByteRange::ALL, FetchOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(third.report.fetched, 0, "served from the cache");
+    let providers = publisher.find_providers(root).await.unwrap();
+    assert!(providers.contains(&edge.peer_id()), "{providers:?}");
+    edge.shutdown().await;
+    publisher.shutdown().await;
+}
