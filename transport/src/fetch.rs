@@ -578,6 +578,12 @@ impl<S: BlockStore + 'static> Node<S> {
             };
             if let Some(p) = s.choose(&need, true, &taken, &asked, now) {
                 s.report.hedged += 1;
+                // Lateness counts against the peers that were asked.
+                for late in &asked {
+                    if let Some(score) = s.peers.get_mut(late) {
+                        score.failures += 1;
+                    }
+                }
                 if let Some(f) = s.flying.get_mut(&key) {
                     f.hedged = true;
                 }

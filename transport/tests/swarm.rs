@@ -711,3 +711,100 @@ async fn an_edge_node_caches_content_on_its_second_view() {
     edge.shutdown().await;
     publisher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_quic_and_keep_their_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("node.key");
+    let key = streamspace_transport::identity::load_or_create(&key_path).unwrap();
+    let again = streamspace_transport::identity::load_or_create(&key_path).unwrap();
+    assert_eq!(key.public().to_peer_id(), again.public().to_peer_id());
+    std::fs::write(dir.path().join("bad.key"), b"not a key").unwrap();
+    let err =
+        streamspace_transport::identity::load_or_create(&dir.path().join("bad.key")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+
+    let quic = |k: Keypair| {
+        let mut c = Config::new(k);
+        c.listen = vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()];
+        c
+    };
+    let seeder = start(quic(key), MemoryStore::new()).await;
+    assert_eq!(seeder.peer_id(), again.public().to_peer_id());
+    let data = random(600_000, 8);
+    let root = publish(&seeder, &data).await;
+    let viewer = start(quic(Keypair::generate_ed25519()), MemoryStore::new()).await;
+    let addr = seeder.dialable_addrs().await.unwrap()[0].clone();
+    assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
+    viewer.dial(addr).await.unwrap();
+    viewer
+        .fetch(
+            root,
+            FetchOptions {
+                peers: vec![seeder.peer_id()],
+                use_dht: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    viewer.shutdown().await;
+    seeder.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_window_block_is_asked_of_another_peer() {
+    let data = random(1024 * 1024, 9);
+    let slow_store = MemoryStore::new();
+    let root = add_reader(
+        Some(&slow_store),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let slow = start(config(), Slow(slow_store, Duration::from_secs(3))).await;
+    let fast = start(config(), MemoryStore::new()).await;
+    publish(&fast, &data).await;
+    let viewer = start(config(), MemoryStore::new()).await;
+    for addr in [
+        slow.dialable_addrs().await.unwrap(),
+        fast.dialable_addrs().await.unwrap(),
+    ] {
+        viewer.dial(addr[0].clone()).await.unwrap();
+    }
+    let report = viewer
+        .fetch(
+            root,
+            FetchOptions {
+                // The slow peer first: it has not been measured yet and sorts first here.
+                peers: vec![slow.peer_id(), fast.peer_id()],
+                use_dht: false,
+                deadline: Duration::from_millis(200),
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    // Whatever went to the slow peer first was asked again of the fast one, well before the
+    // slow peer's 3 seconds a block.
+    assert!(report.elapsed < Duration::from_secs(3), "{report:?}");
+    assert_eq!(report.bytes_from.get(&slow.peer_id()), None);
+    if report.hedged == 0 {
+        // Nothing was asked of the slow peer at all.
+        assert_eq!(slow.stats().shards_served, 0);
+    }
+    for n in [&viewer, &fast] {
+        n.shutdown().await;
+    }
+    slow.shutdown().await;
+}
