@@ -1,0 +1,367 @@
+//! The marketplace's state, rebuilt by anyone from the ordered messages of its consensus topic:
+//! a pure state machine (no I/O, no clock but the consensus times it is given), so every
+//! replica that replays the same topic reaches the same state.
+
+use std::collections::{BTreeMap, HashMap};
+
+use streamspace_ledger::{AccountId, PublicKey, Timestamp, TransactionId};
+
+use crate::message::{DecodeError, License, Listing, ListingId, Message, RevokeReason, Signed};
+
+/// A message the catalog refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MarketError {
+    /// Malformed, over a limit, or badly signed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A listing id already taken.
+    #[error("listing {0} exists")]
+    Exists(ListingId),
+    /// No such listing.
+    #[error("no listing {0}")]
+    UnknownListing(ListingId),
+    /// The listing was withdrawn.
+    #[error("listing {0} was withdrawn")]
+    Withdrawn(ListingId),
+    /// Signed by a key other than the one that must sign it.
+    #[error("{what} for {listing} signed by a key that may not")]
+    WrongSigner {
+        /// What was signed.
+        what: &'static str,
+        /// The listing.
+        listing: ListingId,
+    },
+    /// A version not above the current one (a replay, or out of order).
+    #[error("listing {listing} version {got} is not above {current}")]
+    StaleVersion {
+        /// The listing.
+        listing: ListingId,
+        /// The version in the message.
+        got: u32,
+        /// The current version.
+        current: u32,
+    },
+    /// An update that changes the content.
+    #[error("an update of {0} may not change its content")]
+    ContentChanged(ListingId),
+    /// A license for a version of the listing that never existed.
+    #[error("license for version {version} of {listing}, which never existed")]
+    UnknownVersion {
+        /// The listing.
+        listing: ListingId,
+        /// The version.
+        version: u32,
+    },
+    /// A second license for one payment.
+    #[error("payment {0:?} already licensed")]
+    Replayed(TransactionId),
+    /// No license for that payment.
+    #[error("no license for payment {0:?}")]
+    UnknownLicense(TransactionId),
+    /// The license was revoked.
+    #[error("license for payment {0:?} was revoked")]
+    Revoked(TransactionId),
+}
+
+/// A listing's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The current version.
+    pub listing: Listing,
+    /// Every version's price and terms, by version (licenses refer to them).
+    pub versions: BTreeMap<u32, Listing>,
+    /// The key that listed it.
+    pub seller_key: PublicKey,
+    /// When it was withdrawn, if it was.
+    pub withdrawn: Option<Timestamp>,
+}
+
+/// A license as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sale {
+    /// The license.
+    pub license: License,
+    /// When it reached consensus.
+    pub at: Timestamp,
+    /// Payouts to rights holders.
+    pub payouts: Vec<(AccountId, u64)>,
+    /// Whether it was revoked, and why.
+    pub revoked: Option<RevokeReason>,
+}
+
+/// What applying a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// A listing appeared.
+    Listed(ListingId),
+    /// A listing changed.
+    Updated(ListingId),
+    /// A listing was withdrawn.
+    Withdrawn(ListingId),
+    /// A license was issued.
+    Licensed(TransactionId),
+    /// A license was revoked.
+    Revoked(TransactionId),
+}
+
+/// Income of one rights holder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Income {
+    /// Licenses that paid it.
+    pub sales: u64,
+    /// Tinybars earned.
+    pub earned: u64,
+    /// Tinybars of revoked (refunded) sales.
+    pub refunded: u64,
+}
+
+/// The marketplace state.
+///
+/// # Examples
+///
+/// ```
+/// use streamspace_ledger::{AccountId, PublicKey, Timestamp};
+/// use streamspace_market::catalog::Catalog;
+/// use streamspace_market::message::{Listing, ListingId, Message, Share, Terms};
+/// let seller = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+/// let listing = Listing {
+///     id: ListingId { seller: AccountId::new(1001), number: 1 },
+///     version: 1,
+///     content: "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o".parse()?,
+///     title: "Night Train".into(),
+///     description: String::new(),
+///     tags: vec!["film".into()],
+///     price: 500_000_000,
+///     terms: Terms { rental_secs: Some(48 * 3600), devices: 2, regions: vec![] },
+///     split: vec![Share { account: AccountId::new(1001), bps: 10_000 }],
+///     key_service: PublicKey::from(&seller),
+/// };
+/// let mut catalog = Catalog::default();
+/// let bytes = Message::List(listing).sign(&seller).encode();
+/// catalog.apply(Timestamp::default(), &bytes)?;
+/// assert_eq!(catalog.search("night").count(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Catalog {
+    listings: BTreeMap<ListingId, Entry>,
+    sales: HashMap<TransactionId, Sale>,
+    rejected: u64,
+}
+
+impl Catalog {
+    /// Applies one message of the topic, reached consensus at `at`.
+    ///
+    /// # Errors
+    ///
+    /// [`MarketError`]; the state is unchanged but for the count of rejected messages.
+    pub fn apply(&mut self, at: Timestamp, bytes: &[u8]) -> Result<Applied, MarketError> {
+        let r = self.try_apply(at, bytes);
+        if r.is_err() {
+            self.rejected += 1;
+        }
+        r
+    }
+
+    fn try_apply(&mut self, at: Timestamp, bytes: &[u8]) -> Result<Applied, MarketError> {
+        let signed = Signed::decode(bytes)?;
+        signed.verify()?;
+        let signer = signed.signer;
+        match signed.message {
+            Message::List(l) => {
+                if self.listings.contains_key(&l.id) {
+                    return Err(MarketError::Exists(l.id));
+                }
+                if l.version != 1 {
+                    return Err(MarketError::StaleVersion {
+                        listing: l.id,
+                        got: l.version,
+                        current: 0,
+                    });
+                }
+                let id = l.id;
+                self.listings.insert(
+                    id,
+                    Entry {
+                        versions: BTreeMap::from([(1, l.clone())]),
+                        listing: l,
+                        seller_key: signer,
+                        withdrawn: None,
+                    },
+                );
+                Ok(Applied::Listed(id))
+            }
+            Message::Update(l) => {
+                let e = self.live(l.id, signer, "update")?;
+                if l.version <= e.listing.version {
+                    return Err(MarketError::StaleVersion {
+                        listing: l.id,
+                        got: l.version,
+                        current: e.listing.version,
+                    });
+                }
+                if l.content != e.listing.content {
+                    return Err(MarketError::ContentChanged(l.id));
+                }
+                let id = l.id;
+                e.versions.insert(l.version, l.clone());
+                e.listing = l;
+                Ok(Applied::Updated(id))
+            }
+            Message::Withdraw { listing, version } => {
+                let e = self.live(listing, signer, "withdrawal")?;
+                if version <= e.listing.version {
+                    return Err(MarketError::StaleVersion {
+                        listing,
+                        got: version,
+                        current: e.listing.version,
+                    });
+                }
+                e.listing.version = version;
+                e.withdrawn = Some(at);
+                Ok(Applied::Withdrawn(listing))
+            }
+            Message::License(license) => {
+                let e = self
+                    .listings
+                    .get(&license.listing)
+                    .ok_or(MarketError::UnknownListing(license.listing))?;
+                let terms =
+                    e.versions
+                        .get(&license.version)
+                        .ok_or(MarketError::UnknownVersion {
+                            listing: license.listing,
+                            version: license.version,
+                        })?;
+                if terms.key_service != signer {
+                    return Err(MarketError::WrongSigner {
+                        what: "license",
+                        listing: license.listing,
+                    });
+                }
+                if self.sales.contains_key(&license.payment) {
+                    return Err(MarketError::Replayed(license.payment));
+                }
+                let payouts = terms.payouts();
+                let payment = license.payment;
+                self.sales.insert(
+                    payment,
+                    Sale {
+                        license,
+                        at,
+                        payouts,
+                        revoked: None,
+                    },
+                );
+                Ok(Applied::Licensed(payment))
+            }
+            Message::Revoke { payment, reason } => {
+                let sale = self
+                    .sales
+                    .get(&payment)
+                    .ok_or(MarketError::UnknownLicense(payment))?;
+                let listing = sale.license.listing;
+                let allowed = self
+                    .listings
+                    .get(&listing)
+                    .and_then(|e| e.versions.get(&sale.license.version))
+                    .is_some_and(|v| v.key_service == signer);
+                if !allowed {
+                    return Err(MarketError::WrongSigner {
+                        what: "revocation",
+                        listing,
+                    });
+                }
+                if sale.revoked.is_some() {
+                    return Err(MarketError::Revoked(payment));
+                }
+                if let Some(s) = self.sales.get_mut(&payment) {
+                    s.revoked = Some(reason);
+                }
+                Ok(Applied::Revoked(payment))
+            }
+        }
+    }
+
+    fn live(
+        &mut self,
+        id: ListingId,
+        signer: PublicKey,
+        what: &'static str,
+    ) -> Result<&mut Entry, MarketError> {
+        let e = self
+            .listings
+            .get_mut(&id)
+            .ok_or(MarketError::UnknownListing(id))?;
+        if e.seller_key != signer {
+            return Err(MarketError::WrongSigner { what, listing: id });
+        }
+        if e.withdrawn.is_some() {
+            return Err(MarketError::Withdrawn(id));
+        }
+        Ok(e)
+    }
+
+    /// A listing, withdrawn or not.
+    pub fn listing(&self, id: ListingId) -> Option<&Entry> {
+        self.listings.get(&id)
+    }
+
+    /// Listings on offer whose title contains `text` (case-insensitive) or that carry it as a
+    /// tag.
+    pub fn search<'a>(&'a self, text: &'a str) -> impl Iterator<Item = &'a Listing> + 'a {
+        let needle = text.to_lowercase();
+        self.on_offer().filter(move |l| {
+            l.title.to_lowercase().contains(&needle)
+                || l.tags.iter().any(|t| t.eq_ignore_ascii_case(&needle))
+        })
+    }
+
+    /// Listings on offer priced within `min..=max` tinybars.
+    pub fn priced(&self, min: u64, max: u64) -> impl Iterator<Item = &Listing> + '_ {
+        self.on_offer()
+            .filter(move |l| (min..=max).contains(&l.price))
+    }
+
+    /// Listings not withdrawn.
+    pub fn on_offer(&self) -> impl Iterator<Item = &Listing> + '_ {
+        self.listings
+            .values()
+            .filter(|e| e.withdrawn.is_none())
+            .map(|e| &e.listing)
+    }
+
+    /// The license sold for `payment`, if any.
+    pub fn sale(&self, payment: &TransactionId) -> Option<&Sale> {
+        self.sales.get(payment)
+    }
+
+    /// Every sale, for audit.
+    pub fn sales(&self) -> impl Iterator<Item = &Sale> + '_ {
+        self.sales.values()
+    }
+
+    /// What each rights holder earned, and what was refunded.
+    pub fn income(&self) -> BTreeMap<AccountId, Income> {
+        let mut out: BTreeMap<AccountId, Income> = BTreeMap::new();
+        for s in self.sales.values() {
+            for (account, amount) in &s.payouts {
+                let i = out.entry(*account).or_default();
+                i.sales += 1;
+                if s.revoked.is_some() {
+                    i.refunded += amount;
+                } else {
+                    i.earned += amount;
+                }
+            }
+        }
+        out
+    }
+
+    /// Messages refused so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+}

@@ -1,0 +1,474 @@
+//! Buying and key release: the buyer pays with one atomic ledger transfer that carries the split
+//! and names the listing in its memo; the listing's key service checks that payment on the
+//! ledger, issues a license bound to the buyer's key, and releases the content key — wrapped
+//! with HPKE (RFC 9180: X25519, HKDF-SHA256, ChaCha20-Poly1305) to one of the buyer's devices —
+//! only for a valid, paid, unexpired, unrevoked license and within its device limit.
+
+use std::collections::{HashMap, HashSet};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
+use streamspace_ledger::{
+    AccountId, Ledger, LedgerError, Operator, PublicKey, Status, Timestamp, Transaction,
+    TransactionId, TxKind,
+};
+use streamspace_shard::crypto::ContentKey;
+
+use crate::message::{License, Listing, ListingId, Message, RevokeReason, Signed};
+
+type Kem = X25519HkdfSha256;
+type Aead = hpke::aead::ChaCha20Poly1305;
+type Kdf = hpke::kdf::HkdfSha256;
+
+const HPKE_INFO: &[u8] = b"streamspace-market content key v1";
+const REQUEST_DOMAIN: &[u8; 16] = b"streamspace-kreq";
+
+/// A purchase or key release refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The payment did not succeed on the ledger.
+    #[error("payment {0:?} has status {1:?}")]
+    NotPaid(TransactionId, Status),
+    /// The payment's memo names another listing or version.
+    #[error("payment {0:?} is not for this listing")]
+    WrongListing(TransactionId),
+    /// A rights holder was paid less than its share.
+    #[error("payment {payment:?} pays {account} {paid}, its share is {share}")]
+    Underpaid {
+        /// The payment.
+        payment: TransactionId,
+        /// The rights holder.
+        account: AccountId,
+        /// What it received.
+        paid: i64,
+        /// Its share.
+        share: u64,
+    },
+    /// This service does not issue licenses for the listing.
+    #[error("listing {0} names another key service")]
+    NotMine(ListingId),
+    /// A license was issued for this payment already.
+    #[error("payment {0:?} is licensed already")]
+    Replayed(TransactionId),
+    /// The license does not decode, is not signed by this service, or is not a license.
+    #[error("not a license of this service: {0}")]
+    BadLicense(String),
+    /// The license was revoked.
+    #[error("license for {0:?} was revoked")]
+    Revoked(TransactionId),
+    /// Outside the license's validity.
+    #[error("license for {0:?} is not valid now")]
+    Expired(TransactionId),
+    /// The key request is not signed by the license's buyer, or names another license.
+    #[error("key request not signed by the buyer of {0:?}")]
+    NotTheBuyer(TransactionId),
+    /// Every device the license allows has its key already.
+    #[error("license for {0:?} allows {1} devices, all in use")]
+    TooManyDevices(TransactionId, u16),
+    /// The service holds no key for the listing's content.
+    #[error("no content key for listing {0}")]
+    NoContentKey(ListingId),
+    /// The listed content is not in the publisher's store.
+    #[error("content {0} is not in the store")]
+    ContentMissing(cid::Cid),
+    /// The listing breaks a rule (see [`Listing::validate`]).
+    #[error(transparent)]
+    Invalid(#[from] crate::message::DecodeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] streamspace_shard::store::StoreError),
+    /// The device key is not an X25519 public key, or unwrapping failed.
+    #[error("key wrapping: {0}")]
+    Wrap(&'static str),
+}
+
+/// Signs a new listing for publication on the market topic, after checking its rules and
+/// that its content is in the publisher's `store` (nobody can buy what cannot be fetched).
+///
+/// # Errors
+///
+/// [`ServiceError::Invalid`] or [`ServiceError::ContentMissing`].
+pub async fn list<S: streamspace_shard::store::BlockStore>(
+    store: &S,
+    seller_key: &SigningKey,
+    listing: Listing,
+) -> Result<Signed, ServiceError> {
+    listing.validate()?;
+    if !store.has(&listing.content).await? {
+        return Err(ServiceError::ContentMissing(listing.content));
+    }
+    Ok(Message::List(listing).sign(seller_key))
+}
+
+/// The memo a purchase carries: names the listing and the version bought.
+pub fn memo(listing: ListingId, version: u32) -> String {
+    format!("streamspace-market:{listing}@{version}")
+}
+
+/// Pays for `listing`: one atomic transfer from the buyer to every rights holder, its share
+/// each, with the listing named in the memo.
+///
+/// # Errors
+///
+/// [`ServiceError::Ledger`] (insufficient balance, say), or [`ServiceError::NotPaid`].
+pub async fn pay<L: Ledger>(
+    ledger: &L,
+    buyer: &Operator,
+    listing: &Listing,
+) -> Result<TransactionId, ServiceError> {
+    let price = i64::try_from(listing.price).map_err(|_| LedgerError::Transport("price".into()))?;
+    let mut hbar = vec![(buyer.account, -price)];
+    for (account, amount) in listing.payouts() {
+        hbar.push((account, amount as i64));
+    }
+    let id = TransactionId::generate(buyer.account, ledger.now());
+    let mut tx = Transaction::new(
+        id,
+        TxKind::Transfer {
+            hbar,
+            nfts: Vec::new(),
+        },
+    );
+    tx.memo = memo(listing.id, listing.version);
+    let receipt = ledger.execute(tx, &[&buyer.key]).await?;
+    if receipt.status != Status::Success {
+        return Err(ServiceError::NotPaid(id, receipt.status));
+    }
+    Ok(id)
+}
+
+/// A buyer's request for the key, for one of its devices, signed with the key its license is
+/// bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// The license (its payment).
+    pub payment: TransactionId,
+    /// The device, as the buyer names it.
+    pub device: [u8; 16],
+    /// The device's X25519 public key, to wrap the content key to.
+    pub device_key: [u8; 32],
+    signature: [u8; 64],
+}
+
+impl KeyRequest {
+    fn signed_bytes(payment: &TransactionId, device: &[u8; 16], device_key: &[u8; 32]) -> Vec<u8> {
+        let mut b = REQUEST_DOMAIN.to_vec();
+        b.extend_from_slice(&postcard::to_allocvec(payment).unwrap_or_default());
+        b.extend_from_slice(device);
+        b.extend_from_slice(device_key);
+        b
+    }
+
+    /// Signs a request with the buyer's key.
+    pub fn sign(
+        buyer: &SigningKey,
+        payment: TransactionId,
+        device: [u8; 16],
+        device_key: [u8; 32],
+    ) -> Self {
+        let signature = buyer
+            .sign(&Self::signed_bytes(&payment, &device, &device_key))
+            .to_bytes();
+        Self {
+            payment,
+            device,
+            device_key,
+            signature,
+        }
+    }
+
+    fn verify(&self, buyer: &PublicKey) -> bool {
+        VerifyingKey::from_bytes(&buyer.0).is_ok_and(|k| {
+            k.verify(
+                &Self::signed_bytes(&self.payment, &self.device, &self.device_key),
+                &Signature::from_bytes(&self.signature),
+            )
+            .is_ok()
+        })
+    }
+}
+
+/// A content key wrapped to one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// HPKE encapsulated key.
+    pub encapped: Vec<u8>,
+    /// The sealed content key.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A device's X25519 key pair, to receive content keys.
+pub struct DeviceKey {
+    secret: <Kem as hpke::Kem>::PrivateKey,
+    public: <Kem as hpke::Kem>::PublicKey,
+}
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceKey")
+            .field("public", &self.public_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceKey {
+    /// A new random key pair.
+    pub fn generate() -> Self {
+        let (secret, public) = Kem::gen_keypair(&mut rand::rngs::OsRng);
+        Self { secret, public }
+    }
+
+    /// The public key, for [`KeyRequest::sign`].
+    pub fn public_bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&self.public.to_bytes());
+        out
+    }
+
+    /// Unwraps a content key released for `payment`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Wrap`] if the key was not wrapped to this device for that license.
+    pub fn unwrap(
+        &self,
+        wrapped: &WrappedKey,
+        payment: &TransactionId,
+    ) -> Result<ContentKey, ServiceError> {
+        let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&wrapped.encapped)
+            .map_err(|_| ServiceError::Wrap("malformed encapsulated key"))?;
+        let aad = postcard::to_allocvec(payment).unwrap_or_default();
+        let plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
+            &OpModeR::Base,
+            &self.secret,
+            &encapped,
+            HPKE_INFO,
+            &wrapped.ciphertext,
+            &aad,
+        )
+        .map_err(|_| ServiceError::Wrap("does not open with this device key"))?;
+        if plain.len() != 48 {
+            return Err(ServiceError::Wrap("wrong key length"));
+        }
+        let mut key = [0u8; 32];
+        let mut item = [0u8; 16];
+        key.copy_from_slice(&plain[..32]);
+        item.copy_from_slice(&plain[32..]);
+        Ok(ContentKey::from_parts(key, item))
+    }
+}
+
+/// The service that issues licenses for the listings naming its key, and releases their
+/// content keys to licensed devices.
+pub struct KeyService {
+    key: SigningKey,
+    content: HashMap<ListingId, ContentKey>,
+    issued: HashSet<TransactionId>,
+    revoked: HashSet<TransactionId>,
+    devices: HashMap<TransactionId, Vec<[u8; 16]>>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService")
+            .field("public", &self.public())
+            .field("listings", &self.content.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyService {
+    /// A service signing with `key`.
+    pub fn new(key: SigningKey) -> Self {
+        Self {
+            key,
+            content: HashMap::new(),
+            issued: HashSet::new(),
+            revoked: HashSet::new(),
+            devices: HashMap::new(),
+        }
+    }
+
+    /// Its public key, for listings' `key_service`.
+    pub fn public(&self) -> PublicKey {
+        PublicKey::from(&self.key)
+    }
+
+    /// Holds the content key of `listing`.
+    pub fn add_content(&mut self, listing: ListingId, key: ContentKey) {
+        self.content.insert(listing, key);
+    }
+
+    /// Checks `payment` on the ledger against `listing` (status, memo, every share) and issues
+    /// a license bound to `buyer_key`, to publish on the market topic.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError`]: not this service's listing, replayed payment, unpaid, wrong listing,
+    /// underpaid share.
+    pub async fn issue<L: Ledger>(
+        &mut self,
+        ledger: &L,
+        listing: &Listing,
+        payment: TransactionId,
+        buyer_key: PublicKey,
+    ) -> Result<Signed, ServiceError> {
+        if listing.key_service != self.public() {
+            return Err(ServiceError::NotMine(listing.id));
+        }
+        if self.issued.contains(&payment) {
+            return Err(ServiceError::Replayed(payment));
+        }
+        let record = ledger.record(payment).await?;
+        if record.receipt.status != Status::Success {
+            return Err(ServiceError::NotPaid(payment, record.receipt.status));
+        }
+        if record.memo != memo(listing.id, listing.version) {
+            return Err(ServiceError::WrongListing(payment));
+        }
+        for (account, share) in listing.payouts() {
+            let paid = record
+                .transfers
+                .iter()
+                .filter(|(a, _)| *a == account)
+                .map(|(_, v)| *v)
+                .sum::<i64>();
+            // The buyer may be a rights holder too: its net is its share less the price and fee.
+            let enough = if account == payment.payer {
+                true
+            } else {
+                u64::try_from(paid).is_ok_and(|p| p >= share)
+            };
+            if !enough {
+                return Err(ServiceError::Underpaid {
+                    payment,
+                    account,
+                    paid,
+                    share,
+                });
+            }
+        }
+        let start = record.receipt.consensus;
+        let expiry = listing
+            .terms
+            .rental_secs
+            .map(|s| start.plus_secs(i64::try_from(s).unwrap_or(i64::MAX)));
+        self.issued.insert(payment);
+        Ok(Message::License(License {
+            listing: listing.id,
+            version: listing.version,
+            buyer: payment.payer,
+            buyer_key,
+            payment,
+            start,
+            expiry,
+            devices: listing.terms.devices,
+        })
+        .sign(&self.key))
+    }
+
+    /// Releases the content key for a licensed device, wrapped to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError`]: not a license of this service, revoked, expired at `now`, request
+    /// not signed by the buyer, too many devices, no content key.
+    pub fn release(
+        &mut self,
+        license: &[u8],
+        request: &KeyRequest,
+        now: Timestamp,
+    ) -> Result<WrappedKey, ServiceError> {
+        let signed =
+            Signed::decode(license).map_err(|e| ServiceError::BadLicense(e.to_string()))?;
+        signed
+            .verify()
+            .map_err(|e| ServiceError::BadLicense(e.to_string()))?;
+        if signed.signer != self.public() {
+            return Err(ServiceError::BadLicense("signed by another service".into()));
+        }
+        let Message::License(l) = signed.message else {
+            return Err(ServiceError::BadLicense("not a license".into()));
+        };
+        if self.revoked.contains(&l.payment) {
+            return Err(ServiceError::Revoked(l.payment));
+        }
+        if now < l.start || l.expiry.is_some_and(|e| now >= e) {
+            return Err(ServiceError::Expired(l.payment));
+        }
+        if request.payment != l.payment || !request.verify(&l.buyer_key) {
+            return Err(ServiceError::NotTheBuyer(l.payment));
+        }
+        let key = self
+            .content
+            .get(&l.listing)
+            .ok_or(ServiceError::NoContentKey(l.listing))?;
+        let device_key = <Kem as hpke::Kem>::PublicKey::from_bytes(&request.device_key)
+            .map_err(|_| ServiceError::Wrap("malformed device key"))?;
+        let devices = self.devices.entry(l.payment).or_default();
+        if !devices.contains(&request.device) {
+            if devices.len() >= usize::from(l.devices) {
+                return Err(ServiceError::TooManyDevices(l.payment, l.devices));
+            }
+            devices.push(request.device);
+        }
+        let mut plain = zeroize::Zeroizing::new([0u8; 48]);
+        plain[..32].copy_from_slice(key.key_bytes());
+        plain[32..].copy_from_slice(&key.item_id());
+        let aad = postcard::to_allocvec(&l.payment).unwrap_or_default();
+        let (encapped, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
+            &OpModeS::Base,
+            &device_key,
+            HPKE_INFO,
+            &plain[..],
+            &aad,
+            &mut rand::rngs::OsRng,
+        )
+        .map_err(|_| ServiceError::Wrap("sealing failed"))?;
+        Ok(WrappedKey {
+            encapped: encapped.to_bytes().to_vec(),
+            ciphertext,
+        })
+    }
+
+    /// Revokes a license (after a refund or an upheld dispute): no key is released for it any
+    /// more. Returns the message to publish on the market topic.
+    pub fn revoke(&mut self, payment: TransactionId, reason: RevokeReason) -> Signed {
+        self.revoked.insert(payment);
+        Message::Revoke { payment, reason }.sign(&self.key)
+    }
+
+    /// Refunds a buyer from `from` (a rights holder or the seller) and revokes its license.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Ledger`] if the refund transfer fails; nothing is revoked then.
+    pub async fn refund<L: Ledger>(
+        &mut self,
+        ledger: &L,
+        from: &Operator,
+        license: &License,
+        amount: u64,
+    ) -> Result<Signed, ServiceError> {
+        let amount = i64::try_from(amount).map_err(|_| LedgerError::Transport("amount".into()))?;
+        let id = TransactionId::generate(from.account, ledger.now());
+        let mut tx = Transaction::new(
+            id,
+            TxKind::Transfer {
+                hbar: vec![(from.account, -amount), (license.buyer, amount)],
+                nfts: Vec::new(),
+            },
+        );
+        tx.memo = format!("streamspace-market:refund:{}", license.listing);
+        let receipt = ledger.execute(tx, &[&from.key]).await?;
+        if receipt.status != Status::Success {
+            return Err(ServiceError::NotPaid(id, receipt.status));
+        }
+        Ok(self.revoke(license.payment, RevokeReason::Refunded(id)))
+    }
+}

@@ -1,0 +1,619 @@
+//! The marketplace end to end on the embedded ledger: list, replay, buy, license, release the
+//! key to devices and watch; and every refusal, with the state unchanged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use futures::TryStreamExt;
+use proptest::prelude::*;
+use streamspace_ledger::local::TREASURY;
+use streamspace_ledger::{
+    AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Timestamp,
+    Transaction, TransactionId, TxKind,
+};
+use streamspace_market::catalog::{Applied, Catalog, MarketError};
+use streamspace_market::message::{
+    DecodeError, License, Listing, ListingId, Message, RevokeReason, Share, Signed, Terms,
+};
+use streamspace_market::service::{self, DeviceKey, KeyRequest, KeyService, ServiceError};
+use streamspace_shard::crypto::{ContentKey, EncryptingReader, cat_decrypted, encrypted_options};
+use streamspace_shard::export::ByteRange;
+use streamspace_shard::import::ImportOptions;
+use streamspace_shard::store::{MemoryStore, add_reader};
+
+fn key(s: u8) -> SigningKey {
+    SigningKey::from_bytes(&[s; 32])
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    ledger: LocalLedger,
+    seller: Operator,
+    cowriter: Operator,
+    buyer: Operator,
+    topic: streamspace_ledger::TopicId,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tk = key(200);
+    let ledger = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&tk),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let treasury = Operator {
+        account: TREASURY,
+        key: tk,
+    };
+    let mut ops = Vec::new();
+    for seed in 1..=3 {
+        let k = key(seed);
+        let account = ledger
+            .create_account(&treasury, PublicKey::from(&k), 100_000_000_000)
+            .await
+            .unwrap();
+        ops.push(Operator { account, key: k });
+    }
+    let id = TransactionId::generate(ops[0].account, ledger.now());
+    let tx = Transaction::new(
+        id,
+        TxKind::CreateTopic {
+            memo: "market".into(),
+            submit_key: None,
+        },
+    );
+    let topic = ledger
+        .execute(tx, &[&ops[0].key])
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    let buyer = ops.pop().unwrap();
+    let cowriter = ops.pop().unwrap();
+    let seller = ops.pop().unwrap();
+    World {
+        _dir: dir,
+        ledger,
+        seller,
+        cowriter,
+        buyer,
+        topic,
+    }
+}
+
+fn listing(w: &World, service: PublicKey, content: cid::Cid) -> Listing {
+    Listing {
+        id: ListingId {
+            seller: w.seller.account,
+            number: 7,
+        },
+        version: 1,
+        content,
+        title: "Night Train to Lisbon".into(),
+        description: "A film in three parts.".into(),
+        tags: vec!["film".into(), "drama".into()],
+        price: 250_000_001,
+        terms: Terms {
+            rental_secs: Some(48 * 3600),
+            devices: 2,
+            regions: vec!["PT".into(), "ES".into()],
+        },
+        split: vec![
+            Share {
+                account: w.seller.account,
+                bps: 7_000,
+            },
+            Share {
+                account: w.cowriter.account,
+                bps: 3_000,
+            },
+        ],
+        key_service: service,
+    }
+}
+
+async fn publish(w: &World, msg: &Signed) {
+    w.ledger
+        .submit_message(&w.seller, w.topic, Bytes::from(msg.encode()), None)
+        .await
+        .unwrap();
+}
+
+async fn replay(w: &World) -> (Catalog, Vec<Result<Applied, MarketError>>) {
+    let mut c = Catalog::default();
+    let mut out = Vec::new();
+    for m in w.ledger.topic_messages(w.topic, 1, 10_000).await.unwrap() {
+        out.push(c.apply(m.consensus, &m.message));
+    }
+    (c, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_buy_license_release_and_watch() {
+    let w = world().await;
+    // The publisher encrypts and stores the film, and lists it.
+    let store = MemoryStore::new();
+    let film: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let content_key = ContentKey::generate();
+    let root = add_reader(
+        Some(&store),
+        EncryptingReader::new(std::io::Cursor::new(film.clone()), content_key.clone()),
+        encrypted_options(ImportOptions::default()),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let mut keys = KeyService::new(key(9));
+    let l = listing(&w, keys.public(), root);
+    keys.add_content(l.id, content_key);
+    let listed = service::list(&store, &w.seller.key, l.clone())
+        .await
+        .unwrap();
+    publish(&w, &listed).await;
+
+    // The buyer finds it by replaying the topic.
+    let (catalog, applied) = replay(&w).await;
+    assert_eq!(applied, vec![Ok(Applied::Listed(l.id))]);
+    let found: Vec<_> = catalog.search("lisbon").collect();
+    assert_eq!(found, vec![&l]);
+    assert_eq!(catalog.search("drama").count(), 1);
+    assert_eq!(catalog.priced(0, 250_000_000).count(), 0);
+
+    // One atomic transfer pays both rights holders their shares.
+    let before = (
+        w.ledger.balance(w.seller.account).await.unwrap(),
+        w.ledger.balance(w.cowriter.account).await.unwrap(),
+    );
+    let payment = service::pay(&w.ledger, &w.buyer, &l).await.unwrap();
+    assert_eq!(
+        w.ledger.balance(w.seller.account).await.unwrap() - before.0,
+        175_000_001,
+        "70% and the rounding remainder"
+    );
+    assert_eq!(
+        w.ledger.balance(w.cowriter.account).await.unwrap() - before.1,
+        75_000_000
+    );
+    let license = keys
+        .issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
+    publish(&w, &license).await;
+    // Issuing twice for one payment is refused.
+    assert!(matches!(
+        keys.issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+            .await,
+        Err(ServiceError::Replayed(_))
+    ));
+
+    // The key, wrapped to the buyer's device, decrypts the film fetched from anyone.
+    let phone = DeviceKey::generate();
+    let request = KeyRequest::sign(&w.buyer.key, payment, [1; 16], phone.public_bytes());
+    let now = w.ledger.now();
+    let wrapped = keys.release(&license.encode(), &request, now).unwrap();
+    let content_key = phone.unwrap(&wrapped, &payment).unwrap();
+    let watched: Vec<Bytes> = cat_decrypted(&store, root, &content_key, ByteRange::ALL)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(watched.concat(), film);
+    // Another device cannot open what was wrapped to the phone.
+    assert!(DeviceKey::generate().unwrap(&wrapped, &payment).is_err());
+
+    // A second device is within the limit; a third is not; the phone again is fine.
+    let tv = DeviceKey::generate();
+    keys.release(
+        &license.encode(),
+        &KeyRequest::sign(&w.buyer.key, payment, [2; 16], tv.public_bytes()),
+        now,
+    )
+    .unwrap();
+    let laptop = DeviceKey::generate();
+    assert!(matches!(
+        keys.release(
+            &license.encode(),
+            &KeyRequest::sign(&w.buyer.key, payment, [3; 16], laptop.public_bytes()),
+            now
+        ),
+        Err(ServiceError::TooManyDevices(_, 2))
+    ));
+    keys.release(&license.encode(), &request, now).unwrap();
+    // Someone else holding the license bytes cannot ask for the key.
+    assert!(matches!(
+        keys.release(
+            &license.encode(),
+            &KeyRequest::sign(&key(66), payment, [1; 16], phone.public_bytes()),
+            now
+        ),
+        Err(ServiceError::NotTheBuyer(_))
+    ));
+    // The rental ends after 48 hours.
+    assert!(matches!(
+        keys.release(&license.encode(), &request, now.plus_secs(48 * 3600 + 1)),
+        Err(ServiceError::Expired(_))
+    ));
+    // A license signed by anyone else is not honoured.
+    let Message::License(lic) = &license.message else {
+        panic!()
+    };
+    let forged = Message::License(lic.clone()).sign(&key(66));
+    assert!(matches!(
+        keys.release(&forged.encode(), &request, now),
+        Err(ServiceError::BadLicense(_))
+    ));
+
+    // The audit view, rebuilt by anyone: one sale, each holder's income.
+    let (catalog, applied) = replay(&w).await;
+    assert_eq!(applied[1], Ok(Applied::Licensed(payment)));
+    let income = catalog.income();
+    assert_eq!(income[&w.seller.account].earned, 175_000_001);
+    assert_eq!(income[&w.cowriter.account].earned, 75_000_000);
+
+    // A refund revokes the license: no more keys, the audit shows it.
+    let revoke = keys
+        .refund(&w.ledger, &w.seller, lic, l.price)
+        .await
+        .unwrap();
+    publish(&w, &revoke).await;
+    assert!(matches!(
+        keys.release(&license.encode(), &request, now),
+        Err(ServiceError::Revoked(_))
+    ));
+    let (catalog, _) = replay(&w).await;
+    assert!(matches!(
+        catalog.sale(&payment).unwrap().revoked,
+        Some(RevokeReason::Refunded(_))
+    ));
+    assert_eq!(catalog.income()[&w.seller.account].refunded, 175_000_001);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_payments_get_no_license() {
+    let w = world().await;
+    let store = MemoryStore::new();
+    let root = add_reader(
+        Some(&store),
+        std::io::Cursor::new(b"film".to_vec()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let mut keys = KeyService::new(key(9));
+    let l = listing(&w, keys.public(), root);
+    let buyer_key = PublicKey::from(&w.buyer.key);
+    let transfer = |hbar: Vec<(AccountId, i64)>, memo: String| {
+        let id = TransactionId::generate(w.buyer.account, w.ledger.now());
+        let mut tx = Transaction::new(
+            id,
+            TxKind::Transfer {
+                hbar,
+                nfts: Vec::new(),
+            },
+        );
+        tx.memo = memo;
+        (id, tx)
+    };
+    // Underpaid: the co-writer's share short by one tinybar.
+    let (id, tx) = transfer(
+        vec![
+            (w.buyer.account, -250_000_000),
+            (w.seller.account, 175_000_001),
+            (w.cowriter.account, 74_999_999),
+        ],
+        service::memo(l.id, 1),
+    );
+    w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
+    assert!(matches!(
+        keys.issue(&w.ledger, &l, id, buyer_key).await,
+        Err(ServiceError::Underpaid { .. })
+    ));
+    // The wrong split: everything to the seller.
+    let (id, tx) = transfer(
+        vec![
+            (w.buyer.account, -250_000_001),
+            (w.seller.account, 250_000_001),
+        ],
+        service::memo(l.id, 1),
+    );
+    w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
+    assert!(matches!(
+        keys.issue(&w.ledger, &l, id, buyer_key).await,
+        Err(ServiceError::Underpaid { .. })
+    ));
+    // A payment for another listing.
+    let other = Listing {
+        id: ListingId {
+            seller: w.seller.account,
+            number: 8,
+        },
+        ..l.clone()
+    };
+    let paid_other = service::pay(&w.ledger, &w.buyer, &other).await.unwrap();
+    assert!(matches!(
+        keys.issue(&w.ledger, &l, paid_other, buyer_key).await,
+        Err(ServiceError::WrongListing(_))
+    ));
+    // A listing of another key service.
+    let foreign = Listing {
+        key_service: PublicKey::from(&key(77)),
+        ..l.clone()
+    };
+    assert!(matches!(
+        keys.issue(&w.ledger, &foreign, paid_other, buyer_key).await,
+        Err(ServiceError::NotMine(_))
+    ));
+    // A buyer who cannot pay moves nothing.
+    let poor = Listing {
+        price: 1 << 62,
+        ..l.clone()
+    };
+    let before = w.ledger.balance(w.buyer.account).await.unwrap();
+    assert!(service::pay(&w.ledger, &w.buyer, &poor).await.is_err());
+    assert!(w.ledger.balance(w.buyer.account).await.unwrap() >= before - 200_000);
+    // Content that is not in the store cannot be listed.
+    let missing = Listing {
+        content: "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+            .parse()
+            .unwrap(),
+        ..l.clone()
+    };
+    assert!(matches!(
+        service::list(&store, &w.seller.key, missing).await,
+        Err(ServiceError::ContentMissing(_))
+    ));
+    // A listing whose split does not add up is refused before signing.
+    let mut bad_split = l.clone();
+    bad_split.split[1].bps = 2_999;
+    assert!(matches!(
+        service::list(&store, &w.seller.key, bad_split).await,
+        Err(ServiceError::Invalid(_))
+    ));
+}
+
+#[test]
+fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
+    let seller = key(1);
+    let root: cid::Cid = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+        .parse()
+        .unwrap();
+    let service_key = key(9);
+    let l = Listing {
+        id: ListingId {
+            seller: AccountId::new(1001),
+            number: 1,
+        },
+        version: 1,
+        content: root,
+        title: "Harbour".into(),
+        description: String::new(),
+        tags: vec![],
+        price: 100,
+        terms: Terms {
+            rental_secs: None,
+            devices: 1,
+            regions: vec![],
+        },
+        split: vec![Share {
+            account: AccountId::new(1001),
+            bps: 10_000,
+        }],
+        key_service: PublicKey::from(&service_key),
+    };
+    let t = Timestamp::default();
+    let mut c = Catalog::default();
+    let list = Message::List(l.clone()).sign(&seller).encode();
+    assert_eq!(c.apply(t, &list), Ok(Applied::Listed(l.id)));
+    let license = License {
+        listing: l.id,
+        version: 1,
+        buyer: AccountId::new(1003),
+        buyer_key: PublicKey::from(&key(3)),
+        payment: TransactionId {
+            payer: AccountId::new(1003),
+            valid_start: Timestamp { secs: 5, nanos: 0 },
+        },
+        start: Timestamp { secs: 6, nanos: 0 },
+        expiry: None,
+        devices: 1,
+    };
+    let update = |version: u32, price: u64| {
+        Message::Update(Listing {
+            version,
+            price,
+            ..l.clone()
+        })
+    };
+    let mut forged = update(2, 1).sign(&seller).encode();
+    let n = forged.len();
+    forged[n - 1] ^= 1;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (forged, "forged"),
+        (list.clone(), "replayed listing"),
+        (update(2, 1).sign(&key(2)).encode(), "update by another key"),
+        (update(1, 1).sign(&seller).encode(), "stale version"),
+        (
+            Message::Update(Listing {
+                version: 2,
+                content: "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+                    .parse()
+                    .unwrap(),
+                ..l.clone()
+            })
+            .sign(&seller)
+            .encode(),
+            "content changed",
+        ),
+        (
+            Message::License(license.clone()).sign(&seller).encode(),
+            "license not by the key service",
+        ),
+        (
+            Message::License(License {
+                version: 9,
+                ..license.clone()
+            })
+            .sign(&service_key)
+            .encode(),
+            "license for a version that never was",
+        ),
+        (
+            Message::Revoke {
+                payment: license.payment,
+                reason: RevokeReason::Disputed,
+            }
+            .sign(&service_key)
+            .encode(),
+            "revoking an unknown license",
+        ),
+        (vec![0; 10], "garbage"),
+    ];
+    for (bytes, what) in &cases {
+        assert!(c.apply(t, bytes).is_err(), "{what} was accepted");
+    }
+    assert_eq!(c.rejected(), cases.len() as u64);
+    assert_eq!(c.listing(l.id).unwrap().listing, l, "state unchanged");
+    assert_eq!(c.sales().count(), 0);
+
+    let lic = Message::License(license.clone())
+        .sign(&service_key)
+        .encode();
+    assert!(c.apply(t, &lic).is_ok());
+    assert_eq!(
+        c.apply(t, &lic),
+        Err(MarketError::Replayed(license.payment))
+    );
+    assert!(c.apply(t, &update(2, 50).sign(&seller).encode()).is_ok());
+    assert_eq!(c.priced(50, 50).count(), 1);
+    let withdraw = Message::Withdraw {
+        listing: l.id,
+        version: 3,
+    }
+    .sign(&seller)
+    .encode();
+    assert!(c.apply(t, &withdraw).is_ok());
+    assert_eq!(c.on_offer().count(), 0);
+    assert_eq!(
+        c.apply(t, &update(4, 60).sign(&seller).encode()),
+        Err(MarketError::Withdrawn(l.id))
+    );
+    // The sale made before the withdrawal still stands.
+    assert_eq!(c.income()[&AccountId::new(1001)].earned, 100);
+}
+
+#[test]
+fn listing_rules() {
+    let base = Listing {
+        id: ListingId {
+            seller: AccountId::new(1001),
+            number: 1,
+        },
+        version: 1,
+        content: "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
+            .parse()
+            .unwrap(),
+        title: "t".into(),
+        description: String::new(),
+        tags: vec![],
+        price: 10,
+        terms: Terms {
+            rental_secs: Some(1),
+            devices: 1,
+            regions: vec!["FR".into()],
+        },
+        split: vec![
+            Share {
+                account: AccountId::new(1),
+                bps: 5_000,
+            },
+            Share {
+                account: AccountId::new(2),
+                bps: 5_000,
+            },
+        ],
+        key_service: PublicKey([0; 32]),
+    };
+    assert!(base.validate().is_ok());
+    let bad = |f: &dyn Fn(&mut Listing)| {
+        let mut l = base.clone();
+        f(&mut l);
+        l.validate().unwrap_err()
+    };
+    for e in [
+        bad(&|l| l.version = 0),
+        bad(&|l| l.title = String::new()),
+        bad(&|l| l.title = "x".repeat(201)),
+        bad(&|l| l.terms.devices = 0),
+        bad(&|l| l.terms.rental_secs = Some(0)),
+        bad(&|l| l.terms.regions = vec!["fr".into()]),
+        bad(&|l| l.split[0].account = AccountId::new(2)),
+        bad(&|l| l.split[0].bps = 4_999),
+        bad(&|l| l.split.clear()),
+        bad(&|l| l.tags = vec!["x".into(); 17]),
+    ] {
+        assert!(matches!(e, DecodeError::Field { .. }), "{e}");
+    }
+    // Odd splits round down; the first holder gets the remainder; the total is the price.
+    let l = Listing {
+        price: 7,
+        split: vec![
+            Share {
+                account: AccountId::new(1),
+                bps: 3_333,
+            },
+            Share {
+                account: AccountId::new(2),
+                bps: 3_333,
+            },
+            Share {
+                account: AccountId::new(3),
+                bps: 3_334,
+            },
+        ],
+        ..base
+    };
+    let p = l.payouts();
+    assert_eq!(p.iter().map(|(_, a)| a).sum::<u64>(), 7);
+    assert_eq!(p[0].1, 3);
+}
+
+proptest! {
+    #[test]
+    fn signed_messages_round_trip(
+        title in "[a-zA-Z ]{1,40}",
+        price in any::<u64>(),
+        number in any::<u64>(),
+        rental in prop::option::of(1u64..1_000_000),
+        bps in 1u16..10_000,
+    ) {
+        let l = Listing {
+            id: ListingId { seller: AccountId::new(1001), number },
+            version: 1,
+            content: "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o".parse().unwrap(),
+            title,
+            description: String::new(),
+            tags: vec!["tag".into()],
+            price,
+            terms: Terms { rental_secs: rental, devices: 3, regions: vec![] },
+            split: vec![
+                Share { account: AccountId::new(1), bps },
+                Share { account: AccountId::new(2), bps: 10_000 - bps },
+            ],
+            key_service: PublicKey([7; 32]),
+        };
+        let m = Message::List(l).sign(&key(4));
+        let back = Signed::decode(&m.encode()).unwrap();
+        back.verify().unwrap();
+        prop_assert_eq!(back, m);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = Signed::decode(&b);
+        let mut c = Catalog::default();
+        prop_assert!(c.apply(Timestamp::default(), &b).is_err());
+    }
+}
