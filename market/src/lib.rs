@@ -26,4 +26,6 @@ pub mod service;
 
 pub use catalog::{Catalog, MarketError};
 pub use message::{License, Listing, ListingId, Message, Share, Signed, Terms};
-pub use service::{DeviceKey, KeyRequest, KeyService, ServiceError, WrappedKey, list, pay};
+pub use service::{
+    DeviceKey, KeyRequest, KeyService, ServiceError, WrappedKey, check_license, list, pay,
+};

@@ -354,6 +354,60 @@ impl Signed {
         })
     }
 
+    /// Decodes and verifies the signature over the bytes as received (canonical, so the same
+    /// as re-encoded).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`].
+    pub fn decode_verified(b: &[u8]) -> Result<Self, DecodeError> {
+        let s = Self::decode(b)?;
+        let key = VerifyingKey::from_bytes(&s.signer.0).map_err(|_| DecodeError::BadSignature)?;
+        key.verify(&b[..b.len() - 96], &Signature::from_bytes(&s.signature))
+            .map_err(|_| DecodeError::BadSignature)?;
+        Ok(s)
+    }
+
+    /// Decodes and verifies many messages, with Ed25519 batch verification over chunks spread
+    /// across threads; a chunk that fails as a whole is verified one by one to tell which. The
+    /// results are in the order given.
+    pub fn decode_verified_many(messages: &[&[u8]]) -> Vec<Result<Self, DecodeError>> {
+        use rayon::prelude::*;
+        messages
+            .par_chunks(64)
+            .flat_map_iter(|chunk| {
+                let decoded: Vec<Result<Self, DecodeError>> =
+                    chunk.iter().map(|b| Self::decode(b)).collect();
+                let mut msgs = Vec::new();
+                let mut sigs = Vec::new();
+                let mut keys = Vec::new();
+                let mut all_keys = true;
+                for (b, d) in chunk.iter().zip(&decoded) {
+                    if let Ok(s) = d {
+                        match VerifyingKey::from_bytes(&s.signer.0) {
+                            Ok(k) => {
+                                msgs.push(&b[..b.len() - 96]);
+                                sigs.push(Signature::from_bytes(&s.signature));
+                                keys.push(k);
+                            }
+                            Err(_) => all_keys = false,
+                        }
+                    }
+                }
+                let batch_ok = all_keys && ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
+                chunk
+                    .iter()
+                    .zip(decoded)
+                    .map(|(b, d)| match d {
+                        Ok(s) if batch_ok => Ok(s),
+                        Ok(_) => Self::decode_verified(b),
+                        Err(e) => Err(e),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Checks the signature against the signer's key.
     ///
     /// # Errors

@@ -142,6 +142,31 @@ pub async fn pay<L: Ledger>(
     Ok(id)
 }
 
+/// Checks a license as anyone can: it decodes, is signed by `service`, and is valid at `now`.
+/// (Whether it was revoked is on the market topic: see [`crate::Catalog::sale`].)
+///
+/// # Errors
+///
+/// [`ServiceError::BadLicense`] or [`ServiceError::Expired`].
+pub fn check_license(
+    license: &[u8],
+    service: &PublicKey,
+    now: Timestamp,
+) -> Result<License, ServiceError> {
+    let signed =
+        Signed::decode_verified(license).map_err(|e| ServiceError::BadLicense(e.to_string()))?;
+    if signed.signer != *service {
+        return Err(ServiceError::BadLicense("signed by another service".into()));
+    }
+    let Message::License(l) = signed.message else {
+        return Err(ServiceError::BadLicense("not a license".into()));
+    };
+    if now < l.start || l.expiry.is_some_and(|e| now >= e) {
+        return Err(ServiceError::Expired(l.payment));
+    }
+    Ok(l)
+}
+
 /// A buyer's request for the key, for one of its devices, signed with the key its license is
 /// bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,22 +409,9 @@ impl KeyService {
         request: &KeyRequest,
         now: Timestamp,
     ) -> Result<WrappedKey, ServiceError> {
-        let signed =
-            Signed::decode(license).map_err(|e| ServiceError::BadLicense(e.to_string()))?;
-        signed
-            .verify()
-            .map_err(|e| ServiceError::BadLicense(e.to_string()))?;
-        if signed.signer != self.public() {
-            return Err(ServiceError::BadLicense("signed by another service".into()));
-        }
-        let Message::License(l) = signed.message else {
-            return Err(ServiceError::BadLicense("not a license".into()));
-        };
+        let l = check_license(license, &self.public(), now)?;
         if self.revoked.contains(&l.payment) {
             return Err(ServiceError::Revoked(l.payment));
-        }
-        if now < l.start || l.expiry.is_some_and(|e| now >= e) {
-            return Err(ServiceError::Expired(l.payment));
         }
         if request.payment != l.payment || !request.verify(&l.buyer_key) {
             return Err(ServiceError::NotTheBuyer(l.payment));

@@ -122,12 +122,18 @@ async fn publish(w: &World, msg: &Signed) {
         .unwrap();
 }
 
+/// Rebuilds the catalog from the topic, one message at a time and in batches: both agree.
 async fn replay(w: &World) -> (Catalog, Vec<Result<Applied, MarketError>>) {
+    let msgs = w.ledger.topic_messages(w.topic, 1, 10_000).await.unwrap();
     let mut c = Catalog::default();
     let mut out = Vec::new();
-    for m in w.ledger.topic_messages(w.topic, 1, 10_000).await.unwrap() {
+    for m in &msgs {
         out.push(c.apply(m.consensus, &m.message));
     }
+    let mut batched = Catalog::default();
+    let again = batched.replay(msgs.iter().map(|m| (m.consensus, &m.message[..])));
+    assert_eq!(again, out);
+    assert_eq!(batched.income(), c.income());
     (c, out)
 }
 
@@ -475,6 +481,13 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
         assert!(c.apply(t, bytes).is_err(), "{what} was accepted");
     }
     assert_eq!(c.rejected(), cases.len() as u64);
+    // In a batch, the same refusals, in the same places.
+    let mut b = Catalog::default();
+    let mut all = vec![list.clone()];
+    all.extend(cases.iter().map(|(b, _)| b.clone()));
+    let results = b.replay(all.iter().map(|m| (t, &m[..])));
+    assert!(results[0].is_ok());
+    assert!(results[1..].iter().all(|r| r.is_err()));
     assert_eq!(c.listing(l.id).unwrap().listing, l, "state unchanged");
     assert_eq!(c.sales().count(), 0);
 
