@@ -1,6 +1,7 @@
 //! Writes a seed corpus of valid inputs for the targets whose inputs are signed, so the fuzzer
 //! starts past the signature and layout checks it could not guess:
-//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds` writes `fuzz/corpus/receipt/`.
+//! `cargo run --manifest-path fuzz/Cargo.toml --example seeds` writes `fuzz/corpus/receipt/`
+//! and `fuzz/corpus/market/`.
 
 use std::path::Path;
 
@@ -33,5 +34,52 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(format!("seed-fraud-{n}")), proof.encode())?;
     }
     println!("{} seeds in {}", 2 * signed.len() - 1, dir.display());
+    market()
+}
+
+fn market() -> std::io::Result<()> {
+    use streamspace_ledger::{PublicKey, Timestamp, TransactionId};
+    use streamspace_market::message::{License, Listing, ListingId, Message, RevokeReason, Share, Terms};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/market");
+    std::fs::create_dir_all(&dir)?;
+    let seller = SigningKey::from_bytes(&[1; 32]);
+    let id = ListingId { seller: AccountId::new(1001), number: 1 };
+    let listing = Listing {
+        id,
+        version: 1,
+        content: "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o".parse().expect("cid"),
+        title: "Harbour".into(),
+        description: "A film.".into(),
+        tags: vec!["film".into()],
+        price: 100_000_000,
+        terms: Terms { rental_secs: Some(3600), devices: 2, regions: vec!["PT".into()] },
+        split: vec![
+            Share { account: AccountId::new(1001), bps: 6_000 },
+            Share { account: AccountId::new(1002), bps: 4_000 },
+        ],
+        key_service: PublicKey([7; 32]),
+    };
+    let payment = TransactionId { payer: AccountId::new(1003), valid_start: Timestamp { secs: 5, nanos: 1 } };
+    let license = License {
+        listing: id,
+        version: 1,
+        buyer: AccountId::new(1003),
+        buyer_key: PublicKey([3; 32]),
+        payment,
+        start: Timestamp { secs: 6, nanos: 0 },
+        expiry: Some(Timestamp { secs: 3606, nanos: 0 }),
+        devices: 2,
+    };
+    let messages = [
+        Message::List(listing.clone()),
+        Message::Update(Listing { version: 2, ..listing }),
+        Message::Withdraw { listing: id, version: 3 },
+        Message::License(license),
+        Message::Revoke { payment, reason: RevokeReason::Disputed },
+    ];
+    for (i, m) in messages.into_iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i}")), m.sign(&seller).encode())?;
+    }
+    println!("5 seeds in {}", dir.display());
     Ok(())
 }
