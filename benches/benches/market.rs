@@ -51,6 +51,7 @@ fn listing(n: u64, service: PublicKey) -> Listing {
                 bps: 4_000,
             },
         ],
+        royalty_bps: 0,
         key_service: service,
     }
 }
@@ -77,6 +78,8 @@ fn license(i: usize, listing: ListingId) -> License {
             nanos: 0,
         }),
         devices: 2,
+        nft: None,
+        resale: None,
     }
 }
 
@@ -85,7 +88,11 @@ fn market(c: &mut Criterion) {
     let keys = SigningKey::from_bytes(&[9; 32]);
     let service_key = PublicKey::from(&keys);
     let mut events: Vec<Vec<u8>> = (0..LISTINGS)
-        .map(|n| Message::List(listing(n, service_key)).sign(&seller).encode())
+        .map(|n| {
+            Message::List(listing(n, service_key))
+                .sign(&seller)
+                .encode()
+        })
         .collect();
     for i in 0..EVENTS - LISTINGS as usize {
         let id = ListingId {

@@ -57,6 +57,7 @@ fn market() -> std::io::Result<()> {
             Share { account: AccountId::new(1001), bps: 6_000 },
             Share { account: AccountId::new(1002), bps: 4_000 },
         ],
+        royalty_bps: 0,
         key_service: PublicKey([7; 32]),
     };
     let payment = TransactionId { payer: AccountId::new(1003), valid_start: Timestamp { secs: 5, nanos: 1 } };
@@ -69,6 +70,8 @@ fn market() -> std::io::Result<()> {
         start: Timestamp { secs: 6, nanos: 0 },
         expiry: Some(Timestamp { secs: 3606, nanos: 0 }),
         devices: 2,
+        nft: None,
+        resale: None,
     };
     let messages = [
         Message::List(listing.clone()),

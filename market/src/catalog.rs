@@ -62,6 +62,9 @@ pub enum MarketError {
     /// The license was revoked.
     #[error("license for payment {0:?} was revoked")]
     Revoked(TransactionId),
+    /// A resale of a license that is not an ownership NFT, or of another NFT.
+    #[error("license for payment {0:?} cannot be resold so")]
+    NotResellable(TransactionId),
 }
 
 /// A listing's current state.
@@ -136,6 +139,7 @@ pub struct Income {
 ///     price: 500_000_000,
 ///     terms: Terms { rental_secs: Some(48 * 3600), devices: 2, regions: vec![] },
 ///     split: vec![Share { account: AccountId::new(1001), bps: 10_000 }],
+///     royalty_bps: 0,
 ///     key_service: PublicKey::from(&seller),
 /// };
 /// let mut catalog = Catalog::default();
@@ -270,8 +274,24 @@ impl Catalog {
                 if self.sales.contains_key(&license.payment) {
                     return Err(MarketError::Replayed(license.payment));
                 }
-                let payouts = terms.payouts();
+                let payouts = match license.resale {
+                    None => terms.payouts(),
+                    Some(r) => {
+                        let previous = self
+                            .sales
+                            .get(&r.previous)
+                            .ok_or(MarketError::UnknownLicense(r.previous))?;
+                        if previous.license.nft.is_none() || previous.license.nft != license.nft {
+                            return Err(MarketError::NotResellable(r.previous));
+                        }
+                        terms.royalties(r.price)
+                    }
+                };
                 let payment = license.payment;
+                if let Some(previous) = license.resale.and_then(|r| self.sales.get_mut(&r.previous))
+                {
+                    previous.revoked = Some(RevokeReason::Resold(payment));
+                }
                 self.sales.insert(
                     payment,
                     Sale {
@@ -376,7 +396,10 @@ impl Catalog {
             for (account, amount) in &s.payouts {
                 let i = out.entry(*account).or_default();
                 i.sales += 1;
-                if s.revoked.is_some() {
+                if matches!(
+                    s.revoked,
+                    Some(RevokeReason::Refunded(_) | RevokeReason::Disputed)
+                ) {
                     i.refunded += amount;
                 } else {
                     i.earned += amount;

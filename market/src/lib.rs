@@ -27,5 +27,5 @@ pub mod service;
 pub use catalog::{Catalog, MarketError};
 pub use message::{License, Listing, ListingId, Message, Share, Signed, Terms};
 pub use service::{
-    DeviceKey, KeyRequest, KeyService, ServiceError, WrappedKey, check_license, list, pay,
+    DeviceKey, KeyRequest, KeyService, NftClass, ServiceError, WrappedKey, check_license, list, pay,
 };

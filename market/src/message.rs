@@ -14,7 +14,7 @@
 use cid::Cid;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use streamspace_ledger::{AccountId, PublicKey, Timestamp, TransactionId};
+use streamspace_ledger::{AccountId, NftId, PublicKey, Timestamp, TransactionId};
 
 const DOMAIN: &[u8; 16] = b"streamspace-mkt1";
 /// Largest message body.
@@ -90,6 +90,9 @@ pub struct Listing {
     pub terms: Terms,
     /// Who is paid, in what shares.
     pub split: Vec<Share>,
+    /// For ownership: the royalty on every resale, in basis points of the resale price, paid
+    /// to the rights holders in their shares.
+    pub royalty_bps: u16,
     /// The key of the service that issues licenses and releases keys (the seller's own, or a
     /// node it delegates to).
     pub key_service: PublicKey,
@@ -114,6 +117,19 @@ pub struct License {
     pub expiry: Option<Timestamp>,
     /// Devices the key may be released to.
     pub devices: u16,
+    /// For ownership: the NFT on the ledger that carries it (its holder may resell it).
+    pub nft: Option<NftId>,
+    /// For a resale: the license it replaces and the price paid.
+    pub resale: Option<Resale>,
+}
+
+/// A license bought from its previous holder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resale {
+    /// The payment of the license replaced.
+    pub previous: TransactionId,
+    /// What the new holder paid, royalties included.
+    pub price: u64,
 }
 
 /// Why a license was revoked.
@@ -123,6 +139,8 @@ pub enum RevokeReason {
     Refunded(TransactionId),
     /// A dispute was upheld.
     Disputed,
+    /// Its NFT was resold (the resale transfer is named).
+    Resold(TransactionId),
 }
 
 /// A message on the market topic.
@@ -231,6 +249,9 @@ impl Listing {
         if self.split.is_empty() || self.split.len() > MAX_HOLDERS {
             return Err(field("split", "one to nine rights holders"));
         }
+        if self.royalty_bps > 10_000 {
+            return Err(field("royalty_bps", "at most 10,000"));
+        }
         let total: u32 = self.split.iter().map(|s| u32::from(s.bps)).sum();
         if total != 10_000 {
             return Err(field("split", "shares must add up to 10,000 basis points"));
@@ -247,17 +268,28 @@ impl Listing {
     /// What each rights holder receives of the price: its share rounded down, the remainder
     /// of the rounding to the first holder. The amounts add up to the price.
     pub fn payouts(&self) -> Vec<(AccountId, u64)> {
+        self.split_amount(self.price)
+    }
+
+    /// The royalties due on a resale at `price`: `royalty_bps` of it, split as
+    /// [`Listing::payouts`] splits the price.
+    pub fn royalties(&self, price: u64) -> Vec<(AccountId, u64)> {
+        let royalty = u128::from(price) * u128::from(self.royalty_bps) / 10_000;
+        self.split_amount(u64::try_from(royalty).unwrap_or(u64::MAX))
+    }
+
+    fn split_amount(&self, total: u64) -> Vec<(AccountId, u64)> {
         let mut out: Vec<(AccountId, u64)> = self
             .split
             .iter()
             .map(|s| {
-                let amount = u128::from(self.price) * u128::from(s.bps) / 10_000;
+                let amount = u128::from(total) * u128::from(s.bps) / 10_000;
                 (s.account, u64::try_from(amount).unwrap_or(u64::MAX))
             })
             .collect();
         let paid: u64 = out.iter().map(|(_, a)| *a).sum();
         if let Some(first) = out.first_mut() {
-            first.1 += self.price - paid;
+            first.1 += total - paid;
         }
         out
     }

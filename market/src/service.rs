@@ -6,16 +6,17 @@
 
 use std::collections::{HashMap, HashSet};
 
+use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use streamspace_ledger::{
-    AccountId, Ledger, LedgerError, Operator, PublicKey, Status, Timestamp, Transaction,
-    TransactionId, TxKind,
+    AccountId, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Status, Timestamp,
+    TokenId, Transaction, TransactionId, TxKind,
 };
 use streamspace_shard::crypto::ContentKey;
 
-use crate::message::{License, Listing, ListingId, Message, RevokeReason, Signed};
+use crate::message::{License, Listing, ListingId, Message, Resale, RevokeReason, Signed};
 
 type Kem = X25519HkdfSha256;
 type Aead = hpke::aead::ChaCha20Poly1305;
@@ -82,6 +83,9 @@ pub enum ServiceError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] streamspace_shard::store::StoreError),
+    /// An ownership listing, and this service has no NFT class to mint licenses in.
+    #[error("ownership licenses need an NFT class (KeyService::with_nft_class)")]
+    NoNftClass,
     /// The device key is not an X25519 public key, or unwrapping failed.
     #[error("key wrapping: {0}")]
     Wrap(&'static str),
@@ -165,6 +169,107 @@ pub fn check_license(
         return Err(ServiceError::Expired(l.payment));
     }
     Ok(l)
+}
+
+fn check_paid(
+    record: &streamspace_ledger::Record,
+    payment: TransactionId,
+    due: &[(AccountId, u64)],
+) -> Result<(), ServiceError> {
+    for (account, share) in due {
+        let paid = record
+            .transfers
+            .iter()
+            .filter(|(a, _)| a == account)
+            .map(|(_, v)| *v)
+            .sum::<i64>();
+        // The payer may be a rights holder too: its net is its share less what it paid.
+        if *account != payment.payer && !u64::try_from(paid).is_ok_and(|p| p >= *share) {
+            return Err(ServiceError::Underpaid {
+                payment,
+                account: *account,
+                paid,
+                share: *share,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The memo of a resale of `license`'s NFT.
+pub fn resale_memo(license: &License) -> String {
+    let nft = license.nft.map_or(0, |n| n.serial);
+    format!("streamspace-market:resale:{}#{}", license.listing, nft)
+}
+
+/// Associates `account` with the key service's NFT class, so it can receive ownership
+/// licenses (Hedera requires it before an account holds a token).
+///
+/// # Errors
+///
+/// [`ServiceError::Ledger`].
+pub async fn associate<L: Ledger>(
+    ledger: &L,
+    account: &Operator,
+    token: TokenId,
+) -> Result<(), ServiceError> {
+    let tx = Transaction::new(
+        TransactionId::generate(account.account, ledger.now()),
+        TxKind::Associate {
+            account: account.account,
+            tokens: vec![token],
+        },
+    );
+    let r = ledger.execute(tx, &[&account.key]).await?;
+    if r.status != Status::Success {
+        return Err(ServiceError::NotPaid(r.id, r.status));
+    }
+    Ok(())
+}
+
+/// Resells an ownership license: one atomic transfer moves its NFT from `owner` to `buyer`,
+/// pays `owner` the price less royalties, and pays every rights holder its royalty. Both sign.
+///
+/// # Errors
+///
+/// [`ServiceError::Ledger`] if the transfer fails (nothing moves then).
+pub async fn resell<L: Ledger>(
+    ledger: &L,
+    owner: &Operator,
+    buyer: &Operator,
+    listing: &Listing,
+    license: &License,
+    price: u64,
+) -> Result<TransactionId, ServiceError> {
+    let nft = license
+        .nft
+        .ok_or(ServiceError::WrongListing(license.payment))?;
+    let royalties = listing.royalties(price);
+    let royalty: u64 = royalties.iter().map(|(_, a)| a).sum();
+    let total = i64::try_from(price).map_err(|_| LedgerError::Transport("price".into()))?;
+    let mut hbar = vec![
+        (buyer.account, -total),
+        (owner.account, (price - royalty) as i64),
+    ];
+    hbar.extend(royalties.iter().map(|(a, v)| (*a, *v as i64)));
+    let id = TransactionId::generate(buyer.account, ledger.now());
+    let mut tx = Transaction::new(
+        id,
+        TxKind::Transfer {
+            hbar,
+            nfts: vec![NftTransfer {
+                nft,
+                from: owner.account,
+                to: buyer.account,
+            }],
+        },
+    );
+    tx.memo = resale_memo(license);
+    let r = ledger.execute(tx, &[&buyer.key, &owner.key]).await?;
+    if r.status != Status::Success {
+        return Err(ServiceError::NotPaid(id, r.status));
+    }
+    Ok(id)
 }
 
 /// A buyer's request for the key, for one of its devices, signed with the key its license is
@@ -288,9 +393,44 @@ impl DeviceKey {
     }
 }
 
+/// The NFT class ownership licenses are minted in: its treasury holds the supply key.
+#[derive(Debug, Clone)]
+pub struct NftClass {
+    /// The treasury (and supply key).
+    pub treasury: Operator,
+    /// The token.
+    pub token: TokenId,
+}
+
+impl NftClass {
+    /// Creates the class on the ledger, `treasury` paying and holding the supply key.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Ledger`].
+    pub async fn create<L: Ledger>(ledger: &L, treasury: Operator) -> Result<Self, ServiceError> {
+        let tx = Transaction::new(
+            TransactionId::generate(treasury.account, ledger.now()),
+            TxKind::CreateNft {
+                name: "StreamSpace license".into(),
+                symbol: "SSLIC".into(),
+                treasury: treasury.account,
+                supply_key: PublicKey::from(&treasury.key),
+            },
+        );
+        let r = ledger.execute(tx, &[&treasury.key]).await?;
+        let token = match (r.status, r.token) {
+            (Status::Success, Some(t)) => t,
+            (status, _) => return Err(ServiceError::NotPaid(r.id, status)),
+        };
+        Ok(Self { treasury, token })
+    }
+}
+
 /// The service that issues licenses for the listings naming its key, and releases their
 /// content keys to licensed devices.
 pub struct KeyService {
+    nft: Option<NftClass>,
     key: SigningKey,
     content: HashMap<ListingId, ContentKey>,
     issued: HashSet<TransactionId>,
@@ -311,12 +451,19 @@ impl KeyService {
     /// A service signing with `key`.
     pub fn new(key: SigningKey) -> Self {
         Self {
+            nft: None,
             key,
             content: HashMap::new(),
             issued: HashSet::new(),
             revoked: HashSet::new(),
             devices: HashMap::new(),
         }
+    }
+
+    /// Mints ownership licenses as NFTs of `class`.
+    pub fn with_nft_class(mut self, class: NftClass) -> Self {
+        self.nft = Some(class);
+        self
     }
 
     /// Its public key, for listings' `key_service`.
@@ -356,28 +503,12 @@ impl KeyService {
         if record.memo != memo(listing.id, listing.version) {
             return Err(ServiceError::WrongListing(payment));
         }
-        for (account, share) in listing.payouts() {
-            let paid = record
-                .transfers
-                .iter()
-                .filter(|(a, _)| *a == account)
-                .map(|(_, v)| *v)
-                .sum::<i64>();
-            // The buyer may be a rights holder too: its net is its share less the price and fee.
-            let enough = if account == payment.payer {
-                true
-            } else {
-                u64::try_from(paid).is_ok_and(|p| p >= share)
-            };
-            if !enough {
-                return Err(ServiceError::Underpaid {
-                    payment,
-                    account,
-                    paid,
-                    share,
-                });
-            }
-        }
+        check_paid(&record, payment, &listing.payouts())?;
+        let nft = if listing.terms.rental_secs.is_none() {
+            Some(self.mint(ledger, payment).await?)
+        } else {
+            None
+        };
         let start = record.receipt.consensus;
         let expiry = listing
             .terms
@@ -393,8 +524,123 @@ impl KeyService {
             start,
             expiry,
             devices: listing.terms.devices,
+            nft,
+            resale: None,
         })
         .sign(&self.key))
+    }
+
+    /// Mints the NFT of an ownership license and hands it to the buyer.
+    async fn mint<L: Ledger>(
+        &self,
+        ledger: &L,
+        payment: TransactionId,
+    ) -> Result<NftId, ServiceError> {
+        let class = self.nft.as_ref().ok_or(ServiceError::NoNftClass)?;
+        let t = &class.treasury;
+        let metadata = Bytes::from(postcard::to_allocvec(&payment).unwrap_or_default());
+        let tx = Transaction::new(
+            TransactionId::generate(t.account, ledger.now()),
+            TxKind::MintNft {
+                token: class.token,
+                metadata: vec![metadata],
+            },
+        );
+        let receipt = ledger.execute(tx, &[&t.key]).await?;
+        let serial = match (receipt.status, receipt.serials.first()) {
+            (Status::Success, Some(s)) => *s,
+            (status, _) => return Err(ServiceError::NotPaid(receipt.id, status)),
+        };
+        let nft = NftId {
+            token: class.token,
+            serial,
+        };
+        let tx = Transaction::new(
+            TransactionId::generate(t.account, ledger.now()),
+            TxKind::Transfer {
+                hbar: Vec::new(),
+                nfts: vec![NftTransfer {
+                    nft,
+                    from: t.account,
+                    to: payment.payer,
+                }],
+            },
+        );
+        let receipt = ledger.execute(tx, &[&t.key]).await?;
+        if receipt.status != Status::Success {
+            return Err(ServiceError::NotPaid(receipt.id, receipt.status));
+        }
+        Ok(nft)
+    }
+
+    /// Checks a resale on the ledger — the license's NFT moved from its holder to the payer of
+    /// `resale` in the same transfer that paid every rights holder its royalty — and issues
+    /// the new holder's license. Returns the revocation of the old license and the new
+    /// license, both to publish.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError`]: the NFT did not move so, a royalty is short, or the old license is not
+    /// an ownership license of this service.
+    pub async fn reissue<L: Ledger>(
+        &mut self,
+        ledger: &L,
+        listing: &Listing,
+        old: &License,
+        resale: TransactionId,
+        buyer_key: PublicKey,
+    ) -> Result<(Signed, Signed), ServiceError> {
+        if listing.key_service != self.public() || old.listing != listing.id {
+            return Err(ServiceError::NotMine(listing.id));
+        }
+        let nft = old.nft.ok_or(ServiceError::WrongListing(resale))?;
+        if self.issued.contains(&resale) {
+            return Err(ServiceError::Replayed(resale));
+        }
+        if self.revoked.contains(&old.payment) {
+            return Err(ServiceError::Revoked(old.payment));
+        }
+        let record = ledger.record(resale).await?;
+        if record.receipt.status != Status::Success {
+            return Err(ServiceError::NotPaid(resale, record.receipt.status));
+        }
+        if record.memo != resale_memo(old) {
+            return Err(ServiceError::WrongListing(resale));
+        }
+        let moved = record
+            .nft_transfers
+            .iter()
+            .any(|t| t.nft == nft && t.from == old.buyer && t.to == resale.payer);
+        if !moved {
+            return Err(ServiceError::WrongListing(resale));
+        }
+        let spent = record
+            .transfers
+            .iter()
+            .filter(|(a, _)| *a == resale.payer)
+            .map(|(_, v)| *v)
+            .sum::<i64>();
+        let price = u64::try_from(-spent - record.fee).unwrap_or(0);
+        check_paid(&record, resale, &listing.royalties(price))?;
+        self.issued.insert(resale);
+        let revoke = self.revoke(old.payment, RevokeReason::Resold(resale));
+        let license = Message::License(License {
+            listing: listing.id,
+            version: old.version,
+            buyer: resale.payer,
+            buyer_key,
+            payment: resale,
+            start: record.receipt.consensus,
+            expiry: None,
+            devices: old.devices,
+            nft: Some(nft),
+            resale: Some(Resale {
+                previous: old.payment,
+                price,
+            }),
+        })
+        .sign(&self.key);
+        Ok((revoke, license))
     }
 
     /// Releases the content key for a licensed device, wrapped to it.

@@ -16,7 +16,9 @@ use streamspace_market::catalog::{Applied, Catalog, MarketError};
 use streamspace_market::message::{
     DecodeError, License, Listing, ListingId, Message, RevokeReason, Share, Signed, Terms,
 };
-use streamspace_market::service::{self, DeviceKey, KeyRequest, KeyService, ServiceError};
+use streamspace_market::service::{
+    self, DeviceKey, KeyRequest, KeyService, NftClass, ServiceError,
+};
 use streamspace_shard::crypto::{ContentKey, EncryptingReader, cat_decrypted, encrypted_options};
 use streamspace_shard::export::ByteRange;
 use streamspace_shard::import::ImportOptions;
@@ -32,6 +34,7 @@ struct World {
     seller: Operator,
     cowriter: Operator,
     buyer: Operator,
+    buyer2: Operator,
     topic: streamspace_ledger::TopicId,
 }
 
@@ -49,7 +52,7 @@ async fn world() -> World {
         key: tk,
     };
     let mut ops = Vec::new();
-    for seed in 1..=3 {
+    for seed in 1..=4 {
         let k = key(seed);
         let account = ledger
             .create_account(&treasury, PublicKey::from(&k), 100_000_000_000)
@@ -71,6 +74,7 @@ async fn world() -> World {
         .unwrap()
         .topic
         .unwrap();
+    let buyer2 = ops.pop().unwrap();
     let buyer = ops.pop().unwrap();
     let cowriter = ops.pop().unwrap();
     let seller = ops.pop().unwrap();
@@ -80,6 +84,7 @@ async fn world() -> World {
         seller,
         cowriter,
         buyer,
+        buyer2,
         topic,
     }
 }
@@ -111,6 +116,7 @@ fn listing(w: &World, service: PublicKey, content: cid::Cid) -> Listing {
                 bps: 3_000,
             },
         ],
+        royalty_bps: 0,
         key_service: service,
     }
 }
@@ -345,6 +351,7 @@ async fn bad_payments_get_no_license() {
     ));
     // A listing of another key service.
     let foreign = Listing {
+        royalty_bps: 0,
         key_service: PublicKey::from(&key(77)),
         ..l.clone()
     };
@@ -407,6 +414,7 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
             account: AccountId::new(1001),
             bps: 10_000,
         }],
+        royalty_bps: 0,
         key_service: PublicKey::from(&service_key),
     };
     let t = Timestamp::default();
@@ -425,6 +433,8 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
         start: Timestamp { secs: 6, nanos: 0 },
         expiry: None,
         devices: 1,
+        nft: None,
+        resale: None,
     };
     let update = |version: u32, price: u64| {
         Message::Update(Listing {
@@ -547,6 +557,7 @@ fn listing_rules() {
                 bps: 5_000,
             },
         ],
+        royalty_bps: 0,
         key_service: PublicKey([0; 32]),
     };
     assert!(base.validate().is_ok());
@@ -615,6 +626,7 @@ proptest! {
                 Share { account: AccountId::new(1), bps },
                 Share { account: AccountId::new(2), bps: 10_000 - bps },
             ],
+            royalty_bps: 0,
             key_service: PublicKey([7; 32]),
         };
         let m = Message::List(l).sign(&key(4));
@@ -629,4 +641,160 @@ proptest! {
         let mut c = Catalog::default();
         prop_assert!(c.apply(Timestamp::default(), &b).is_err());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_is_an_nft_resold_with_royalties() {
+    let w = world().await;
+    let store = MemoryStore::new();
+    let root = add_reader(
+        Some(&store),
+        std::io::Cursor::new(b"a film to keep".to_vec()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let class = NftClass::create(&w.ledger, w.seller.clone()).await.unwrap();
+    let token = class.token;
+    let mut keys = KeyService::new(key(9)).with_nft_class(class);
+    let mut l = listing(&w, keys.public(), root);
+    l.terms.rental_secs = None;
+    l.royalty_bps = 1_000;
+    keys.add_content(l.id, ContentKey::generate());
+    publish(
+        &w,
+        &service::list(&store, &w.seller.key, l.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    // The buyer associates with the license token, pays, and receives the NFT.
+    service::associate(&w.ledger, &w.buyer, token)
+        .await
+        .unwrap();
+    let payment = service::pay(&w.ledger, &w.buyer, &l).await.unwrap();
+    let first = keys
+        .issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
+    publish(&w, &first).await;
+    let Message::License(lic) = first.message.clone() else {
+        panic!()
+    };
+    let nft = lic.nft.expect("an ownership license is an NFT");
+    assert_eq!(lic.expiry, None);
+    assert_eq!(w.ledger.nft_info(nft).await.unwrap().owner, w.buyer.account);
+
+    // Resold for 100,000,000: 10% royalty, split 70/30, the rest to the holder.
+    service::associate(&w.ledger, &w.buyer2, token)
+        .await
+        .unwrap();
+    let before = [
+        w.ledger.balance(w.buyer.account).await.unwrap(),
+        w.ledger.balance(w.seller.account).await.unwrap(),
+        w.ledger.balance(w.cowriter.account).await.unwrap(),
+    ];
+    let resale = service::resell(&w.ledger, &w.buyer, &w.buyer2, &l, &lic, 100_000_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ledger.balance(w.buyer.account).await.unwrap() - before[0],
+        90_000_000
+    );
+    assert_eq!(
+        w.ledger.balance(w.seller.account).await.unwrap() - before[1],
+        7_000_000
+    );
+    assert_eq!(
+        w.ledger.balance(w.cowriter.account).await.unwrap() - before[2],
+        3_000_000
+    );
+    assert_eq!(
+        w.ledger.nft_info(nft).await.unwrap().owner,
+        w.buyer2.account
+    );
+    let (revoke, second) = keys
+        .reissue(&w.ledger, &l, &lic, resale, PublicKey::from(&w.buyer2.key))
+        .await
+        .unwrap();
+    publish(&w, &revoke).await;
+    publish(&w, &second).await;
+    assert!(matches!(
+        keys.reissue(&w.ledger, &l, &lic, resale, PublicKey::from(&w.buyer2.key))
+            .await,
+        Err(ServiceError::Replayed(_) | ServiceError::Revoked(_))
+    ));
+
+    // The old holder's license no longer releases keys; the new one's does.
+    let device = DeviceKey::generate();
+    let now = w.ledger.now();
+    assert!(matches!(
+        keys.release(
+            &first.encode(),
+            &KeyRequest::sign(&w.buyer.key, payment, [1; 16], device.public_bytes()),
+            now
+        ),
+        Err(ServiceError::Revoked(_))
+    ));
+    keys.release(
+        &second.encode(),
+        &KeyRequest::sign(&w.buyer2.key, resale, [1; 16], device.public_bytes()),
+        now,
+    )
+    .unwrap();
+
+    // The audit: the first sale's payouts, then the royalties of the resale.
+    let (catalog, applied) = replay(&w).await;
+    assert!(applied.iter().all(Result::is_ok), "{applied:?}");
+    assert!(matches!(
+        catalog.sale(&payment).unwrap().revoked,
+        Some(RevokeReason::Resold(_))
+    ));
+    let income = catalog.income();
+    assert_eq!(income[&w.seller.account].earned, 175_000_001 + 7_000_000);
+    assert_eq!(income[&w.cowriter.account].earned, 75_000_000 + 3_000_000);
+
+    // A resale that skips the royalty gets no license.
+    let Message::License(lic2) = second.message.clone() else {
+        panic!()
+    };
+    let id = TransactionId::generate(w.buyer.account, w.ledger.now());
+    let mut tx = Transaction::new(
+        id,
+        TxKind::Transfer {
+            hbar: vec![
+                (w.buyer.account, -50_000_000),
+                (w.buyer2.account, 50_000_000),
+            ],
+            nfts: vec![streamspace_ledger::NftTransfer {
+                nft,
+                from: w.buyer2.account,
+                to: w.buyer.account,
+            }],
+        },
+    );
+    tx.memo = service::resale_memo(&lic2);
+    w.ledger
+        .execute(tx, &[&w.buyer.key, &w.buyer2.key])
+        .await
+        .unwrap();
+    assert!(matches!(
+        keys.reissue(&w.ledger, &l, &lic2, id, PublicKey::from(&w.buyer.key))
+            .await,
+        Err(ServiceError::Underpaid { .. })
+    ));
+    // A rental cannot be resold, and an ownership listing needs an NFT class.
+    let mut no_class = KeyService::new(key(10));
+    let mut own = listing(&w, no_class.public(), root);
+    own.terms.rental_secs = None;
+    own.id.number = 99;
+    let paid = service::pay(&w.ledger, &w.buyer, &own).await.unwrap();
+    assert!(matches!(
+        no_class
+            .issue(&w.ledger, &own, paid, PublicKey::from(&w.buyer.key))
+            .await,
+        Err(ServiceError::NoNftClass)
+    ));
 }
