@@ -78,6 +78,7 @@ fn license(i: usize, listing: ListingId) -> License {
             nanos: 0,
         }),
         devices: 2,
+        regions: vec![],
         nft: None,
         resale: None,
     }

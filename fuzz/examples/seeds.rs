@@ -70,6 +70,7 @@ fn market() -> std::io::Result<()> {
         start: Timestamp { secs: 6, nanos: 0 },
         expiry: Some(Timestamp { secs: 3606, nanos: 0 }),
         devices: 2,
+        regions: vec![],
         nft: None,
         resale: None,
     };

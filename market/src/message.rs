@@ -117,6 +117,8 @@ pub struct License {
     pub expiry: Option<Timestamp>,
     /// Devices the key may be released to.
     pub devices: u16,
+    /// Regions where the key may be released (from the listing's terms); empty for everywhere.
+    pub regions: Vec<String>,
     /// For ownership: the NFT on the ledger that carries it (its holder may resell it).
     pub nft: Option<NftId>,
     /// For a resale: the license it replaces and the price paid.
@@ -311,6 +313,9 @@ impl Message {
         match self {
             Self::List(l) | Self::Update(l) => l.validate(),
             Self::License(l) if l.devices == 0 => Err(field("license.devices", "at least one")),
+            Self::License(l) if l.regions.len() > MAX_REGIONS => {
+                Err(field("license.regions", "too many"))
+            }
             Self::License(l) if l.expiry.is_some_and(|e| e <= l.start) => {
                 Err(field("license.expiry", "before its start"))
             }

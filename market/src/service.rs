@@ -68,6 +68,9 @@ pub enum ServiceError {
     /// The key request is not signed by the license's buyer, or names another license.
     #[error("key request not signed by the buyer of {0:?}")]
     NotTheBuyer(TransactionId),
+    /// The device is not in a region the license covers.
+    #[error("license for {0:?} does not cover the device's region")]
+    OutOfRegion(TransactionId),
     /// Every device the license allows has its key already.
     #[error("license for {0:?} allows {1} devices, all in use")]
     TooManyDevices(TransactionId, u16),
@@ -282,32 +285,53 @@ pub struct KeyRequest {
     pub device: [u8; 16],
     /// The device's X25519 public key, to wrap the content key to.
     pub device_key: [u8; 32],
+    /// The region the device is in (ISO 3166 alpha-2), as the buyer declares it.
+    pub region: Option<[u8; 2]>,
     signature: [u8; 64],
 }
 
 impl KeyRequest {
-    fn signed_bytes(payment: &TransactionId, device: &[u8; 16], device_key: &[u8; 32]) -> Vec<u8> {
+    fn signed_bytes(
+        payment: &TransactionId,
+        device: &[u8; 16],
+        device_key: &[u8; 32],
+        region: Option<[u8; 2]>,
+    ) -> Vec<u8> {
         let mut b = REQUEST_DOMAIN.to_vec();
         b.extend_from_slice(&postcard::to_allocvec(payment).unwrap_or_default());
         b.extend_from_slice(device);
         b.extend_from_slice(device_key);
+        b.extend_from_slice(&region.unwrap_or([0, 0]));
         b
     }
 
-    /// Signs a request with the buyer's key.
+    /// Signs a request with the buyer's key, for a device whose region is not declared (only
+    /// licenses valid everywhere release keys to it).
     pub fn sign(
         buyer: &SigningKey,
         payment: TransactionId,
         device: [u8; 16],
         device_key: [u8; 32],
     ) -> Self {
+        Self::sign_in(buyer, payment, device, device_key, None)
+    }
+
+    /// Signs a request for a device in `region`.
+    pub fn sign_in(
+        buyer: &SigningKey,
+        payment: TransactionId,
+        device: [u8; 16],
+        device_key: [u8; 32],
+        region: Option<[u8; 2]>,
+    ) -> Self {
         let signature = buyer
-            .sign(&Self::signed_bytes(&payment, &device, &device_key))
+            .sign(&Self::signed_bytes(&payment, &device, &device_key, region))
             .to_bytes();
         Self {
             payment,
             device,
             device_key,
+            region,
             signature,
         }
     }
@@ -315,7 +339,7 @@ impl KeyRequest {
     fn verify(&self, buyer: &PublicKey) -> bool {
         VerifyingKey::from_bytes(&buyer.0).is_ok_and(|k| {
             k.verify(
-                &Self::signed_bytes(&self.payment, &self.device, &self.device_key),
+                &Self::signed_bytes(&self.payment, &self.device, &self.device_key, self.region),
                 &Signature::from_bytes(&self.signature),
             )
             .is_ok()
@@ -524,6 +548,7 @@ impl KeyService {
             start,
             expiry,
             devices: listing.terms.devices,
+            regions: listing.terms.regions.clone(),
             nft,
             resale: None,
         })
@@ -633,6 +658,7 @@ impl KeyService {
             start: record.receipt.consensus,
             expiry: None,
             devices: old.devices,
+            regions: old.regions.clone(),
             nft: Some(nft),
             resale: Some(Resale {
                 previous: old.payment,
@@ -661,6 +687,13 @@ impl KeyService {
         }
         if request.payment != l.payment || !request.verify(&l.buyer_key) {
             return Err(ServiceError::NotTheBuyer(l.payment));
+        }
+        let in_region = l.regions.is_empty()
+            || request
+                .region
+                .is_some_and(|r| l.regions.iter().any(|x| x.as_bytes() == r));
+        if !in_region {
+            return Err(ServiceError::OutOfRegion(l.payment));
         }
         let key = self
             .content

@@ -203,7 +203,13 @@ async fn list_buy_license_release_and_watch() {
 
     // The key, wrapped to the buyer's device, decrypts the film fetched from anyone.
     let phone = DeviceKey::generate();
-    let request = KeyRequest::sign(&w.buyer.key, payment, [1; 16], phone.public_bytes());
+    let request = KeyRequest::sign_in(
+        &w.buyer.key,
+        payment,
+        [1; 16],
+        phone.public_bytes(),
+        Some(*b"PT"),
+    );
     let now = w.ledger.now();
     let wrapped = keys.release(&license.encode(), &request, now).unwrap();
     let content_key = phone.unwrap(&wrapped, &payment).unwrap();
@@ -212,6 +218,17 @@ async fn list_buy_license_release_and_watch() {
         .await
         .unwrap();
     assert_eq!(watched.concat(), film);
+    // Outside the license's regions, or with no region declared, no key.
+    for region in [Some(*b"FR"), None] {
+        assert!(matches!(
+            keys.release(
+                &license.encode(),
+                &KeyRequest::sign_in(&w.buyer.key, payment, [1; 16], phone.public_bytes(), region),
+                now
+            ),
+            Err(ServiceError::OutOfRegion(_))
+        ));
+    }
     // Another device cannot open what was wrapped to the phone.
     assert!(DeviceKey::generate().unwrap(&wrapped, &payment).is_err());
 
@@ -219,7 +236,13 @@ async fn list_buy_license_release_and_watch() {
     let tv = DeviceKey::generate();
     keys.release(
         &license.encode(),
-        &KeyRequest::sign(&w.buyer.key, payment, [2; 16], tv.public_bytes()),
+        &KeyRequest::sign_in(
+            &w.buyer.key,
+            payment,
+            [2; 16],
+            tv.public_bytes(),
+            Some(*b"PT"),
+        ),
         now,
     )
     .unwrap();
@@ -227,7 +250,13 @@ async fn list_buy_license_release_and_watch() {
     assert!(matches!(
         keys.release(
             &license.encode(),
-            &KeyRequest::sign(&w.buyer.key, payment, [3; 16], laptop.public_bytes()),
+            &KeyRequest::sign_in(
+                &w.buyer.key,
+                payment,
+                [3; 16],
+                laptop.public_bytes(),
+                Some(*b"PT")
+            ),
             now
         ),
         Err(ServiceError::TooManyDevices(_, 2))
@@ -237,7 +266,13 @@ async fn list_buy_license_release_and_watch() {
     assert!(matches!(
         keys.release(
             &license.encode(),
-            &KeyRequest::sign(&key(66), payment, [1; 16], phone.public_bytes()),
+            &KeyRequest::sign_in(
+                &key(66),
+                payment,
+                [1; 16],
+                phone.public_bytes(),
+                Some(*b"PT")
+            ),
             now
         ),
         Err(ServiceError::NotTheBuyer(_))
@@ -433,6 +468,7 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
         start: Timestamp { secs: 6, nanos: 0 },
         expiry: None,
         devices: 1,
+        regions: vec![],
         nft: None,
         resale: None,
     };
@@ -733,14 +769,26 @@ async fn ownership_is_an_nft_resold_with_royalties() {
     assert!(matches!(
         keys.release(
             &first.encode(),
-            &KeyRequest::sign(&w.buyer.key, payment, [1; 16], device.public_bytes()),
+            &KeyRequest::sign_in(
+                &w.buyer.key,
+                payment,
+                [1; 16],
+                device.public_bytes(),
+                Some(*b"PT")
+            ),
             now
         ),
         Err(ServiceError::Revoked(_))
     ));
     keys.release(
         &second.encode(),
-        &KeyRequest::sign(&w.buyer2.key, resale, [1; 16], device.public_bytes()),
+        &KeyRequest::sign_in(
+            &w.buyer2.key,
+            resale,
+            [1; 16],
+            device.public_bytes(),
+            Some(*b"PT"),
+        ),
         now,
     )
     .unwrap();
