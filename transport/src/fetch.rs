@@ -57,7 +57,7 @@ pub struct FetchOptions {
     pub batch: usize,
     /// Requests in flight to one peer.
     pub per_peer: usize,
-    /// Requests in flight to peers holding everything, for blocks beyond the window.
+    /// Requests in flight to each peer holding everything, for blocks beyond the window.
     pub origin_requests: usize,
     /// How long a block beyond the window waits for another fetcher to take it from an origin
     /// before this node takes it from the origin itself. Among the nodes fetching an item at
@@ -221,15 +221,13 @@ impl PeerScore {
 type Key = Vec<u32>;
 
 enum Done {
-    /// The peer, the blocks asked, the response, the time it took, whether the request
-    /// counted against `origin_requests`, and the blocks in the response that failed
-    /// verification.
+    /// The peer, the blocks asked, the response, the time it took, and the blocks in the
+    /// response that failed verification.
     Want(
         PeerId,
         Vec<Key>,
         Result<Response, RequestError>,
         Duration,
-        bool,
         HashSet<Cid>,
     ),
     Have(PeerId, Vec<Cid>, Result<Response, RequestError>),
@@ -251,7 +249,6 @@ struct Session {
     peers: HashMap<PeerId, PeerScore>,
     holders: HashMap<Cid, HashSet<PeerId>>,
     lacks: HashSet<(PeerId, Cid)>,
-    origin_inflight: usize,
     have_round: usize,
     dht_running: bool,
     dht_answered: bool,
@@ -306,17 +303,16 @@ impl Session {
         now: Instant,
     ) -> Option<PeerId> {
         let o = &self.options;
-        let origin_room = in_window
-            || self.origin_inflight
-                + taken
-                    .keys()
-                    .filter(|p| self.peers.get(p).is_some_and(|s| s.complete))
-                    .count()
-                < o.origin_requests;
-        let origin_room = origin_room
-            && (in_window
-                || need.queued.elapsed() > o.origin_patience
-                || self.in_charge_of(&need.cid));
+        // Beyond the window, a peer holding everything is asked only by the fetcher in charge
+        // of the block (or once the others waited long enough), and only `origin_requests` at
+        // a time.
+        let origin_ok =
+            in_window || need.queued.elapsed() > o.origin_patience || self.in_charge_of(&need.cid);
+        let origin_room = |p: &PeerId, s: &PeerScore| {
+            in_window
+                || s.inflight + usize::from(taken.get(p).is_some_and(|t| !t.is_empty()))
+                    < o.origin_requests
+        };
         let holders = self.holders.get(&need.cid);
         self.peers
             .iter()
@@ -327,7 +323,7 @@ impl Session {
                     && s.inflight < o.per_peer
                     && s.paused_until.is_none_or(|t| t <= now)
                     && taken.get(p).is_none_or(|t| t.len() < o.batch)
-                    && (!s.complete || origin_room)
+                    && (!s.complete || (origin_ok && origin_room(p, s)))
             })
             .map(|(p, s)| {
                 // Peers not heard from yet are tried only for the window: beyond it, wait a
@@ -426,7 +422,6 @@ impl<S: BlockStore + 'static> Node<S> {
             flying: HashMap::new(),
             holders: HashMap::new(),
             lacks: HashSet::new(),
-            origin_inflight: 0,
             have_round: 0,
             dht_running: false,
             dht_answered: false,
@@ -614,10 +609,6 @@ impl<S: BlockStore + 'static> Node<S> {
             }
             let score = s.peers.entry(peer).or_default();
             score.inflight += 1;
-            let origin = score.complete;
-            if origin {
-                s.origin_inflight += 1;
-            }
             let node = self.clone();
             let root = s.root;
             tasks.push(Box::pin(async move {
@@ -648,7 +639,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                     _ => HashSet::new(),
                 };
-                Done::Want(peer, keys, r, took, origin, bad)
+                Done::Want(peer, keys, r, took, bad)
             }));
         }
         Ok(())
@@ -691,10 +682,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                 }
             }
-            Done::Want(peer, keys, result, took, origin, bad) => {
-                if origin {
-                    s.origin_inflight -= 1;
-                }
+            Done::Want(peer, keys, result, took, bad) => {
                 self.settle_want(target, s, peer, keys, result, took, &bad)
                     .await?;
             }

@@ -27,9 +27,13 @@ pub(crate) struct DemoArgs {
     /// Size of the generated content in MiB.
     #[arg(long, default_value_t = 64)]
     size_mib: u64,
-    /// Number of seeks the viewer makes.
+    /// Number of seeks the viewer makes (with `--storage`).
     #[arg(long, default_value_t = 20)]
     seeks: u64,
+    /// Run only the storage path (publisher, CAR, edge store, decrypting seeks), without the
+    /// network, the market or the ledger.
+    #[arg(long)]
+    pub(crate) storage: bool,
 }
 
 /// Deterministic pseudo-random bytes standing in for a video.
@@ -52,7 +56,7 @@ impl std::io::Read for Generated {
     }
 }
 
-fn source(args: &DemoArgs) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
+pub(crate) fn source(args: &DemoArgs) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
     Ok(match &args.file {
         Some(p) => {
             let f = std::fs::File::open(p).with_context(|| format!("{}", p.display()))?;

@@ -3,6 +3,7 @@
 //! Content commands follow kubo's words: `add`, `cat`, `car export|import`, `block stat|get`.
 
 mod demo;
+mod network;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -410,7 +411,8 @@ async fn main() -> std::process::ExitCode {
         Command::Cat(c) => cat_cmd(&cli, c).await,
         Command::Car(c) => car(&cli, c).await,
         Command::Block(b) => block(&cli, b).await,
-        Command::Demo(d) => demo::run(d).await,
+        Command::Demo(d) if d.storage => demo::run(d).await,
+        Command::Demo(d) => network::run(d).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
