@@ -9,14 +9,16 @@
 //! request  = 0x01 want   root? cids        ask for blocks (root names the content, for demand)
 //!          | 0x02 have   root? cids        ask which of these the peer holds
 //!          | 0x03 status                   ask the peer's tier, spare capacity and roots
+//!          | 0x04 payment data             hand the peer a payment (a receipt), opaque here
 //! response = 0x81 blocks (cid data)* missing-cids deferred-cids
 //!          | 0x82 haves  count bitmap
 //!          | 0x83 status tier capacity roots
 //!          | 0x84 refused reason retry-after-ms
+//!          | 0x85 accepted                 the payment was taken
 //! root?    = 0x00 | 0x01 cid
 //! cids     = varint n (≤ MAX_WANT), then n × cid
 //! cid      = varint length, CID bytes
-//! data     = varint length (≤ MAX_BLOCK_SIZE), bytes
+//! data     = varint length (≤ MAX_BLOCK_SIZE; ≤ MAX_PAYMENT in a payment), bytes
 //! ```
 //!
 //! Blocks, have lists and status are kept apart from the framing so a Bitswap 1.2 codec can
@@ -33,6 +35,8 @@ pub const MAX_WANT: usize = 64;
 pub const MAX_RESPONSE_DATA: usize = 4 * 1024 * 1024;
 /// Largest encoded message (a full response plus its CIDs).
 pub const MAX_MESSAGE: usize = MAX_RESPONSE_DATA + MAX_BLOCK_SIZE + 3 * MAX_WANT * 80 + 64;
+/// Largest payment message (receipts are 185 bytes).
+pub const MAX_PAYMENT: usize = 1024;
 /// Most roots a status lists.
 pub const MAX_STATUS_ROOTS: usize = 256;
 /// Longest CID accepted (a CIDv1 with a 64-byte digest needs 70).
@@ -79,6 +83,11 @@ pub enum Request {
     },
     /// Tier, spare capacity and roots held.
     Status,
+    /// A payment for shards served (a signed receipt), handed to the peer's metering hook.
+    Payment {
+        /// The payment, opaque to the transport.
+        data: Bytes,
+    },
 }
 
 /// A response.
@@ -108,6 +117,8 @@ pub enum Response {
         /// Roots it holds (at most [`MAX_STATUS_ROOTS`]).
         roots: Vec<Cid>,
     },
+    /// The payment was taken.
+    Accepted,
     /// Not served.
     Refused {
         /// Why.
@@ -310,6 +321,11 @@ impl Request {
                 put_cids(&mut out, cids);
             }
             Self::Status => out.put_u8(0x03),
+            Self::Payment { data } => {
+                out.put_u8(0x04);
+                put_varint(&mut out, data.len() as u64);
+                out.put_slice(data);
+            }
         }
         out.freeze()
     }
@@ -353,6 +369,12 @@ impl Request {
                 }
             }
             0x03 => Self::Status,
+            0x04 => {
+                let n = r.len("payment length", MAX_PAYMENT)?;
+                Self::Payment {
+                    data: r.bytes(n, "payment")?,
+                }
+            }
             tag => {
                 return Err(MessageError::Tag {
                     offset: 0,
@@ -411,6 +433,7 @@ impl Response {
                 put_varint(&mut out, *capacity);
                 put_cids(&mut out, roots);
             }
+            Self::Accepted => out.put_u8(0x85),
             Self::Refused {
                 reason,
                 retry_after_ms,
@@ -493,6 +516,7 @@ impl Response {
                     roots: r.cids(MAX_STATUS_ROOTS)?,
                 }
             }
+            0x85 => Self::Accepted,
             0x84 => {
                 let reason = match r.u8("refusal reason")? {
                     1 => RefusalReason::Paused,

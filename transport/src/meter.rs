@@ -26,6 +26,13 @@ pub trait Meter: Send + Sync + 'static {
 
     /// After a verified shard `cid` (`bytes` long) was received from `peer`.
     fn received(&self, peer: &PeerId, cid: &Cid, bytes: usize);
+
+    /// A payment `peer` sent (see [`crate::Node::pay`]): whether it is taken. Refused unless
+    /// implemented.
+    fn payment(&self, peer: &PeerId, data: &[u8]) -> bool {
+        let _ = (peer, data);
+        false
+    }
 }
 
 /// Serves everyone and records nothing: a free network.

@@ -572,6 +572,21 @@ impl<S: BlockStore + 'static> Node<S> {
 
     /// Reports a bad block and waits until the node has counted it (and banned the peer, if
     /// this was one too many).
+    /// Hands `peer` a payment (a signed receipt, say) for its metering hook.
+    ///
+    /// # Errors
+    ///
+    /// [`RequestError`] if it could not be delivered or was refused.
+    pub async fn pay(&self, peer: PeerId, data: bytes::Bytes) -> Result<(), RequestError> {
+        match self.request(peer, Request::Payment { data }).await? {
+            Response::Accepted => Ok(()),
+            other => Err(RequestError::Failed {
+                peer,
+                reason: format!("payment not taken: {other:?}"),
+            }),
+        }
+    }
+
     pub(crate) async fn report_bad_block(&self, peer: PeerId, cid: Cid) {
         let _ = self.ask(|tx| Command::BadBlock(peer, cid, tx)).await;
     }
@@ -1107,6 +1122,16 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                 have.push(shared.store.has(cid).await.unwrap_or(false));
             }
             Response::Haves { have }
+        }
+        Request::Payment { data } => {
+            if shared.meter.payment(&peer, &data) {
+                Response::Accepted
+            } else {
+                Response::Refused {
+                    reason: RefusalReason::Refused,
+                    retry_after_ms: 0,
+                }
+            }
         }
         Request::Status => Response::Refused {
             reason: RefusalReason::Refused,

@@ -37,6 +37,9 @@ fn request() -> impl Strategy<Value = Request> {
             cids,
         }),
         Just(Request::Status),
+        prop::collection::vec(any::<u8>(), 0..1024).prop_map(|d| Request::Payment {
+            data: Bytes::from(d)
+        }),
     ]
 }
 
@@ -64,6 +67,7 @@ fn response() -> impl Strategy<Value = Response> {
             capacity,
             roots,
         }),
+        Just(Response::Accepted),
         (0..3u8, any::<u64>()).prop_map(|(r, retry_after_ms)| Response::Refused {
             reason: [
                 RefusalReason::Paused,

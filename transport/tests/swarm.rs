@@ -529,6 +529,13 @@ async fn the_meter_sees_every_shard_and_may_refuse_service_and_ranges_fetch_only
     assert_eq!(report.fetched, 14);
     assert_eq!(metered.sent.load(Ordering::SeqCst), 5);
     assert!(stingy.stats().metered_refusals >= 1);
+    // Payments go to the metering hook; this one takes none.
+    assert!(
+        viewer
+            .pay(stingy.peer_id(), Bytes::from_static(b"a receipt"))
+            .await
+            .is_err()
+    );
     assert_eq!(
         counting.received.load(Ordering::SeqCst),
         viewer.stats().bytes_received

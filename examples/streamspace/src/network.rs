@@ -4,9 +4,10 @@
 //! encrypts and publishes an item and lists it on the market; the Tier-1 nodes replicate it and
 //! the edge nodes cache it, taking blocks from each other; the viewers buy it, receive the key
 //! wrapped to their device, fetch it from the network (verifying every block) and decrypt it;
-//! every node that served pays-as-it-goes accounting with signed cumulative receipts (handed
-//! from payer to payee in-process: the exchange protocol carries no receipts yet); the period
-//! closes and settles on the ledger. The report says who served what, and who earned what.
+//! every node that served is paid as it goes with signed cumulative receipts, sent over the
+//! exchange protocol to the payee's metering hook, which serves at most a few shards ahead of
+//! the newest receipt; the period closes and settles on the ledger. The report says who served
+//! what, and who earned what.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,9 @@ struct Bank {
 struct Metered {
     me: AccountId,
     bank: Arc<Bank>,
+    /// Receipts to send, drained by a task that hands them to their payees over the network.
+    /// A full queue drops a receipt harmlessly: the next one is cumulative.
+    outbox: tokio::sync::mpsc::Sender<(PeerId, Bytes)>,
 }
 
 impl Meter for Metered {
@@ -74,8 +78,7 @@ impl Meter for Metered {
         let Some(payee) = self.bank.accounts.get(peer).copied() else {
             return;
         };
-        let (Some(tab), Some(book)) = (self.bank.tabs.get(&self.me), self.bank.books.get(&payee))
-        else {
+        let Some(tab) = self.bank.tabs.get(&self.me) else {
             return;
         };
         let receipt = {
@@ -83,10 +86,24 @@ impl Meter for Metered {
             tab.received(payee, bytes as u64);
             tab.sign(payee)
         };
-        let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
-        if book.accept(&receipt.encode()).is_ok() {
+        let _ = self
+            .outbox
+            .try_send((*peer, Bytes::copy_from_slice(&receipt.encode())));
+    }
+
+    fn payment(&self, _: &PeerId, data: &[u8]) -> bool {
+        let Some(book) = self.bank.books.get(&self.me) else {
+            return false;
+        };
+        let ok = book
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .accept(data)
+            .is_ok();
+        if ok {
             *self.bank.receipts.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         }
+        ok
     }
 }
 
@@ -207,11 +224,20 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             3..=10 => members[1 + (i % 2)].node.dialable_addrs().await?,
             _ => members[3 + i % 8].node.dialable_addrs().await?,
         };
+        let (outbox, mut receipts) = tokio::sync::mpsc::channel(1024);
         let meter = Arc::new(Metered {
             me: ops[i].account,
             bank: bank.clone(),
+            outbox,
         });
         let node = Node::start(config, Arc::new(MemoryStore::new()), meter).await?;
+        let courier = node.clone();
+        tokio::spawn(async move {
+            while let Some((peer, receipt)) = receipts.recv().await {
+                // A receipt lost here is superseded by the next, which is cumulative.
+                let _ = courier.pay(peer, receipt).await;
+            }
+        });
         members.push(Member {
             name: name.clone(),
             op: ops[i].clone(),
@@ -428,7 +454,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             .join(", ")
     );
     println!(
-        "  receipts: {} signed and accepted, {} settled; {} ledger transfers and 1 anchor message, {} tinybars paid out, fees {} tinybars",
+        "  receipts: {} sent over the network and accepted, {} settled; {} ledger transfers and 1 anchor message, {} tinybars paid out, fees {} tinybars",
         bank.receipts.lock().unwrap_or_else(|p| p.into_inner()),
         settled.receipts,
         settled.transfers,

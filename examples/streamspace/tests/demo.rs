@@ -20,7 +20,7 @@ fn the_demo_runs_end_to_end() {
         "[spread]    2 Tier-1 and 8 edge nodes hold the item",
         "[viewer-3]  bought, key released to its device",
         "by peers rather than the publisher",
-        "signed and accepted",
+        "sent over the network and accepted",
         "(co-writer): 3 sales, 450000000 tinybars",
         "(publisher): 3 sales, 1050000000 tinybars",
     ] {
