@@ -43,6 +43,15 @@ async fn read_back<S: BlockStore>(store: &S, root: Cid, range: ByteRange) -> Vec
     parts.concat()
 }
 
+/// Options for a fetch from these peers only, without the DHT.
+fn direct(peers: Vec<PeerId>) -> FetchOptions {
+    FetchOptions {
+        peers,
+        use_dht: false,
+        ..FetchOptions::default()
+    }
+}
+
 fn config() -> Config {
     let mut c = Config::new(Keypair::generate_ed25519()).loopback();
     c.request_timeout = Duration::from_secs(5);
@@ -180,14 +189,7 @@ async fn corrupt_peer_is_banned_and_the_fetch_completes_from_others() {
         viewer.dial(n[0].clone()).await.unwrap();
     }
     let report = viewer
-        .fetch(
-            root,
-            FetchOptions {
-                peers: vec![liar.peer_id(), honest.peer_id()],
-                use_dht: false,
-                ..FetchOptions::default()
-            },
-        )
+        .fetch(root, direct(vec![liar.peer_id(), honest.peer_id()]))
         .await
         .unwrap();
     assert!(report.bad_blocks >= 1, "{report:?}");
@@ -217,14 +219,7 @@ async fn corrupt_peer_is_banned_and_the_fetch_completes_from_others() {
         .await
         .unwrap();
     let err = strict
-        .fetch(
-            root,
-            FetchOptions {
-                peers: vec![liar.peer_id()],
-                use_dht: false,
-                ..FetchOptions::default()
-            },
-        )
+        .fetch(root, direct(vec![liar.peer_id()]))
         .await
         .unwrap_err();
     assert!(matches!(err, FetchError::Unavailable { .. }), "{err}");
@@ -277,11 +272,9 @@ async fn a_peer_killed_mid_transfer_is_replaced() {
         v.fetch(
             root,
             FetchOptions {
-                peers,
-                use_dht: false,
                 batch: 2,
                 per_peer: 2,
-                ..FetchOptions::default()
+                ..direct(peers)
             },
         )
         .await
@@ -407,11 +400,7 @@ async fn a_full_store_evicts_unpinned_content_only() {
     edge.dial(seeder.dialable_addrs().await.unwrap()[0].clone())
         .await
         .unwrap();
-    let from_seeder = || FetchOptions {
-        peers: vec![seeder.peer_id()],
-        use_dht: false,
-        ..FetchOptions::default()
-    };
+    let from_seeder = || direct(vec![seeder.peer_id()]);
     edge.fetch(roots[0], from_seeder()).await.unwrap();
     edge.store().pin(&roots[0]).await.unwrap();
     edge.fetch(roots[1], from_seeder()).await.unwrap();
@@ -495,10 +484,8 @@ async fn the_meter_sees_every_shard_and_may_refuse_service_and_ranges_fetch_only
         .fetch(
             root,
             FetchOptions {
-                peers: vec![stingy.peer_id()],
-                use_dht: false,
                 range: Some(range),
-                ..FetchOptions::default()
+                ..direct(vec![stingy.peer_id()])
             },
         )
         .await
@@ -515,14 +502,7 @@ async fn the_meter_sees_every_shard_and_may_refuse_service_and_ranges_fetch_only
     );
     // The rest: the stingy peer refuses after 5 shards, the generous one serves the remainder.
     let report = viewer
-        .fetch(
-            root,
-            FetchOptions {
-                peers: vec![stingy.peer_id(), generous.peer_id()],
-                use_dht: false,
-                ..FetchOptions::default()
-            },
-        )
+        .fetch(root, direct(vec![stingy.peer_id(), generous.peer_id()]))
         .await
         .unwrap();
     assert_eq!(report.blocks, 17);
@@ -745,14 +725,7 @@ async fn nodes_talk_over_quic_and_keep_their_identity() {
     assert!(addr.to_string().contains("/quic-v1/"), "{addr}");
     viewer.dial(addr).await.unwrap();
     viewer
-        .fetch(
-            root,
-            FetchOptions {
-                peers: vec![seeder.peer_id()],
-                use_dht: false,
-                ..FetchOptions::default()
-            },
-        )
+        .fetch(root, direct(vec![seeder.peer_id()]))
         .await
         .unwrap();
     assert_eq!(
@@ -789,11 +762,9 @@ async fn a_late_window_block_is_asked_of_another_peer() {
         .fetch(
             root,
             FetchOptions {
-                // The slow peer first: it has not been measured yet and sorts first here.
-                peers: vec![slow.peer_id(), fast.peer_id()],
-                use_dht: false,
                 deadline: Duration::from_millis(200),
-                ..FetchOptions::default()
+                // The slow peer first: it has not been measured yet and sorts first here.
+                ..direct(vec![slow.peer_id(), fast.peer_id()])
             },
         )
         .await
