@@ -33,4 +33,6 @@ pub use cache::View;
 pub use fetch::{FetchError, FetchOptions, FetchReport};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
 pub use message::Tier;
-pub use node::{Admission, Config, Node, NodeError, NodeEvent, RequestError, Stats};
+pub use node::{
+    Admission, Config, MAX_PUBSUB_MESSAGE, Node, NodeError, NodeEvent, RequestError, Stats,
+};

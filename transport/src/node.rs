@@ -14,8 +14,8 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, Respons
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, kad, noise, ping, tcp,
-    yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, gossipsub, identify, kad, noise,
+    ping, tcp, yamux,
 };
 use streamspace_shard::store::BlockStore;
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
@@ -36,6 +36,8 @@ pub const PROVIDER_TTL: Duration = Duration::from_secs(48 * 3600);
 const COMMAND_QUEUE: usize = 256;
 /// Events kept for slow subscribers before the oldest are dropped.
 const EVENT_QUEUE: usize = 1024;
+/// Largest message published or relayed on a pub/sub topic.
+pub const MAX_PUBSUB_MESSAGE: usize = 64 * 1024;
 /// Roots whose demand a Tier-1 node tracks at once.
 const MAX_DEMAND_TRACKED: usize = 4096;
 /// Replications a Tier-1 node runs at once.
@@ -135,6 +137,15 @@ pub enum NodeError {
     /// The DHT refused a provider record.
     #[error("provide: {0}")]
     Provide(String),
+    /// A pub/sub subscription or publication failed (no peer on the topic yet, message too
+    /// large, ...).
+    #[error("pub/sub on {topic}: {reason}")]
+    PubSub {
+        /// The topic.
+        topic: String,
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// A request to a peer that failed.
@@ -189,6 +200,16 @@ pub enum NodeEvent {
     Unbanned(PeerId),
     /// A Tier-1 node replicated content in demand (`true`) or failed to (`false`).
     Replicated(Cid, bool),
+    /// A message arrived on a subscribed pub/sub topic (signed by its author, whose
+    /// signature gossipsub checked).
+    Message {
+        /// The topic's name.
+        topic: String,
+        /// Its author.
+        source: Option<PeerId>,
+        /// The payload, at most [`MAX_PUBSUB_MESSAGE`] bytes.
+        data: bytes::Bytes,
+    },
 }
 
 /// Counters per peer.
@@ -239,6 +260,7 @@ struct Behaviour {
     ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     exchange: request_response::Behaviour<ExchangeCodec>,
+    pubsub: gossipsub::Behaviour,
 }
 
 enum Command {
@@ -256,6 +278,8 @@ enum Command {
     Connected(oneshot::Sender<Vec<PeerId>>),
     Tiers(oneshot::Sender<HashMap<PeerId, (Tier, u64)>>),
     Replicated(Cid, bool),
+    Subscribe(String, oneshot::Sender<Result<(), NodeError>>),
+    Publish(String, bytes::Bytes, oneshot::Sender<Result<(), NodeError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -379,6 +403,16 @@ impl<S: BlockStore + 'static> Node<S> {
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_quic()
             .with_behaviour(|key| {
+                let pubsub = gossipsub::ConfigBuilder::default()
+                    .max_transmit_size(MAX_PUBSUB_MESSAGE + 1024)
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .heartbeat_interval(Duration::from_millis(500))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let pubsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    pubsub,
+                )?;
                 let mut kc = kad::Config::new(kad_protocol.clone());
                 kc.set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
                     .set_provider_record_ttl(Some(PROVIDER_TTL))
@@ -388,7 +422,7 @@ impl<S: BlockStore + 'static> Node<S> {
                 let mut kad = kad::Behaviour::with_config(peer_id, store, kc);
                 // Nodes on private or loopback addresses still serve the DHT.
                 kad.set_mode(Some(kad::Mode::Server));
-                Behaviour {
+                Ok(Behaviour {
                     allowed: Toggle::from(allowed),
                     banned: Default::default(),
                     identify: identify::Behaviour::new(identify::Config::new(
@@ -404,7 +438,8 @@ impl<S: BlockStore + 'static> Node<S> {
                             .with_request_timeout(request_timeout)
                             .with_max_concurrent_streams(256),
                     ),
-                }
+                    pubsub,
+                })
             })
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
@@ -589,6 +624,34 @@ impl<S: BlockStore + 'static> Node<S> {
 
     pub(crate) async fn report_bad_block(&self, peer: PeerId, cid: Cid) {
         let _ = self.ask(|tx| Command::BadBlock(peer, cid, tx)).await;
+    }
+
+    /// Subscribes to a pub/sub topic (gossipsub, messages signed by their authors); its
+    /// messages arrive as [`NodeEvent::Message`].
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::PubSub`] or [`NodeError::Closed`].
+    pub async fn subscribe(&self, topic: &str) -> Result<(), NodeError> {
+        let topic = topic.to_owned();
+        self.ask(|tx| Command::Subscribe(topic, tx)).await?
+    }
+
+    /// Publishes `data` (at most [`MAX_PUBSUB_MESSAGE`] bytes) on a topic.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::PubSub`] if the message is too large or no peer is subscribed to the topic
+    /// yet; [`NodeError::Closed`].
+    pub async fn publish(&self, topic: &str, data: bytes::Bytes) -> Result<(), NodeError> {
+        if data.len() > MAX_PUBSUB_MESSAGE {
+            return Err(NodeError::PubSub {
+                topic: topic.to_owned(),
+                reason: format!("{} bytes, at most {MAX_PUBSUB_MESSAGE}", data.len()),
+            });
+        }
+        let topic = topic.to_owned();
+        self.ask(|tx| Command::Publish(topic, data, tx)).await?
     }
 
     /// Peers connected now.
@@ -791,6 +854,34 @@ impl<S: BlockStore + 'static> Driver<S> {
                 self.replicating.remove(&root);
                 self.emit(NodeEvent::Replicated(root, ok));
             }
+            Command::Subscribe(topic, tx) => {
+                let t = gossipsub::IdentTopic::new(&topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .pubsub
+                    .subscribe(&t)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::PubSub {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = tx.send(r);
+            }
+            Command::Publish(topic, data, tx) => {
+                let t = gossipsub::IdentTopic::new(&topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .pubsub
+                    .publish(t, data)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::PubSub {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = tx.send(r);
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -865,6 +956,18 @@ impl<S: BlockStore + 'static> Driver<S> {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if message.data.len() <= MAX_PUBSUB_MESSAGE {
+                    self.emit(NodeEvent::Message {
+                        topic: message.topic.into_string(),
+                        source: message.source,
+                        data: message.data.into(),
+                    });
+                }
+            }
             _ => {}
         }
     }

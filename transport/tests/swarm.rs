@@ -786,3 +786,61 @@ async fn a_late_window_block_is_asked_of_another_peer() {
     }
     slow.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_messages_reach_every_subscriber_and_oversized_ones_are_refused() {
+    let hub = start(config(), MemoryStore::new()).await;
+    let mut members = Vec::new();
+    for _ in 0..4 {
+        let mut c = config();
+        c.bootstrap = hub.dialable_addrs().await.unwrap();
+        members.push(start(c, MemoryStore::new()).await);
+    }
+    let topic = "/streamspace/test/update/thermostat";
+    hub.subscribe(topic).await.unwrap();
+    let mut inboxes = Vec::new();
+    for m in &members {
+        inboxes.push(m.events());
+        m.subscribe(topic).await.unwrap();
+    }
+    // The mesh forms at the next heartbeats; publishing before a peer has joined fails.
+    let payload = Bytes::from_static(b"release 1.2.0");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match hub.publish(topic, payload.clone()).await {
+            Ok(()) => break,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no subscriber joined: {e}"),
+        }
+    }
+    for inbox in &mut inboxes {
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(NodeEvent::Message {
+                    topic: t,
+                    source,
+                    data,
+                }) = inbox.recv().await
+                {
+                    return (t, source, data);
+                }
+            }
+        })
+        .await
+        .expect("message delivered");
+        assert_eq!(got.0, topic);
+        assert_eq!(got.1, Some(hub.peer_id()));
+        assert_eq!(got.2, payload);
+    }
+    let too_big = Bytes::from(vec![0u8; streamspace_transport::MAX_PUBSUB_MESSAGE + 1]);
+    assert!(matches!(
+        hub.publish(topic, too_big).await,
+        Err(streamspace_transport::NodeError::PubSub { .. })
+    ));
+    hub.shutdown().await;
+    for m in members {
+        m.shutdown().await;
+    }
+}
