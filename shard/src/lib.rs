@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod dag;
 pub mod export;
 pub mod import;
+pub mod keywrap;
 pub mod pb;
 pub mod store;
 

@@ -1,0 +1,44 @@
+//! Signed software updates for IoT fleets, delivered device to device over StreamSpace.
+//!
+//! A vendor publishes an image once into the network and signs a release for it; devices
+//! check the release, fetch the image from each other and from Tier-1 nodes, verify every
+//! block and the whole image, write it to the inactive slot of an A/B pair, and keep serving it.
+//! Nothing runs that the vendor did not sign.
+//!
+//! The threat model is that of [The Update Framework] and [Uptane]: arbitrary software,
+//! rollback, freeze, mix-and-match and key compromise. The metadata rules are TUF's, run by
+//! [`tough`] (feature `std`): see [`tuf`]. Each release also travels as a compact
+//! [`release::SignedRelease`] signed by the targets role, which a microcontroller checks on its
+//! own, with [`verify::ImageVerifier`] hashing the image as it streams by.
+//!
+//! # `no_std`
+//!
+//! Without the default `std` feature the crate needs only `alloc`, and offers
+//! [`release`] and [`verify`]. Memory on the device:
+//!
+//! - [`verify::ImageVerifier`]: 160 bytes, no heap; the caller supplies one block buffer at a
+//!   time (256 KiB blocks from the network, or whatever its flash pages are).
+//! - [`release::SignedRelease::decode`] and [`release::SignedRelease::verify`]: the ticket's
+//!   own length plus at most twice the body (its copy and the canonical re-encoding, at most
+//!   4 KiB each) and the signed message (body + 29 bytes) during verification. For a release
+//!   without wrapped keys, the peak measured by the `heap` test is under 2 KiB; the
+//!   worst case the bounds allow is under 16 KiB.
+//!
+//! [The Update Framework]: https://theupdateframework.io/
+//! [Uptane]: https://uptane.org/
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+pub mod release;
+pub mod verify;
+
+#[cfg(feature = "std")]
+pub mod agent;
+#[cfg(feature = "std")]
+pub mod keys;
+#[cfg(feature = "std")]
+pub mod tuf;
+
+pub use release::{Release, ReleaseError, SignedRelease};
+pub use verify::{ImageError, ImageVerifier};
