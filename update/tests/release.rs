@@ -1,0 +1,203 @@
+//! Release tickets and the streaming verifier: round trips, thresholds, strict decoding of
+//! untrusted bytes.
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+use streamspace_update::release::{Release, ReleaseError, SignedRelease, WrappedKey};
+use streamspace_update::verify::{ImageError, ImageVerifier};
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n; 32])
+}
+
+fn release(version: &str) -> Release {
+    Release {
+        product: "thermostat-fw".into(),
+        version: version.into(),
+        channel: "stable".into(),
+        image: vec![1, 0x70, 0x12, 0x20, 7, 7, 7, 7],
+        size: 1 << 20,
+        sha256: [9; 32],
+        min_version: Some("1.0.0".into()),
+        keys: vec![],
+    }
+}
+
+#[test]
+fn thresholds_count_distinct_trusted_keys_only() {
+    let (a, b, c) = (key(1), key(2), key(3));
+    let trusted = [a.verifying_key().to_bytes(), b.verifying_key().to_bytes()];
+    let r = release("1.2.0");
+    let both = SignedRelease::decode(&r.sign(&[&a, &b]).unwrap().encode()).unwrap();
+    assert_eq!(both.verify(&trusted, 2).unwrap(), &r);
+    // The same key twice is one signature.
+    let twice = SignedRelease::decode(&r.sign(&[&a, &a]).unwrap().encode()).unwrap();
+    assert_eq!(
+        twice.verify(&trusted, 2),
+        Err(ReleaseError::Threshold {
+            valid: 1,
+            threshold: 2
+        })
+    );
+    // An untrusted key counts for nothing.
+    let other = SignedRelease::decode(&r.sign(&[&a, &c]).unwrap().encode()).unwrap();
+    assert!(other.verify(&trusted, 2).is_err());
+    assert!(both.verify(&trusted, 0).is_err());
+    // A signature over another body does not transfer.
+    let mut wire = r.sign(&[&a, &b]).unwrap().encode();
+    let body_at = 7 + 5; // inside the product name
+    wire[body_at] ^= 1;
+    let tampered = SignedRelease::decode(&wire).unwrap();
+    assert!(tampered.verify(&trusted, 1).is_err());
+}
+
+#[test]
+fn devices_refuse_rollback_replay_and_other_products() {
+    let a = key(1);
+    let trusted = [a.verifying_key().to_bytes()];
+    let s = SignedRelease::decode(&release("1.2.0").sign(&[&a]).unwrap().encode()).unwrap();
+    assert!(
+        s.verify_for(&trusted, 1, "thermostat-fw", "stable", "1.1.5")
+            .is_ok()
+    );
+    assert!(matches!(
+        s.verify_for(&trusted, 1, "thermostat-fw", "stable", "1.2.0"),
+        Err(ReleaseError::Rollback { .. })
+    ));
+    assert!(matches!(
+        s.verify_for(&trusted, 1, "thermostat-fw", "stable", "1.3.0-beta.1"),
+        Err(ReleaseError::Rollback { .. })
+    ));
+    assert!(matches!(
+        s.verify_for(&trusted, 1, "thermostat-fw", "stable", "0.9.0"),
+        Err(ReleaseError::TooOld { .. })
+    ));
+    assert!(matches!(
+        s.verify_for(&trusted, 1, "doorbell-fw", "stable", "1.0.0"),
+        Err(ReleaseError::WrongProduct { .. })
+    ));
+    assert!(matches!(
+        s.verify_for(&trusted, 1, "thermostat-fw", "beta", "1.0.0"),
+        Err(ReleaseError::WrongProduct { .. })
+    ));
+    let mut bad = release("not-a-version");
+    assert!(matches!(bad.sign(&[&a]), Err(ReleaseError::Version(_))));
+    bad = release("1.0.0");
+    bad.product = "x".repeat(65);
+    assert!(matches!(bad.sign(&[&a]), Err(ReleaseError::TooLong { .. })));
+}
+
+#[test]
+fn malformed_tickets_are_typed_errors_with_offsets() {
+    let a = key(1);
+    let wire = release("1.2.0").sign(&[&a]).unwrap().encode();
+    for cut in 0..wire.len() {
+        assert!(SignedRelease::decode(&wire[..cut]).is_err(), "cut at {cut}");
+    }
+    assert!(matches!(
+        SignedRelease::decode(&wire[..3]),
+        Err(ReleaseError::Truncated { offset: 0, .. })
+    ));
+    let mut extra = wire.clone();
+    extra.push(0);
+    assert_eq!(
+        SignedRelease::decode(&extra),
+        Err(ReleaseError::Trailing { extra: 1 })
+    );
+    let mut magic = wire.clone();
+    magic[0] = b'X';
+    assert_eq!(SignedRelease::decode(&magic), Err(ReleaseError::Magic));
+    let mut huge = wire.clone();
+    huge[5..7].copy_from_slice(&u16::MAX.to_be_bytes());
+    assert!(matches!(
+        SignedRelease::decode(&huge),
+        Err(ReleaseError::TooLong { .. })
+    ));
+}
+
+#[test]
+fn the_verifier_catches_short_long_and_altered_images() {
+    let image = vec![5u8; 10_000];
+    let digest: [u8; 32] = Sha256::digest(&image).into();
+    let mut v = ImageVerifier::new(image.len() as u64, digest);
+    v.update(&image[..9_999]).unwrap();
+    assert_eq!(
+        v.clone().finish(),
+        Err(ImageError::TooShort {
+            expected: 10_000,
+            got: 9_999
+        })
+    );
+    assert!(matches!(v.update(&[5, 5]), Err(ImageError::TooLong { .. })));
+    v.update(&[5]).unwrap();
+    v.finish().unwrap();
+    let mut altered = image.clone();
+    altered[0] = 6;
+    let mut v = ImageVerifier::new(image.len() as u64, digest);
+    v.update(&altered).unwrap();
+    assert_eq!(v.finish(), Err(ImageError::Digest));
+}
+
+fn arb_release() -> impl Strategy<Value = Release> {
+    (
+        "[a-z-]{1,64}",
+        (0u64..100, 0u64..100, 0u64..100),
+        "[a-z]{1,32}",
+        proptest::collection::vec(any::<u8>(), 0..96),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        proptest::option::of((0u64..10, 0u64..10)),
+        proptest::collection::vec(("[a-z]{1,64}", any::<[u8; 32]>()), 0..4),
+    )
+        .prop_map(
+            |(product, (ma, mi, pa), channel, image, size, sha256, min, keys)| Release {
+                product,
+                version: format!("{ma}.{mi}.{pa}"),
+                channel,
+                image,
+                size,
+                sha256,
+                min_version: min.map(|(a, b)| format!("{a}.{b}.0")),
+                keys: keys
+                    .into_iter()
+                    .map(|(group, k)| WrappedKey {
+                        group,
+                        encapped: k.to_vec(),
+                        sealed: [k, k].concat(),
+                    })
+                    .collect(),
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn tickets_round_trip(r in arb_release(), n in 1usize..4) {
+        let keys: Vec<SigningKey> = (1..=n as u8).map(key).collect();
+        let refs: Vec<&SigningKey> = keys.iter().collect();
+        let trusted: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
+        let wire = r.sign(&refs).unwrap().encode();
+        let back = SignedRelease::decode(&wire).unwrap();
+        prop_assert_eq!(back.encode(), wire);
+        prop_assert_eq!(back.verify(&trusted, n).unwrap(), &r);
+    }
+
+    #[test]
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = SignedRelease::decode(&bytes);
+        let mut with_magic = b"SSUR\x01".to_vec();
+        with_magic.extend_from_slice(&bytes);
+        let _ = SignedRelease::decode(&with_magic);
+    }
+
+    #[test]
+    fn rollout_buckets_are_stable_and_monotone(id in proptest::collection::vec(any::<u8>(), 0..32), a in 0u16..=10_000, b in 0u16..=10_000) {
+        let r = release("1.0.0");
+        let (lo, hi) = (a.min(b), a.max(b));
+        prop_assert_eq!(r.rollout_bucket(&id), r.rollout_bucket(&id));
+        prop_assert!(!r.in_rollout(&id, lo) || r.in_rollout(&id, hi));
+        prop_assert!(r.in_rollout(&id, 10_000));
+        prop_assert!(!r.in_rollout(&id, 0));
+    }
+}
