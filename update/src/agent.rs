@@ -539,6 +539,12 @@ impl Agent {
                     };
                     match Announcement::decode(&data) {
                         Ok(Announcement::Bundle(b)) => {
+                            // Stale copies circulate: only a newer claim is worth checking (TUF
+                            // would refuse an older one as a rollback anyway).
+                            let seen = latest.as_ref().and_then(Bundle::claimed_version).unwrap_or(0);
+                            if b.claimed_version().is_none_or(|v| v <= seen) {
+                                continue;
+                            }
                             let outcome = self.update(&b).await;
                             let report = match outcome {
                                 Ok(Some(r)) => {

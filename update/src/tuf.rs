@@ -620,6 +620,13 @@ impl Bundle {
         Ok(())
     }
 
+    /// The version `timestamp.json` claims, unverified: only a hint to skip bundles older than
+    /// one already accepted (stale copies keep circulating on a topic), never a reason to trust.
+    pub fn claimed_version(&self) -> Option<u64> {
+        let ts: serde_json::Value = serde_json::from_slice(self.file("timestamp.json")?).ok()?;
+        ts.get("signed")?.get("version")?.as_u64()
+    }
+
     /// One file.
     pub fn file(&self, name: &str) -> Option<&[u8]> {
         self.files.get(name).map(Vec::as_slice)

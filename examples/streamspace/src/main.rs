@@ -3,6 +3,7 @@
 //! Content commands follow kubo's words: `add`, `cat`, `car export|import`, `block stat|get`.
 
 mod demo;
+mod fleet;
 mod network;
 
 use std::io::IsTerminal;
@@ -53,6 +54,8 @@ enum Command {
     Block(BlockCommand),
     /// Run the end-to-end demo on the embedded defaults.
     Demo(demo::DemoArgs),
+    /// Roll a signed software update out to a fleet of IoT devices on loopback.
+    Fleet(fleet::FleetArgs),
 }
 
 #[derive(Args)]
@@ -413,6 +416,7 @@ async fn main() -> std::process::ExitCode {
         Command::Block(b) => block(&cli, b).await,
         Command::Demo(d) if d.storage => demo::run(d).await,
         Command::Demo(d) => network::run(d).await,
+        Command::Fleet(f) => fleet::run(f).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -41,3 +41,32 @@ fn the_storage_demo_runs() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo complete"));
 }
+
+#[test]
+fn a_fleet_takes_a_staged_update() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamspace"))
+        .args([
+            "fleet",
+            "--devices",
+            "12",
+            "--image-mib",
+            "2",
+            "--first-rollout",
+            "25",
+        ])
+        .output()
+        .expect("run the fleet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "fleet failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "12 devices running factory 1.0.0",
+        "100% stage: 12 installed",
+        "12 devices boot 1.1.0 from their inactive slot",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+}
