@@ -304,6 +304,18 @@ impl Slots {
     }
 }
 
+/// Fetch options suited to updates: a window of one block (the root; nothing is played back
+/// in order), so every other block goes rarest-first to whoever holds it and devices take
+/// blocks from each other rather than all from the vendor; the image announced in the DHT once
+/// held.
+pub fn update_fetch_options() -> FetchOptions {
+    FetchOptions {
+        window: 1,
+        announce: true,
+        ..FetchOptions::default()
+    }
+}
+
 /// A device's identity and situation.
 #[derive(Debug, Clone)]
 pub struct DeviceConfig {
@@ -315,7 +327,7 @@ pub struct DeviceConfig {
     pub device_id: String,
     /// Its device group and the group's key, for encrypted images.
     pub group: Option<(String, Arc<RecipientKey>)>,
-    /// How images are fetched.
+    /// How images are fetched (see [`update_fetch_options`]).
     pub fetch: FetchOptions,
 }
 
@@ -440,6 +452,20 @@ impl Agent {
     ///
     /// [`AgentError`]; `boot` is unchanged on every error.
     pub async fn install(&self, offer: &Offer) -> Result<InstallReport, AgentError> {
+        self.install_with(offer, &[]).await
+    }
+
+    /// [`Agent::install`], also asking `also_ask` for the image (say, the peer that announced
+    /// the release) besides the providers the DHT finds.
+    ///
+    /// # Errors
+    ///
+    /// As [`Agent::install`].
+    pub async fn install_with(
+        &self,
+        offer: &Offer,
+        also_ask: &[PeerId],
+    ) -> Result<InstallReport, AgentError> {
         let start = Instant::now();
         let release = &offer.release;
         release.upgrades_from(&self.slots.boot()?.version)?;
@@ -451,7 +477,13 @@ impl Agent {
             }
             _ => None,
         };
-        let fetched = self.node.fetch(root, self.config.fetch.clone()).await?;
+        let mut options = self.config.fetch.clone();
+        for p in also_ask {
+            if !options.peers.contains(p) && *p != self.node.peer_id() {
+                options.peers.push(*p);
+            }
+        }
+        let fetched = self.node.fetch(root, options).await?;
         let store = self.node.store().as_ref();
         let slot = match &key {
             Some(key) => {
@@ -494,8 +526,21 @@ impl Agent {
     ///
     /// As those.
     pub async fn update(&self, bundle: &Bundle) -> Result<Option<InstallReport>, AgentError> {
+        self.update_with(bundle, &[]).await
+    }
+
+    /// [`Agent::update`], also asking `also_ask` for the image.
+    ///
+    /// # Errors
+    ///
+    /// As [`Agent::update`].
+    pub async fn update_with(
+        &self,
+        bundle: &Bundle,
+        also_ask: &[PeerId],
+    ) -> Result<Option<InstallReport>, AgentError> {
         match self.consider(bundle).await? {
-            Decision::Install(offer) => Ok(Some(self.install(&offer).await?)),
+            Decision::Install(offer) => Ok(Some(self.install_with(&offer, also_ask).await?)),
             _ => Ok(None),
         }
     }
@@ -532,8 +577,8 @@ impl Agent {
                     asked = self.node.publish(&topic, Announcement::Request.encode().into()).await.is_ok();
                 }
                 ev = events.recv() => {
-                    let data = match ev {
-                        Ok(NodeEvent::Message { topic: t, data, .. }) if t == topic => data,
+                    let (data, source) = match ev {
+                        Ok(NodeEvent::Message { topic: t, data, source }) if t == topic => (data, source),
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(installed),
                         _ => continue,
                     };
@@ -545,7 +590,8 @@ impl Agent {
                             if b.claimed_version().is_none_or(|v| v <= seen) {
                                 continue;
                             }
-                            let outcome = self.update(&b).await;
+                            // Whoever announced it most likely holds the image.
+                            let outcome = self.update_with(&b, source.as_slice()).await;
                             let report = match outcome {
                                 Ok(Some(r)) => {
                                     let version = r.version.clone();

@@ -40,6 +40,8 @@ pub mod agent;
 #[cfg(feature = "std")]
 pub mod keys;
 #[cfg(feature = "std")]
+pub mod seed;
+#[cfg(feature = "std")]
 pub mod tuf;
 
 pub use release::{Release, ReleaseError, SignedRelease};

@@ -442,7 +442,8 @@ impl SignedRelease {
     ///     channel: "stable".into(), image: vec![1, 85, 18, 32], size: 5, sha256: [0; 32],
     ///     min_version: None, keys: vec![] };
     /// let wire = release.sign(&[&vendor])?.encode();
-    /// let checked = SignedRelease::decode(&wire)?.verify(&[vendor.verifying_key().to_bytes()], 1)?;
+    /// let signed = SignedRelease::decode(&wire)?;
+    /// let checked = signed.verify(&[vendor.verifying_key().to_bytes()], 1)?;
     /// assert_eq!(checked.version, "2.0.0");
     /// # Ok::<(), streamspace_update::release::ReleaseError>(())
     /// ```

@@ -20,9 +20,12 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{DiskStore, MemoryStore, add_reader};
-use streamspace_transport::{Config, FetchOptions, Keypair, Node, NodeEvent, meter::Free};
-use streamspace_update::agent::{Agent, Announcement, DeviceConfig, Slots, topic};
+use streamspace_transport::{Config, Keypair, Node, NodeEvent, meter::Free};
+use streamspace_update::agent::{
+    Agent, Announcement, DeviceConfig, Slots, topic, update_fetch_options,
+};
 use streamspace_update::release::{ROLLOUT_ALL, Release};
+use streamspace_update::seed::SeedMeter;
 use streamspace_update::tuf::{Bundle, Lifetimes, Trust, Vendor, VendorKeys};
 
 /// Options of `streamspace fleet`.
@@ -94,7 +97,13 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
         Lifetimes::default(),
     )
     .await?;
-    let origin = Node::start(config(), Arc::new(MemoryStore::new()), Arc::new(Free)).await?;
+    // The vendor sends each block once per five seconds at most; devices share the rest.
+    let origin = Node::start(
+        config(),
+        Arc::new(MemoryStore::new()),
+        Arc::new(SeedMeter::new(1, Duration::from_secs(5))),
+    )
+    .await?;
     let root = add_reader(
         Some(origin.store().as_ref()),
         std::io::Cursor::new(image.clone()),
@@ -136,10 +145,7 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
                 channel: "stable".into(),
                 device_id: id.clone(),
                 group: None,
-                fetch: FetchOptions {
-                    announce: true,
-                    ..FetchOptions::default()
-                },
+                fetch: update_fetch_options(),
             },
         );
         let agent = Arc::new(agent);
@@ -156,6 +162,8 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Now that the network has formed, the provider record goes to the nodes closest to it.
+    origin.provide(root).await?;
     println!("[fleet]     {} devices running factory 1.0.0", args.devices);
 
     let release = Release {
@@ -241,14 +249,15 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
             "devices outside the rollout installed: {outside:?}"
         );
         println!(
-            "[fleet]     {}% stage: {} installed in {:.1} s, {} failed",
+            "[fleet]     {}% stage: {} installed in {:.1} s, {} failed; vendor upload so far {:.2}x the image",
             rollout / 100,
             expected
                 .iter()
                 .filter(|id| installed.contains(**id))
                 .count(),
             stage.elapsed().as_secs_f64(),
-            failed.len()
+            failed.len(),
+            origin.stats().bytes_served as f64 / image.len() as f64
         );
     }
     ensure!(failed.is_empty(), "failed installs: {failed:?}");
