@@ -23,3 +23,11 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
 cargo test --workspace --all-features --locked
 cargo test -p streamspace-shard --no-default-features --locked --lib
+# The update crate's device-side verifier is no_std + alloc: build it so, and for a
+# Cortex-M4F target when rustup can fetch that target's standard library.
+cargo build -p streamspace-update --no-default-features --locked
+if rustup target add thumbv7em-none-eabihf >/dev/null 2>&1; then
+    cargo build -p streamspace-update --no-default-features --locked --target thumbv7em-none-eabihf
+else
+    echo "thumbv7em-none-eabihf not available from rustup here; built no_std for the host only"
+fi

@@ -34,7 +34,49 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(format!("seed-fraud-{n}")), proof.encode())?;
     }
     println!("{} seeds in {}", 2 * signed.len() - 1, dir.display());
-    market()
+    market()?;
+    update()
+}
+
+fn update() -> std::io::Result<()> {
+    use streamspace_update::agent::{Announcement, Report};
+    use streamspace_update::release::{Release, WrappedKey};
+    use streamspace_update::tuf::Bundle;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/update");
+    std::fs::create_dir_all(&dir)?;
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let other = SigningKey::from_bytes(&[8; 32]);
+    let mut release = Release {
+        product: "thermostat-fw".into(),
+        version: "1.2.0-beta.1".into(),
+        channel: "beta".into(),
+        image: vec![1, 0x70, 0x12, 0x20, 1, 2, 3, 4],
+        size: 8 << 20,
+        sha256: [3; 32],
+        min_version: Some("1.0.0".into()),
+        keys: vec![],
+    };
+    let mut n = 0;
+    let mut put = |name: &str, bytes: Vec<u8>| -> std::io::Result<()> {
+        n += 1;
+        std::fs::write(dir.join(format!("seed-{name}")), bytes)
+    };
+    put("ticket-1", release.sign(&[&key]).expect("sign").encode())?;
+    release.keys.push(WrappedKey { group: "eu".into(), encapped: vec![1; 32], sealed: vec![2; 64] });
+    put("ticket-2", release.sign(&[&key, &other]).expect("sign").encode())?;
+    let mut files = std::collections::BTreeMap::new();
+    files.insert("timestamp.json".to_owned(), br#"{"signed":{"_type":"timestamp","version":3},"signatures":[]}"#.to_vec());
+    files.insert("2.root.json".to_owned(), b"{}".to_vec());
+    let bundle = Bundle::new(files).expect("bundle");
+    put("bundle", bundle.encode())?;
+    put("announce-bundle", Announcement::Bundle(bundle).encode())?;
+    put("announce-request", Announcement::Request.encode())?;
+    put(
+        "announce-report",
+        Announcement::Report(Report { device: "device-007".into(), version: "1.2.0".into(), error: Some("image: digest".into()) }).encode(),
+    )?;
+    println!("{n} seeds in {}", dir.display());
+    Ok(())
 }
 
 fn market() -> std::io::Result<()> {

@@ -8,19 +8,14 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem as _, OpModeR, OpModeS, Serializable};
 use streamspace_ledger::{
     AccountId, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Status, Timestamp,
     TokenId, Transaction, TransactionId, TxKind,
 };
 use streamspace_shard::crypto::ContentKey;
+use streamspace_shard::keywrap::{self, RecipientKey, WrapError};
 
 use crate::message::{License, Listing, ListingId, Message, Resale, RevokeReason, Signed};
-
-type Kem = X25519HkdfSha256;
-type Aead = hpke::aead::ChaCha20Poly1305;
-type Kdf = hpke::kdf::HkdfSha256;
 
 const HPKE_INFO: &[u8] = b"streamspace-market content key v1";
 const REQUEST_DOMAIN: &[u8; 16] = b"streamspace-kreq";
@@ -347,41 +342,22 @@ impl KeyRequest {
     }
 }
 
-/// A content key wrapped to one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WrappedKey {
-    /// HPKE encapsulated key.
-    pub encapped: Vec<u8>,
-    /// The sealed content key.
-    pub ciphertext: Vec<u8>,
-}
+/// A content key wrapped to one device (HPKE, see [`streamspace_shard::keywrap`]).
+pub use streamspace_shard::keywrap::WrappedKey;
 
 /// A device's X25519 key pair, to receive content keys.
-pub struct DeviceKey {
-    secret: <Kem as hpke::Kem>::PrivateKey,
-    public: <Kem as hpke::Kem>::PublicKey,
-}
-
-impl std::fmt::Debug for DeviceKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceKey")
-            .field("public", &self.public_bytes())
-            .finish_non_exhaustive()
-    }
-}
+#[derive(Debug)]
+pub struct DeviceKey(RecipientKey);
 
 impl DeviceKey {
     /// A new random key pair.
     pub fn generate() -> Self {
-        let (secret, public) = Kem::gen_keypair(&mut rand::rngs::OsRng);
-        Self { secret, public }
+        Self(RecipientKey::generate())
     }
 
     /// The public key, for [`KeyRequest::sign`].
     pub fn public_bytes(&self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&self.public.to_bytes());
-        out
+        self.0.public_bytes()
     }
 
     /// Unwraps a content key released for `payment`.
@@ -394,26 +370,13 @@ impl DeviceKey {
         wrapped: &WrappedKey,
         payment: &TransactionId,
     ) -> Result<ContentKey, ServiceError> {
-        let encapped = <Kem as hpke::Kem>::EncappedKey::from_bytes(&wrapped.encapped)
-            .map_err(|_| ServiceError::Wrap("malformed encapsulated key"))?;
         let aad = postcard::to_allocvec(payment).unwrap_or_default();
-        let plain = hpke::single_shot_open::<Aead, Kdf, Kem>(
-            &OpModeR::Base,
-            &self.secret,
-            &encapped,
-            HPKE_INFO,
-            &wrapped.ciphertext,
-            &aad,
-        )
-        .map_err(|_| ServiceError::Wrap("does not open with this device key"))?;
-        if plain.len() != 48 {
-            return Err(ServiceError::Wrap("wrong key length"));
-        }
-        let mut key = [0u8; 32];
-        let mut item = [0u8; 16];
-        key.copy_from_slice(&plain[..32]);
-        item.copy_from_slice(&plain[32..]);
-        Ok(ContentKey::from_parts(key, item))
+        self.0
+            .unwrap(wrapped, HPKE_INFO, &aad)
+            .map_err(|e| match e {
+                WrapError::Encapped => ServiceError::Wrap("malformed encapsulated key"),
+                _ => ServiceError::Wrap("does not open with this device key"),
+            })
     }
 }
 
@@ -699,8 +662,9 @@ impl KeyService {
             .content
             .get(&l.listing)
             .ok_or(ServiceError::NoContentKey(l.listing))?;
-        let device_key = <Kem as hpke::Kem>::PublicKey::from_bytes(&request.device_key)
-            .map_err(|_| ServiceError::Wrap("malformed device key"))?;
+        if !keywrap::is_public_key(&request.device_key) {
+            return Err(ServiceError::Wrap("malformed device key"));
+        }
         let devices = self.devices.entry(l.payment).or_default();
         if !devices.contains(&request.device) {
             if devices.len() >= usize::from(l.devices) {
@@ -708,23 +672,9 @@ impl KeyService {
             }
             devices.push(request.device);
         }
-        let mut plain = zeroize::Zeroizing::new([0u8; 48]);
-        plain[..32].copy_from_slice(key.key_bytes());
-        plain[32..].copy_from_slice(&key.item_id());
         let aad = postcard::to_allocvec(&l.payment).unwrap_or_default();
-        let (encapped, ciphertext) = hpke::single_shot_seal::<Aead, Kdf, Kem, _>(
-            &OpModeS::Base,
-            &device_key,
-            HPKE_INFO,
-            &plain[..],
-            &aad,
-            &mut rand::rngs::OsRng,
-        )
-        .map_err(|_| ServiceError::Wrap("sealing failed"))?;
-        Ok(WrappedKey {
-            encapped: encapped.to_bytes().to_vec(),
-            ciphertext,
-        })
+        keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)
+            .map_err(|_| ServiceError::Wrap("sealing failed"))
     }
 
     /// Revokes a license (after a refund or an upheld dispute): no key is released for it any

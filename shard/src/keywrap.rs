@@ -58,6 +58,11 @@ pub enum WrapError {
     Seal,
 }
 
+/// Whether `bytes` is a usable X25519 public key.
+pub fn is_public_key(bytes: &[u8; 32]) -> bool {
+    <Kem as hpke::Kem>::PublicKey::from_bytes(bytes).is_ok()
+}
+
 /// Wraps `key` to the X25519 public key `recipient`.
 ///
 /// # Errors
