@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use streamspace_shard::crypto::{ContentKey, EncryptingReader, encrypted_options};
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::keywrap::RecipientKey;
-use streamspace_shard::store::{DiskStore, MemoryStore, add_reader};
+use streamspace_shard::store::{BlockStore, DiskStore, MemoryStore, StoreError, add_reader};
 use streamspace_transport::meter::{Decision, Free, Meter};
 use streamspace_transport::{Config, FetchOptions, Node, PeerId};
 use streamspace_update::agent::{Agent, AgentError, Decision as Choice, DeviceConfig, Slot, Slots};
@@ -51,6 +51,28 @@ impl Meter for Budget {
         Decision::Serve
     }
     fn received(&self, _: &PeerId, _: &Cid, _: usize) {}
+}
+
+/// A peer holding the image that serves every block with one byte flipped.
+struct Tampering(MemoryStore);
+
+impl BlockStore for Tampering {
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.0.get(cid).await?.map(|b| {
+            let mut v = b.to_vec();
+            v[0] ^= 0xff;
+            Bytes::from(v)
+        }))
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.0.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.0.delete(cid).await
+    }
 }
 
 struct Fleet {
@@ -396,5 +418,44 @@ async fn rollouts_pick_a_stable_share_of_devices_and_halts_stop_them() {
         Choice::Install(_)
     ));
     dev.node().shutdown().await;
+    f.origin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_blocks_from_a_peer_are_refused_and_the_install_completes_from_others() {
+    let mut f = fleet(Arc::new(Free)).await;
+    let data = image(2 << 20, 5);
+    let release = f.publish(&data, "1.1.0").await;
+    let bundle = f.vendor.release(release, ROLLOUT_ALL).await.unwrap();
+    // A peer with the image whose every block is tampered with.
+    let tampering = Tampering(MemoryStore::new());
+    add_reader(
+        Some(&tampering.0),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut c = config();
+    c.bootstrap = f.origin.dialable_addrs().await.unwrap();
+    let evil = Node::start(c, Arc::new(tampering), Arc::new(Free))
+        .await
+        .unwrap();
+
+    let dev = f.device("dev-tamper", None).await;
+    // The tampering peer is asked first, and as often as the vendor.
+    let report = dev
+        .update_with(&bundle, &[evil.peer_id(), f.origin.peer_id()])
+        .await
+        .unwrap()
+        .expect("installed");
+    assert!(!report.bytes_from.contains_key(&evil.peer_id()));
+    assert!(
+        dev.node().stats().bad_blocks > 0,
+        "the tampered blocks were seen"
+    );
+    assert_eq!(std::fs::read(dev.slots().image(Slot::B)).unwrap(), data);
+    dev.node().shutdown().await;
+    evil.shutdown().await;
     f.origin.shutdown().await;
 }
