@@ -959,14 +959,12 @@ impl<S: BlockStore + 'static> Driver<S> {
             SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
                 message,
                 ..
-            })) => {
-                if message.data.len() <= MAX_PUBSUB_MESSAGE {
-                    self.emit(NodeEvent::Message {
-                        topic: message.topic.into_string(),
-                        source: message.source,
-                        data: message.data.into(),
-                    });
-                }
+            })) if message.data.len() <= MAX_PUBSUB_MESSAGE => {
+                self.emit(NodeEvent::Message {
+                    topic: message.topic.into_string(),
+                    source: message.source,
+                    data: message.data.into(),
+                });
             }
             _ => {}
         }
