@@ -202,8 +202,6 @@ struct PeerScore {
     informed: bool,
     /// Has never lacked a block it was asked about: an origin or seeder.
     complete: bool,
-    /// Has held some blocks of the item and lacked others: fetching it too.
-    fetching: bool,
     have_pending: bool,
 }
 
@@ -289,7 +287,7 @@ impl Session {
         };
         let mine = weight(&self.me);
         !self.peers.iter().any(|(p, s)| {
-            s.fetching && !s.complete && s.failures < self.options.max_failures && weight(p) > mine
+            s.informed && !s.complete && s.failures < self.options.max_failures && weight(p) > mine
         })
     }
 
@@ -671,9 +669,6 @@ impl<S: BlockStore + 'static> Node<S> {
                     let lacked = have.len() != cids.len() || have.iter().any(|h| !h);
                     score.complete = (!score.informed || score.complete) && !lacked;
                     score.informed = true;
-                    // Peers with none of the item are not fetching it (yet): they are never
-                    // in charge of a block, or blocks would wait on idle peers.
-                    score.fetching |= lacked && have.iter().any(|h| *h);
                     for (cid, has) in cids.into_iter().zip(have) {
                         if has {
                             s.holders.entry(cid).or_default().insert(peer);
