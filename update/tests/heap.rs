@@ -3,28 +3,14 @@
 
 use ed25519_dalek::SigningKey;
 use peak_alloc::PeakAlloc;
-use streamspace_update::release::{MAX_GROUPS, Release, SignedRelease, WrappedKey};
+use streamspace_update::release::{MAX_GROUPS, SignedRelease, WrappedKey};
 use streamspace_update::verify::ImageVerifier;
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn release(version: &str) -> Release {
-    Release {
-        product: "thermostat-fw".into(),
-        version: version.into(),
-        channel: "stable".into(),
-        image: vec![1, 0x70, 0x12, 0x20, 7, 7, 7, 7],
-        size: 1 << 20,
-        sha256: [9; 32],
-        min_version: Some("1.0.0".into()),
-        keys: vec![],
-    }
-}
+mod common;
+use common::{key, release};
 
 #[test]
 fn the_device_side_check_fits_in_16_kib_of_heap() {

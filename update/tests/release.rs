@@ -7,22 +7,8 @@ use sha2::{Digest, Sha256};
 use streamspace_update::release::{Release, ReleaseError, SignedRelease, WrappedKey};
 use streamspace_update::verify::{ImageError, ImageVerifier};
 
-fn key(n: u8) -> SigningKey {
-    SigningKey::from_bytes(&[n; 32])
-}
-
-fn release(version: &str) -> Release {
-    Release {
-        product: "thermostat-fw".into(),
-        version: version.into(),
-        channel: "stable".into(),
-        image: vec![1, 0x70, 0x12, 0x20, 7, 7, 7, 7],
-        size: 1 << 20,
-        sha256: [9; 32],
-        min_version: Some("1.0.0".into()),
-        keys: vec![],
-    }
-}
+mod common;
+use common::{key, release};
 
 #[test]
 fn thresholds_count_distinct_trusted_keys_only() {
