@@ -4,6 +4,7 @@
 
 mod demo;
 mod fleet;
+mod gateway;
 mod network;
 
 use std::io::IsTerminal;
@@ -56,6 +57,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Roll a signed software update out to a fleet of IoT devices on loopback.
     Fleet(fleet::FleetArgs),
+    /// Serve the repository and the network over HTTP (IPFS trustless gateway).
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Args)]
@@ -417,6 +420,10 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(d) if d.storage => demo::run(d).await,
         Command::Demo(d) => network::run(d).await,
         Command::Fleet(f) => fleet::run(f).await,
+        Command::Gateway(g) => match open_store(&cli) {
+            Ok(store) => gateway::run(store, g).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,420 @@
+//! An HTTP gateway in front of a node, after the IPFS trustless gateway specification:
+//! `GET|HEAD /ipfs/{cid}[/path]` answers verifiable blocks (`?format=raw` or
+//! `Accept: application/vnd.ipld.raw`) and CAR streams (`?format=car` or
+//! `Accept: application/vnd.ipld.car`), and, for players, the file's bytes with single-range
+//! `Range` requests. Content missing from the node's store is fetched from the network (every
+//! block verified against its CID) before it is served. Responses to content-addressed paths
+//! are immutable and say so.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cid::Cid;
+use futures::StreamExt;
+use streamspace_shard::car::write_car;
+use streamspace_shard::dag::resolve;
+use streamspace_shard::export::{ByteRange, cat, file_size};
+use streamspace_shard::store::BlockStore;
+use streamspace_transport::{FetchOptions, Node};
+
+/// How long a request may wait for content to arrive from the network.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+const IMMUTABLE: &str = "public, max-age=29030400, immutable";
+const RAW: &str = "application/vnd.ipld.raw";
+const CAR: &str = "application/vnd.ipld.car";
+
+/// Options of `streamspace gateway`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct GatewayArgs {
+    /// HTTP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Peers to join through (multiaddrs ending in /p2p/<peer id>).
+    #[arg(long)]
+    bootstrap: Vec<streamspace_transport::Multiaddr>,
+}
+
+/// Runs a node on the repository's store with the gateway in front, until Ctrl-C.
+pub(crate) async fn run(
+    store: streamspace_shard::store::DiskStore,
+    args: &GatewayArgs,
+) -> anyhow::Result<()> {
+    let mut config =
+        streamspace_transport::Config::new(streamspace_transport::Keypair::generate_ed25519());
+    config.bootstrap = args.bootstrap.clone();
+    let node = Node::start(
+        config,
+        std::sync::Arc::new(store),
+        std::sync::Arc::new(streamspace_transport::meter::Free),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!(
+        "gateway on http://{}/ipfs/<cid>, node {} on {:?}",
+        listener.local_addr()?,
+        node.peer_id(),
+        node.dialable_addrs().await?
+    );
+    axum::serve(listener, router(node.clone()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// The gateway's routes over `node`.
+pub(crate) fn router<S: BlockStore + 'static>(node: Node<S>) -> Router {
+    Router::new()
+        .route("/ipfs/*path", get(serve::<S>))
+        .with_state(node)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Raw,
+    Car,
+    File,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = (status, format!("{}\n", message.into())).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn format_of(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, Response> {
+    if let Some(f) = query.get("format") {
+        return match f.as_str() {
+            "raw" => Ok(Format::Raw),
+            "car" => Ok(Format::Car),
+            other => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported format {other:?} (raw or car)"),
+            )),
+        };
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains(RAW) {
+        Format::Raw
+    } else if accept.contains(CAR) {
+        Format::Car
+    } else {
+        Format::File
+    })
+}
+
+/// Parses a single `bytes=` range against a length: `(offset, count)`.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len.checked_sub(1)?)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len.checked_sub(1)?
+        } else {
+            b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then(|| (start, end - start + 1))
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "ts" => "video/mp2t",
+        "mp4" | "m4s" => "video/mp4",
+        "webm" => "video/webm",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "html" => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+async fn serve<S: BlockStore + 'static>(
+    State(node): State<Node<S>>,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let (cid_text, rest) = path.split_once('/').unwrap_or((&path, ""));
+    let Ok(root) = Cid::try_from(cid_text) else {
+        return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
+    };
+    let format = match format_of(&query, &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // Whatever is missing comes from the network, verified block by block.
+    match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(root, FetchOptions::default())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, format!("fetching {root}: {e}")),
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("fetching {root}: no answer in {FETCH_TIMEOUT:?}"),
+            );
+        }
+    }
+    let store = node.store().clone();
+    let target = match resolve(store.as_ref(), &root, rest).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
+    };
+    let etag_base = target.to_string();
+    let mut h = HeaderMap::new();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/ipfs/{path}")) {
+        h.insert("x-ipfs-path", v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    match format {
+        Format::Raw => {
+            let Ok(Some(data)) = store.get(&target).await else {
+                return error(StatusCode::NOT_FOUND, format!("block {target} not held"));
+            };
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.raw\"")) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.bin\""))
+            {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            (StatusCode::OK, h, data).into_response()
+        }
+        Format::Car => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.ipld.car; version=1; order=dfs; dups=n"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.car\"")) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.car\""))
+            {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            // Streamed through a bounded pipe: memory stays at the pipe's size.
+            let (writer, reader) = tokio::io::duplex(256 * 1024);
+            tokio::spawn(async move {
+                if let Err(e) = write_car(store.as_ref(), target, writer).await {
+                    tracing::warn!(%target, error = %e, "CAR stream ended early");
+                }
+            });
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+            (StatusCode::OK, h, body).into_response()
+        }
+        Format::File => {
+            let len = match file_size(store.as_ref(), &target).await {
+                Ok(l) => l,
+                Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
+            };
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(rest)),
+            );
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}\"")) {
+                h.insert(header::ETAG, v);
+            }
+            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+            let (status, offset, count) = match range {
+                None => (StatusCode::OK, 0, len),
+                Some(r) => match parse_range(r, len) {
+                    Some((o, c)) => {
+                        if let Ok(v) =
+                            HeaderValue::from_str(&format!("bytes {o}-{}/{len}", o + c - 1))
+                        {
+                            h.insert(header::CONTENT_RANGE, v);
+                        }
+                        (StatusCode::PARTIAL_CONTENT, o, c)
+                    }
+                    None => {
+                        let mut r = error(
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            format!("range {r:?} of {len} bytes"),
+                        );
+                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                            r.headers_mut().insert(header::CONTENT_RANGE, v);
+                        }
+                        return r;
+                    }
+                },
+            };
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+            tokio::spawn(async move {
+                let mut parts = std::pin::pin!(cat(
+                    store.as_ref(),
+                    target,
+                    ByteRange::new(offset, Some(count))
+                ));
+                while let Some(p) = parts.next().await {
+                    let p = p.map_err(std::io::Error::other);
+                    let stop = p.is_err();
+                    if tx.send(p).await.is_err() || stop {
+                        break;
+                    }
+                }
+            });
+            let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            (status, h, body).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use futures::TryStreamExt;
+    use http_body_util::BodyExt;
+    use streamspace_shard::car::read_car;
+    use streamspace_shard::import::ImportOptions;
+    use streamspace_shard::store::{MemoryStore, add_reader};
+    use streamspace_transport::{Config, Keypair, meter::Free};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn body(r: Response) -> Vec<u8> {
+        r.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 10)));
+        assert_eq!(parse_range("bytes=-5", 100), Some((95, 5)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 50)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-4", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=-0", 100), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_raw_car_and_ranges_fetching_from_the_network() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let root = add_reader(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        let app = router(gw_node.clone());
+        let get = |uri: String, hdr: Option<(&'static str, &'static str)>| {
+            let mut b = Request::get(uri);
+            if let Some((k, v)) = hdr {
+                b = b.header(k, v);
+            }
+            app.clone().oneshot(b.body(Body::empty()).unwrap())
+        };
+
+        // The whole file, fetched from the origin on the way.
+        let r = get(format!("/ipfs/{root}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], IMMUTABLE);
+        assert_eq!(body(r).await, data);
+
+        // A range, as a player seeks.
+        let r = get(
+            format!("/ipfs/{root}"),
+            Some(("range", "bytes=300000-300099")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            "bytes 300000-300099/1000000"
+        );
+        assert_eq!(body(r).await, &data[300_000..300_100]);
+        let r = get(format!("/ipfs/{root}"), Some(("range", "bytes=2000000-")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+        // The root block, verifiable by its CID.
+        let r = get(format!("/ipfs/{root}?format=raw"), None).await.unwrap();
+        assert_eq!(r.headers()[header::CONTENT_TYPE], RAW);
+        let raw = body(r).await;
+        streamspace_shard::Block::new(root, raw.into()).expect("block matches its CID");
+
+        // The whole DAG as a CAR, by Accept header; read back with verification.
+        let r = get(format!("/ipfs/{root}"), Some(("accept", CAR)))
+            .await
+            .unwrap();
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(CAR)
+        );
+        let car = body(r).await;
+        let check = MemoryStore::new();
+        read_car(std::io::Cursor::new(car), &check).await.unwrap();
+        let back: Vec<bytes::Bytes> = cat(&check, root, ByteRange::new(0, None))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(back.concat(), data);
+
+        // Bad input.
+        let r = get("/ipfs/not-a-cid".into(), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = get(format!("/ipfs/{root}?format=tar"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = get(format!("/ipfs/{root}/no/such/path"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+}
