@@ -47,7 +47,7 @@ pub struct FetchOptions {
     /// so that others fetching it at the same time can take blocks from this one.
     pub announce: bool,
     /// Only the blocks of this byte range of the file (`offset`, `length`); `None` for the
-    /// whole DAG.
+    /// whole DAG. A length of zero fetches the root block alone (of a file or a directory).
     pub range: Option<(u64, u64)>,
     /// Blocks ahead of the playback position requested in order.
     pub window: usize,
@@ -845,7 +845,7 @@ fn expand(
     options: &FetchOptions,
     pending: &mut BTreeMap<Key, Need>,
 ) -> Result<(), FetchError> {
-    if need.cid.codec() != DAG_PB {
+    if need.cid.codec() != DAG_PB || matches!(options.range, Some((_, 0))) {
         return Ok(());
     }
     let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {

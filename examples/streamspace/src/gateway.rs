@@ -20,7 +20,7 @@ use futures::StreamExt;
 use streamspace_shard::car::write_car;
 use streamspace_shard::dag::resolve;
 use streamspace_shard::export::{ByteRange, cat, file_size};
-use streamspace_shard::store::BlockStore;
+use streamspace_shard::store::{BlockStore, StoreError};
 use streamspace_transport::{FetchOptions, Node};
 
 /// How long a request may wait for content to arrive from the network.
@@ -153,6 +153,65 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+fn timeout(path: &str) -> Response {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("/ipfs/{path}: no answer from the network in {FETCH_TIMEOUT:?}"),
+    )
+}
+
+/// Fetches `target` (or the blocks of a byte range of it) from the network into the node's
+/// store.
+async fn fetch<S: BlockStore + 'static>(
+    node: &Node<S>,
+    target: Cid,
+    range: Option<(u64, u64)>,
+    path: &str,
+) -> Result<(), Response> {
+    let options = FetchOptions {
+        range,
+        ..FetchOptions::default()
+    };
+    match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(target, options)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!("/ipfs/{path}: fetching {target}: {e}"),
+        )),
+        Err(_) => Err(timeout(path)),
+    }
+}
+
+/// The node's store, fetching single blocks it lacks from the network (to walk paths).
+struct Fetching<S: BlockStore + 'static> {
+    node: Node<S>,
+}
+
+impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        if let Some(b) = self.node.store().get(cid).await? {
+            return Ok(Some(b));
+        }
+        let one = FetchOptions {
+            range: Some((0, 0)),
+            ..FetchOptions::default()
+        };
+        if self.node.fetch(*cid, one).await.is_err() {
+            return Ok(None);
+        }
+        self.node.store().get(cid).await
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.node.store().has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.node.store().put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.node.store().delete(cid).await
+    }
+}
+
 async fn serve<S: BlockStore + 'static>(
     State(node): State<Node<S>>,
     Path(path): Path<String>,
@@ -167,22 +226,15 @@ async fn serve<S: BlockStore + 'static>(
         Ok(f) => f,
         Err(r) => return r,
     };
-    // Whatever is missing comes from the network, verified block by block.
-    match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(root, FetchOptions::default())).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return error(StatusCode::BAD_GATEWAY, format!("fetching {root}: {e}")),
-        Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("fetching {root}: no answer in {FETCH_TIMEOUT:?}"),
-            );
-        }
-    }
-    let store = node.store().clone();
-    let target = match resolve(store.as_ref(), &root, rest).await {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
+    // Whatever is missing comes from the network, verified block by block: the blocks on the
+    // path first, then what the format needs of the target.
+    let fetching = Fetching { node: node.clone() };
+    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&fetching, &root, rest)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
+        Err(_) => return timeout(&path),
     };
+    let store = node.store().clone();
     let etag_base = target.to_string();
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
@@ -196,7 +248,7 @@ async fn serve<S: BlockStore + 'static>(
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
     match format {
         Format::Raw => {
-            let Ok(Some(data)) = store.get(&target).await else {
+            let Ok(Some(data)) = fetching.get(&target).await else {
                 return error(StatusCode::NOT_FOUND, format!("block {target} not held"));
             };
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
@@ -210,6 +262,9 @@ async fn serve<S: BlockStore + 'static>(
             (StatusCode::OK, h, data).into_response()
         }
         Format::Car => {
+            if let Err(r) = fetch(&node, target, None, &path).await {
+                return r;
+            }
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/vnd.ipld.car; version=1; order=dfs; dups=n"),
@@ -232,7 +287,7 @@ async fn serve<S: BlockStore + 'static>(
             (StatusCode::OK, h, body).into_response()
         }
         Format::File => {
-            let len = match file_size(store.as_ref(), &target).await {
+            let len = match file_size(&fetching, &target).await {
                 Ok(l) => l,
                 Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
             };
@@ -269,6 +324,10 @@ async fn serve<S: BlockStore + 'static>(
                 },
             };
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+            // Only the blocks under the range.
+            if let Err(r) = fetch(&node, target, Some((offset, count)), &path).await {
+                return r;
+            }
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
             tokio::spawn(async move {
                 let mut parts = std::pin::pin!(cat(
@@ -355,13 +414,7 @@ mod tests {
             app.clone().oneshot(b.body(Body::empty()).unwrap())
         };
 
-        // The whole file, fetched from the origin on the way.
-        let r = get(format!("/ipfs/{root}"), None).await.unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()[header::CACHE_CONTROL], IMMUTABLE);
-        assert_eq!(body(r).await, data);
-
-        // A range, as a player seeks.
+        // A range, as a player seeks: fetched from the origin on the way.
         let r = get(
             format!("/ipfs/{root}"),
             Some(("range", "bytes=300000-300099")),
@@ -374,6 +427,14 @@ mod tests {
             "bytes 300000-300099/1000000"
         );
         assert_eq!(body(r).await, &data[300_000..300_100]);
+        // Only the root and the one leaf under the range came over the network.
+        assert_eq!(gw_node.stats().shards_received, 2);
+        // The whole file.
+        let r = get(format!("/ipfs/{root}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], IMMUTABLE);
+        assert_eq!(body(r).await, data);
+
         let r = get(format!("/ipfs/{root}"), Some(("range", "bytes=2000000-")))
             .await
             .unwrap();
