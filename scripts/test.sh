@@ -12,6 +12,13 @@ if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/wr
     $sudo_ apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev libssl-dev pkg-config
 fi
 
+# ffmpeg and ffprobe for the playback test (HLS read through the gateway).
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    $sudo_ apt-get install -y -qq --no-install-recommends ffmpeg
+fi
+
 # JS reference implementation for the interop tests (versions pinned by package-lock.json).
 if [ ! -d interop/js/node_modules ] || ! (cd interop/js && npm ls --silent >/dev/null 2>&1); then
     npm ci --prefix interop/js --no-audit --no-fund --loglevel=error

@@ -66,6 +66,11 @@ pub(crate) async fn run(
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    let stats = node.stats();
+    println!(
+        "fetched {} shards ({} bytes) from the network; served {} shards to peers",
+        stats.shards_received, stats.bytes_received, stats.shards_served
+    );
     node.shutdown().await;
     Ok(())
 }
@@ -170,6 +175,8 @@ async fn fetch<S: BlockStore + 'static>(
 ) -> Result<(), Response> {
     let options = FetchOptions {
         range,
+        // As Bitswap does: the neighbours first, then the DHT's providers.
+        peers: node.connected_peers().await.unwrap_or_default(),
         ..FetchOptions::default()
     };
     match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(target, options)).await {
@@ -194,6 +201,7 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
         }
         let one = FetchOptions {
             range: Some((0, 0)),
+            peers: self.node.connected_peers().await.unwrap_or_default(),
             ..FetchOptions::default()
         };
         if self.node.fetch(*cid, one).await.is_err() {
