@@ -35,7 +35,7 @@ pub(crate) struct GatewayArgs {
     /// HTTP address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
-    /// Peers to join through (multiaddrs ending in /p2p/<peer id>).
+    /// Peers to join through (multiaddrs ending in `/p2p/<peer id>`).
     #[arg(long)]
     bootstrap: Vec<streamspace_transport::Multiaddr>,
 }
