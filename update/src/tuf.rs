@@ -745,19 +745,7 @@ impl Trust {
             .load()
             .await
             .map_err(|e| TufError::Refused(Box::new(e)))?;
-        let root = &repo.root().signed;
-        let trusted: Vec<[u8; 32]> = root
-            .keys(RoleType::Targets)
-            .filter_map(|k| match k {
-                Key::Ed25519 { keyval, .. } => <[u8; 32]>::try_from(&keyval.public[..]).ok(),
-                _ => None,
-            })
-            .collect();
-        let threshold = root
-            .roles
-            .get(&RoleType::Targets)
-            .map_or(u64::MAX, |r| r.threshold.get());
-        let threshold = usize::try_from(threshold).unwrap_or(usize::MAX);
+        let (trusted, threshold) = targets_role(&repo.root().signed);
         let mut offers = Vec::new();
         for (name, target) in &repo.targets().signed.targets {
             let name = name.raw().to_owned();
@@ -810,21 +798,22 @@ impl Trust {
         let root = std::fs::read(&saved).unwrap_or_else(|_| self.root.clone());
         let root: Signed<Root> = serde_json::from_slice(&root)
             .map_err(|e| TufError::Bundle(format!("root.json: {e}")))?;
-        let keys = root
-            .signed
-            .keys(RoleType::Targets)
-            .filter_map(|k| match k {
-                Key::Ed25519 { keyval, .. } => <[u8; 32]>::try_from(&keyval.public[..]).ok(),
-                _ => None,
-            })
-            .collect();
-        let t = root
-            .signed
-            .roles
-            .get(&RoleType::Targets)
-            .map_or(usize::MAX, |r| {
-                usize::try_from(r.threshold.get()).unwrap_or(usize::MAX)
-            });
-        Ok((keys, t))
+        Ok(targets_role(&root.signed))
     }
+}
+
+/// The Ed25519 keys of a root's targets role and its threshold (`usize::MAX`, never met, if
+/// the role is missing).
+fn targets_role(root: &Root) -> (Vec<[u8; 32]>, usize) {
+    let keys = root
+        .keys(RoleType::Targets)
+        .filter_map(|k| match k {
+            Key::Ed25519 { keyval, .. } => <[u8; 32]>::try_from(&keyval.public[..]).ok(),
+            _ => None,
+        })
+        .collect();
+    let threshold = root.roles.get(&RoleType::Targets).map_or(usize::MAX, |r| {
+        usize::try_from(r.threshold.get()).unwrap_or(usize::MAX)
+    });
+    (keys, threshold)
 }
