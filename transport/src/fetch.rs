@@ -71,7 +71,8 @@ pub struct FetchOptions {
     /// How often the DHT is asked again for providers (other nodes fetching the same item
     /// announce themselves there).
     pub rediscover: Duration,
-    /// Failed or late requests after which a peer is no longer asked in this fetch.
+    /// Failed or late requests after which a peer is left out of this fetch for twice the
+    /// `deadline` (for good, if it refused service).
     pub max_failures: u32,
     /// The fetch fails when no block arrives for this long.
     pub stall: Duration,
@@ -197,6 +198,11 @@ struct PeerScore {
     bytes: u64,
     busy: Duration,
     failures: u32,
+    /// Refused service outright: never asked again in this fetch.
+    refused: bool,
+    /// Out after `max_failures` late or failed requests, until then; asked again afterwards
+    /// (a node overloaded for a while is not lost for the whole fetch).
+    benched_until: Option<Instant>,
     paused_until: Option<Instant>,
     /// Has answered a have list.
     informed: bool,
@@ -206,6 +212,21 @@ struct PeerScore {
 }
 
 impl PeerScore {
+    /// Whether the peer is out of this fetch now.
+    fn out(&self, max_failures: u32) -> bool {
+        self.refused
+            || (self.failures >= max_failures
+                && self.benched_until.is_none_or(|t| t > Instant::now()))
+    }
+
+    /// A late or failed request.
+    fn failed(&mut self, max_failures: u32, bench: Duration) {
+        self.failures += 1;
+        if self.failures >= max_failures {
+            self.benched_until = Some(Instant::now() + bench);
+        }
+    }
+
     /// Estimated bytes per second, optimistic for peers not tried yet, discounted by failures
     /// and by requests already in flight.
     fn score(&self) -> f64 {
@@ -261,7 +282,7 @@ impl Session {
             && self
                 .peers
                 .get(p)
-                .is_some_and(|s| s.failures < self.options.max_failures)
+                .is_some_and(|s| !s.out(self.options.max_failures))
     }
 
     /// Fewest holders first (origins not counted); ties broken by a hash of the block and this
@@ -287,7 +308,7 @@ impl Session {
         };
         let mine = weight(&self.me);
         !self.peers.iter().any(|(p, s)| {
-            s.informed && !s.complete && s.failures < self.options.max_failures && weight(p) > mine
+            s.informed && !s.complete && !s.out(self.options.max_failures) && weight(p) > mine
         })
     }
 
@@ -512,7 +533,7 @@ impl<S: BlockStore + 'static> Node<S> {
         s.have_round = s.have_round.wrapping_add(1);
         for (j, (peer, score)) in s.peers.iter_mut().enumerate() {
             if score.have_pending
-                || score.failures >= s.options.max_failures
+                || score.out(s.options.max_failures)
                 || (only_new && score.informed)
             {
                 continue;
@@ -574,9 +595,10 @@ impl<S: BlockStore + 'static> Node<S> {
             if let Some(p) = s.choose(&need, true, &taken, &asked, now) {
                 s.report.hedged += 1;
                 // Lateness counts against the peers that were asked.
+                let (max, bench) = (s.options.max_failures, s.options.deadline * 2);
                 for late in &asked {
                     if let Some(score) = s.peers.get_mut(late) {
-                        score.failures += 1;
+                        score.failed(max, bench);
                     }
                 }
                 if let Some(f) = s.flying.get_mut(&key) {
@@ -788,6 +810,7 @@ impl<S: BlockStore + 'static> Node<S> {
                 let score = s.peers.entry(peer).or_default();
                 if reason == RefusalReason::Refused {
                     score.failures = max;
+                    score.refused = true;
                 } else {
                     score.paused_until = Some(
                         Instant::now() + Duration::from_millis(retry_after_ms.clamp(1, 10_000)),
@@ -799,7 +822,8 @@ impl<S: BlockStore + 'static> Node<S> {
             }
             Ok(_) | Err(_) => {
                 s.report.retries += 1;
-                s.peers.entry(peer).or_default().failures += 1;
+                let (max, bench) = (s.options.max_failures, s.options.deadline * 2);
+                s.peers.entry(peer).or_default().failed(max, bench);
                 for key in keys {
                     s.requeue(key, peer);
                 }

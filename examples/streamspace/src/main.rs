@@ -6,6 +6,7 @@ mod demo;
 mod fleet;
 mod gateway;
 mod network;
+mod sim;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Fleet(fleet::FleetArgs),
     /// Serve the repository and the network over HTTP (IPFS trustless gateway).
     Gateway(gateway::GatewayArgs),
+    /// Simulate many viewers of one item: real nodes on loopback and a discrete-event model.
+    Sim(sim::SimArgs),
 }
 
 #[derive(Args)]
@@ -420,6 +423,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(d) if d.storage => demo::run(d).await,
         Command::Demo(d) => network::run(d).await,
         Command::Fleet(f) => fleet::run(f).await,
+        Command::Sim(s) => sim::run(s).await,
         Command::Gateway(g) => match open_store(&cli) {
             Ok(store) => gateway::run(store, g).await,
             Err(e) => Err(e),
