@@ -140,6 +140,33 @@ impl Journal {
         Ok(out)
     }
 
+    /// The periods that hold receipts, in order.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Journal`].
+    pub fn periods(&self) -> Result<Vec<u64>, SettleError> {
+        let txn = self.db.begin_read().map_err(journal_err)?;
+        let t = txn.open_table(RECEIPTS).map_err(journal_err)?;
+        let mut out = Vec::new();
+        // One seek per period: jump past each period's last key.
+        let mut from = 0u64;
+        loop {
+            let mut rows = t
+                .range((from, 0, 0)..=(u64::MAX, u64::MAX, u64::MAX))
+                .map_err(journal_err)?;
+            let Some(row) = rows.next() else { break };
+            let (k, _) = row.map_err(journal_err)?;
+            let period = k.value().0;
+            out.push(period);
+            match period.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     fn steps(&self, period: u64) -> Result<Vec<Step>, SettleError> {
         let txn = self.db.begin_read().map_err(journal_err)?;
         let t = txn.open_table(STEPS).map_err(journal_err)?;

@@ -673,3 +673,31 @@ async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
     );
     assert!(book.allowlist().banned.contains(&cheat.account));
 }
+
+#[test]
+fn journal_lists_the_periods_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    assert!(journal.periods().unwrap().is_empty());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let receipt = |period, payee| {
+        ReceiptBody {
+            payer: AccountId::new(1001),
+            payee: AccountId::new(payee),
+            period,
+            amount: 10,
+            shards: 1,
+        }
+        .sign(&key)
+    };
+    journal
+        .record(&[
+            receipt(7, 2000),
+            receipt(7, 2001),
+            receipt(3, 2000),
+            receipt(u64::MAX, 2000),
+        ])
+        .unwrap();
+    assert_eq!(journal.periods().unwrap(), [3, 7, u64::MAX]);
+    assert_eq!(journal.receipts(7).unwrap().len(), 2);
+}

@@ -31,7 +31,7 @@ pub mod node;
 
 pub use cache::View;
 pub use fetch::{FetchError, FetchOptions, FetchReport};
-pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, identity::ed25519};
 pub use message::Tier;
 pub use node::{
     Admission, Config, MAX_PUBSUB_MESSAGE, Node, NodeError, NodeEvent, RequestError, Stats,

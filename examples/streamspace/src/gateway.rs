@@ -7,6 +7,8 @@
 //! are immutable and say so.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -61,11 +63,14 @@ pub(crate) async fn run(
         node.peer_id(),
         node.dialable_addrs().await?
     );
-    axum::serve(listener, router(node.clone()))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        router(node.clone(), Arc::new(CacheStats::default())),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     let stats = node.stats();
     println!(
         "fetched {} shards ({} bytes) from the network; served {} shards to peers",
@@ -75,11 +80,41 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// The gateway's routes over `node`.
-pub(crate) fn router<S: BlockStore + 'static>(node: Node<S>) -> Router {
+/// Blocks the gateway found in the node's store, and blocks it had to fetch.
+#[derive(Debug, Default)]
+pub(crate) struct CacheStats {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+}
+
+impl CacheStats {
+    fn count(&self, report: &streamspace_transport::FetchReport) {
+        self.hits
+            .fetch_add(report.blocks - report.fetched, Ordering::Relaxed);
+        self.misses.fetch_add(report.fetched, Ordering::Relaxed);
+    }
+}
+
+/// What the gateway's handlers share.
+struct Gateway<S> {
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+}
+
+impl<S> Clone for Gateway<S> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+}
+
+/// The gateway's routes over `node`, counting store hits and misses in `cache`.
+pub(crate) fn router<S: BlockStore + 'static>(node: Node<S>, cache: Arc<CacheStats>) -> Router {
     Router::new()
         .route("/ipfs/*path", get(serve::<S>))
-        .with_state(node)
+        .with_state(Gateway { node, cache })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +204,7 @@ fn timeout(path: &str) -> Response {
 /// store.
 async fn fetch<S: BlockStore + 'static>(
     node: &Node<S>,
+    cache: &CacheStats,
     target: Cid,
     range: Option<(u64, u64)>,
     path: &str,
@@ -180,7 +216,10 @@ async fn fetch<S: BlockStore + 'static>(
         ..FetchOptions::default()
     };
     match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(target, options)).await {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(report)) => {
+            cache.count(&report);
+            Ok(())
+        }
         Ok(Err(e)) => Err(error(
             StatusCode::BAD_GATEWAY,
             format!("/ipfs/{path}: fetching {target}: {e}"),
@@ -192,11 +231,13 @@ async fn fetch<S: BlockStore + 'static>(
 /// The node's store, fetching single blocks it lacks from the network (to walk paths).
 struct Fetching<S: BlockStore + 'static> {
     node: Node<S>,
+    cache: Arc<CacheStats>,
 }
 
 impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
     async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
         if let Some(b) = self.node.store().get(cid).await? {
+            self.cache.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(b));
         }
         let one = FetchOptions {
@@ -204,8 +245,9 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
             peers: self.node.connected_peers().await.unwrap_or_default(),
             ..FetchOptions::default()
         };
-        if self.node.fetch(*cid, one).await.is_err() {
-            return Ok(None);
+        match self.node.fetch(*cid, one).await {
+            Ok(report) => self.cache.count(&report),
+            Err(_) => return Ok(None),
         }
         self.node.store().get(cid).await
     }
@@ -221,7 +263,7 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
 }
 
 async fn serve<S: BlockStore + 'static>(
-    State(node): State<Node<S>>,
+    State(Gateway { node, cache }): State<Gateway<S>>,
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -236,7 +278,10 @@ async fn serve<S: BlockStore + 'static>(
     };
     // Whatever is missing comes from the network, verified block by block: the blocks on the
     // path first, then what the format needs of the target.
-    let fetching = Fetching { node: node.clone() };
+    let fetching = Fetching {
+        node: node.clone(),
+        cache: cache.clone(),
+    };
     let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&fetching, &root, rest)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
@@ -270,7 +315,7 @@ async fn serve<S: BlockStore + 'static>(
             (StatusCode::OK, h, data).into_response()
         }
         Format::Car => {
-            if let Err(r) = fetch(&node, target, None, &path).await {
+            if let Err(r) = fetch(&node, &cache, target, None, &path).await {
                 return r;
             }
             h.insert(
@@ -333,7 +378,7 @@ async fn serve<S: BlockStore + 'static>(
             };
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
             // Only the blocks under the range.
-            if let Err(r) = fetch(&node, target, Some((offset, count)), &path).await {
+            if let Err(r) = fetch(&node, &cache, target, Some((offset, count)), &path).await {
                 return r;
             }
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
@@ -413,7 +458,7 @@ mod tests {
         let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
             .await
             .unwrap();
-        let app = router(gw_node.clone());
+        let app = router(gw_node.clone(), std::sync::Arc::new(CacheStats::default()));
         let get = |uri: String, hdr: Option<(&'static str, &'static str)>| {
             let mut b = Request::get(uri);
             if let Some((k, v)) = hdr {

@@ -6,7 +6,9 @@ mod demo;
 mod fleet;
 mod gateway;
 mod network;
+mod node;
 mod sim;
+mod testnet;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -60,6 +62,11 @@ enum Command {
     Fleet(fleet::FleetArgs),
     /// Serve the repository and the network over HTTP (IPFS trustless gateway).
     Gateway(gateway::GatewayArgs),
+    /// A long-running node: serves, pays and is paid, settles each period.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Write the configuration of a closed, paid test network of nodes on this machine.
+    Testnet(testnet::TestnetArgs),
     /// Simulate many viewers of one item: real nodes on loopback and a discrete-event model.
     Sim(sim::SimArgs),
 }
@@ -415,6 +422,15 @@ async fn block(cli: &Cli, b: &BlockCommand) -> Result<()> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Logs go to standard error, filtered by RUST_LOG (default: this program's info lines).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,streamspace=info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
     let result = match &cli.command {
         Command::Add(a) => add(&cli, a).await,
         Command::Cat(c) => cat_cmd(&cli, c).await,
@@ -424,6 +440,8 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(d) => network::run(d).await,
         Command::Fleet(f) => fleet::run(f).await,
         Command::Sim(s) => sim::run(s).await,
+        Command::Node(n) => node::run(n).await,
+        Command::Testnet(t) => testnet::run(t).await,
         Command::Gateway(g) => match open_store(&cli) {
             Ok(store) => gateway::run(store, g).await,
             Err(e) => Err(e),

@@ -436,12 +436,27 @@ impl LoopbackNode {
     ///
     /// [`LedgerError::Transport`] when the ports cannot be bound.
     pub async fn start(ledger: LocalLedger) -> Result<Self, LedgerError> {
-        let bind = || async {
-            TcpListener::bind("127.0.0.1:0")
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Self::bind(ledger, any, any).await
+    }
+
+    /// Serves `ledger`: the consensus node's API on `node`, the mirror's on `mirror` (port 0
+    /// for a port chosen by the system).
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError::Transport`] when an address cannot be bound.
+    pub async fn bind(
+        ledger: LocalLedger,
+        node: SocketAddr,
+        mirror: SocketAddr,
+    ) -> Result<Self, LedgerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
                 .await
-                .map_err(|e| LedgerError::Transport(e.to_string()))
+                .map_err(|e| LedgerError::Transport(format!("binding {addr}: {e}")))
         };
-        let (node_l, mirror_l) = (bind().await?, bind().await?);
+        let (node_l, mirror_l) = (bind(node).await?, bind(mirror).await?);
         let node = node_l
             .local_addr()
             .map_err(|e| LedgerError::Transport(e.to_string()))?;

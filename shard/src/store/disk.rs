@@ -191,6 +191,41 @@ impl DiskStore {
         .await
     }
 
+    /// The pinned roots, in the order of their encoded CIDs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use streamspace_shard::import::ImportOptions;
+    /// use streamspace_shard::store::{DiskStore, add_reader};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskStore::open(dir.path().join("blocks.redb"), None)?;
+    /// let root = add_reader(Some(&store), &b"hello"[..], ImportOptions::default()).await?;
+    /// store.pin(&root.cid).await?;
+    /// assert_eq!(store.pinned_roots().await?, [root.cid]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`], also for a stored root that is not a CID.
+    pub async fn pinned_roots(&self) -> Result<Vec<Cid>, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let read = inner.db.begin_read().map_err(db_err)?;
+            let pins = read.open_table(PINS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in pins.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                out.push(
+                    Cid::try_from(k.value())
+                        .map_err(|e| StoreError::Database(format!("pinned root: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn update_pins(&self, root: Cid, pin: bool) -> Result<usize, StoreError> {
         // Walk the DAG first (reads only), then apply every count in one transaction.
         let mut seen = HashSet::new();

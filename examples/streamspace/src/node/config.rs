@@ -1,0 +1,328 @@
+//! The node's TOML configuration and the network's member list.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde::Deserialize;
+use streamspace_ledger::{AccountId, PublicKey, TopicId};
+use streamspace_transport::{Multiaddr, PeerId, Tier};
+
+/// `node.toml`. Relative paths are taken from the file's directory.
+///
+/// ```toml
+/// [node]
+/// repo = "node-1"                       # block store, identity, journal
+/// network = "main"
+/// listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+/// bootstrap = ["/ip4/192.0.2.1/tcp/4001/p2p/12D3Koo..."]
+/// tier = "edge"                         # or "tier1"
+/// quota = 10_737_418_240                # bytes of disk offered
+/// gateway = "127.0.0.1:8080"            # optional HTTP gateway
+/// metrics = "127.0.0.1:9464"            # optional Prometheus endpoint
+///
+/// [allowlist]                           # optional: a closed network
+/// operator = "<hex Ed25519 public key>"
+/// file = "allowlist.bin"
+///
+/// [ledger]
+/// backend = "embedded"                  # default; or "hedera"
+/// path = "ledger.redb"                  # embedded: the ledger file (default: in the repo)
+/// treasury = "<hex public key>"         # embedded: genesis key (default: generated)
+/// serve = "127.0.0.1:50211"             # embedded: serve it over Hedera's gRPC API
+/// serve_mirror = "127.0.0.1:5600"
+/// # backend = "hedera": network = "mainnet" | "testnet" | "previewnet",
+/// # or node = "host:port" and mirror = "host:port"
+///
+/// [payments]                            # optional: paid service
+/// account = "0.0.1001"
+/// key_file = "account.key"              # hex Ed25519 seed
+/// price_per_shard = 10000               # tinybars
+/// period_secs = 3600
+/// collateral = 2000000000               # tinybars locked per period
+/// members = "members.toml"
+/// clearing = "0.0.1002"
+/// topic = "0.0.1003"                    # settlement topic
+/// clearing_key_file = "clearing.key"    # only on the node that settles
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    pub node: NodeSection,
+    pub allowlist: Option<AllowlistSection>,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+    pub payments: Option<PaymentsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeSection {
+    pub repo: PathBuf,
+    #[serde(default = "default_network")]
+    pub network: String,
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    #[serde(default)]
+    pub tier: TierName,
+    pub quota: Option<u64>,
+    pub gateway: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+}
+
+fn default_network() -> String {
+    "main".into()
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TierName {
+    #[default]
+    Edge,
+    Tier1,
+}
+
+impl From<TierName> for Tier {
+    fn from(t: TierName) -> Self {
+        match t {
+            TierName::Edge => Tier::Edge,
+            TierName::Tier1 => Tier::Tier1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AllowlistSection {
+    pub operator: String,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub(crate) enum LedgerSection {
+    Embedded {
+        path: Option<PathBuf>,
+        treasury: Option<String>,
+        serve: Option<SocketAddr>,
+        serve_mirror: Option<SocketAddr>,
+    },
+    #[cfg_attr(not(feature = "hedera"), allow(dead_code))]
+    Hedera {
+        network: Option<String>,
+        node: Option<SocketAddr>,
+        mirror: Option<SocketAddr>,
+    },
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        Self::Embedded {
+            path: None,
+            treasury: None,
+            serve: None,
+            serve_mirror: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PaymentsSection {
+    pub account: String,
+    pub key_file: PathBuf,
+    #[serde(default = "default_price")]
+    pub price_per_shard: u64,
+    #[serde(default = "default_period")]
+    pub period_secs: u64,
+    pub collateral: u64,
+    pub members: PathBuf,
+    pub clearing: String,
+    pub topic: String,
+    pub clearing_key_file: Option<PathBuf>,
+    #[serde(default = "default_ahead")]
+    pub max_ahead: u64,
+}
+
+fn default_price() -> u64 {
+    streamspace_payments::book::DEFAULT_PRICE_PER_SHARD
+}
+fn default_period() -> u64 {
+    3600
+}
+fn default_ahead() -> u64 {
+    64
+}
+
+/// `members.toml`: who is in the network, and what they pay with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersFile {
+    #[serde(default)]
+    member: Vec<MemberEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    peer: String,
+    account: String,
+    key: String,
+    collateral: u64,
+}
+
+/// A member: its ledger account, payment key and collateral per period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub account: AccountId,
+    pub key: PublicKey,
+    pub collateral: u64,
+}
+
+/// Reads a TOML file into `T`, naming the file in errors.
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in {}", path.display()))
+}
+
+/// A 32-byte value in hex.
+pub(crate) fn hex32(what: &str, s: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out)
+        .with_context(|| format!("{what}: expected 64 hex digits"))?;
+    Ok(out)
+}
+
+/// An Ed25519 signing key from a file holding its 32-byte seed in hex.
+pub(crate) fn read_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&hex32(
+        &path.display().to_string(),
+        &text,
+    )?))
+}
+
+pub(crate) fn account(what: &str, s: &str) -> Result<AccountId> {
+    s.parse()
+        .map_err(|e| anyhow::anyhow!("{what}: {s:?} is not an account id (0.0.N): {e:?}"))
+}
+
+pub(crate) fn topic(what: &str, s: &str) -> Result<TopicId> {
+    s.parse()
+        .map_err(|e| anyhow::anyhow!("{what}: {s:?} is not a topic id (0.0.N): {e:?}"))
+}
+
+pub(crate) fn multiaddrs(what: &str, v: &[String]) -> Result<Vec<Multiaddr>> {
+    v.iter()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("{what}: {s:?} is not a multiaddr"))
+        })
+        .collect()
+}
+
+/// Reads the member list, refusing duplicates.
+pub(crate) fn read_members(path: &Path) -> Result<HashMap<PeerId, Member>> {
+    let file: MembersFile = read_toml(path)?;
+    let mut out = HashMap::new();
+    let mut accounts = std::collections::HashSet::new();
+    for (i, m) in file.member.iter().enumerate() {
+        let at = format!("{} member {}", path.display(), i + 1);
+        let peer: PeerId = m
+            .peer
+            .parse()
+            .with_context(|| format!("{at}: {:?} is not a peer id", m.peer))?;
+        let member = Member {
+            account: account(&at, &m.account)?,
+            key: PublicKey(hex32(&at, &m.key)?),
+            collateral: m.collateral,
+        };
+        ensure!(
+            accounts.insert(member.account),
+            "{at}: account {} listed twice",
+            m.account
+        );
+        if out.insert(peer, member).is_some() {
+            bail!("{at}: peer {peer} listed twice");
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `p` against the configuration file's directory.
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_config_and_refuses_unknown_keys() {
+        let full = r#"
+            [node]
+            repo = "r"
+            listen = ["/ip4/127.0.0.1/tcp/0"]
+            tier = "tier1"
+            quota = 1000
+            metrics = "127.0.0.1:9464"
+            [ledger]
+            backend = "hedera"
+            network = "testnet"
+            [payments]
+            account = "0.0.1001"
+            key_file = "k"
+            collateral = 5
+            members = "m.toml"
+            clearing = "0.0.2"
+            topic = "0.0.3"
+        "#;
+        let c: FileConfig = toml::from_str(full).expect("parses");
+        assert_eq!(c.node.tier, TierName::Tier1);
+        assert!(matches!(c.ledger, LedgerSection::Hedera { .. }));
+        let p = c.payments.expect("payments");
+        assert_eq!(
+            (p.period_secs, p.price_per_shard, p.max_ahead),
+            (3600, 10_000, 64)
+        );
+        let minimal: FileConfig = toml::from_str("[node]\nrepo = \"r\"").expect("parses");
+        assert!(matches!(minimal.ledger, LedgerSection::Embedded { .. }));
+        assert!(toml::from_str::<FileConfig>("[node]\nrepo = \"r\"\nlisten_on = []").is_err());
+        assert!(toml::from_str::<FileConfig>("[node]\nrepo = \"r\"\ntier = \"gold\"").is_err());
+    }
+
+    #[test]
+    fn members_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let peer = streamspace_transport::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let entry = |account: &str| {
+            format!(
+                "[[member]]\npeer = \"{peer}\"\naccount = \"{account}\"\nkey = \"{}\"\ncollateral = 7\n",
+                "ab".repeat(32)
+            )
+        };
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, entry("0.0.1001")).expect("write");
+        let m = read_members(&path).expect("reads");
+        assert_eq!(m[&peer].collateral, 7);
+        std::fs::write(&path, entry("0.0.1001") + &entry("0.0.1002")).expect("write");
+        assert!(
+            format!("{:#}", read_members(&path).unwrap_err()).contains("listed twice"),
+            "duplicate peer"
+        );
+        std::fs::write(&path, entry("zero")).expect("write");
+        assert!(format!("{:#}", read_members(&path).unwrap_err()).contains("member 1"));
+    }
+}
