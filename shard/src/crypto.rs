@@ -142,6 +142,35 @@ impl ContentKey {
         self.item
     }
 
+    /// The key of the file at `path` (relative, `/`-separated) in a directory encrypted with
+    /// this key (see [`crate::store::add_encrypted_dir`]): the same key bytes under an item id
+    /// derived from this one and the path, `SHA-256("streamspace-file-v1" || item || path)`
+    /// cut to 16 bytes. Every file so gets nonces of its own, and a shard moved to another file
+    /// fails to open. One key (one license) opens the whole directory.
+    ///
+    /// ```
+    /// use streamspace_shard::crypto::ContentKey;
+    /// let key = ContentKey::generate();
+    /// let a = key.for_file("seg000.ts");
+    /// assert_eq!(a.key_bytes(), key.key_bytes());
+    /// assert_ne!(a.item_id(), key.for_file("seg001.ts").item_id());
+    /// assert_eq!(a.item_id(), key.for_file("seg000.ts").item_id());
+    /// ```
+    pub fn for_file(&self, path: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"streamspace-file-v1");
+        h.update(self.item);
+        h.update(path.as_bytes());
+        let digest = h.finalize();
+        let mut item = [0u8; 16];
+        item.copy_from_slice(&digest[..16]);
+        Self {
+            key: self.key,
+            item,
+        }
+    }
+
     /// The raw key bytes, for wrapping to a viewer.
     pub fn key_bytes(&self) -> &[u8; 32] {
         &self.key

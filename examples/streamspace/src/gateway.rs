@@ -20,6 +20,9 @@ use axum::routing::get;
 use cid::Cid;
 use futures::StreamExt;
 use streamspace_shard::car::write_car;
+use streamspace_shard::crypto::{
+    ContentKey, PLAIN_CHUNK, SHARD_SIZE, cat_decrypted, plaintext_len,
+};
 use streamspace_shard::dag::resolve;
 use streamspace_shard::export::{ByteRange, cat, file_size};
 use streamspace_shard::store::{BlockStore, StoreError};
@@ -40,6 +43,10 @@ pub(crate) struct GatewayArgs {
     /// Peers to join through (multiaddrs ending in `/p2p/<peer id>`).
     #[arg(long)]
     bootstrap: Vec<streamspace_transport::Multiaddr>,
+    /// Directory of content key files (one per licensed item, naming its root): serves their
+    /// plaintext on `/play/{root}[/path]`. Plaintext is served on loopback addresses only.
+    #[arg(long)]
+    keys: Option<std::path::PathBuf>,
 }
 
 /// Runs a node on the repository's store with the gateway in front, until Ctrl-C.
@@ -47,6 +54,17 @@ pub(crate) async fn run(
     store: streamspace_shard::store::DiskStore,
     args: &GatewayArgs,
 ) -> anyhow::Result<()> {
+    let keys = match &args.keys {
+        Some(dir) => {
+            anyhow::ensure!(
+                args.listen.ip().is_loopback(),
+                "--keys serves plaintext: listen on a loopback address, not {}",
+                args.listen
+            );
+            read_keyring(dir)?
+        }
+        None => Keyring::new(),
+    };
     let mut config =
         streamspace_transport::Config::new(streamspace_transport::Keypair::generate_ed25519());
     config.bootstrap = args.bootstrap.clone();
@@ -65,7 +83,11 @@ pub(crate) async fn run(
     );
     axum::serve(
         listener,
-        router(node.clone(), Arc::new(CacheStats::default())),
+        router_with_keys(
+            node.clone(),
+            Arc::new(CacheStats::default()),
+            Arc::new(keys),
+        ),
     )
     .with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;
@@ -95,10 +117,14 @@ impl CacheStats {
     }
 }
 
+/// Content keys a viewer holds (released to it with its licenses), by item root.
+pub(crate) type Keyring = HashMap<Cid, ContentKey>;
+
 /// What the gateway's handlers share.
 struct Gateway<S> {
     node: Node<S>,
     cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
 }
 
 impl<S> Clone for Gateway<S> {
@@ -106,15 +132,46 @@ impl<S> Clone for Gateway<S> {
         Self {
             node: self.node.clone(),
             cache: self.cache.clone(),
+            keys: self.keys.clone(),
         }
     }
 }
 
 /// The gateway's routes over `node`, counting store hits and misses in `cache`.
 pub(crate) fn router<S: BlockStore + 'static>(node: Node<S>, cache: Arc<CacheStats>) -> Router {
+    router_with_keys(node, cache, Arc::new(Keyring::new()))
+}
+
+/// The gateway's routes, with `/play/{root}[/path]` decrypting the items whose keys are in
+/// `keys`.
+pub(crate) fn router_with_keys<S: BlockStore + 'static>(
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
+) -> Router {
     Router::new()
         .route("/ipfs/*path", get(serve::<S>))
-        .with_state(Gateway { node, cache })
+        .route("/play/*path", get(play::<S>))
+        .with_state(Gateway { node, cache, keys })
+}
+
+/// Reads every key file (as `add --encrypt --key-out` writes them) in `dir`; each must name
+/// its item's root.
+pub(crate) fn read_keyring(dir: &std::path::Path) -> anyhow::Result<Keyring> {
+    use anyhow::Context;
+    let mut keys = Keyring::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let path = entry?.path();
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        let (key, root) = ContentKey::from_key_file(&text)
+            .with_context(|| format!("key file {}", path.display()))?;
+        let root = root.with_context(|| format!("key file {} names no root", path.display()))?;
+        keys.insert(root, key);
+    }
+    Ok(keys)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,7 +320,7 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
 }
 
 async fn serve<S: BlockStore + 'static>(
-    State(Gateway { node, cache }): State<Gateway<S>>,
+    State(Gateway { node, cache, .. }): State<Gateway<S>>,
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -352,29 +409,9 @@ async fn serve<S: BlockStore + 'static>(
             if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}\"")) {
                 h.insert(header::ETAG, v);
             }
-            let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-            let (status, offset, count) = match range {
-                None => (StatusCode::OK, 0, len),
-                Some(r) => match parse_range(r, len) {
-                    Some((o, c)) => {
-                        if let Ok(v) =
-                            HeaderValue::from_str(&format!("bytes {o}-{}/{len}", o + c - 1))
-                        {
-                            h.insert(header::CONTENT_RANGE, v);
-                        }
-                        (StatusCode::PARTIAL_CONTENT, o, c)
-                    }
-                    None => {
-                        let mut r = error(
-                            StatusCode::RANGE_NOT_SATISFIABLE,
-                            format!("range {r:?} of {len} bytes"),
-                        );
-                        if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                            r.headers_mut().insert(header::CONTENT_RANGE, v);
-                        }
-                        return r;
-                    }
-                },
+            let (status, offset, count) = match byte_range(&headers, len, &mut h) {
+                Ok(r) => r,
+                Err(r) => return r,
             };
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
             // Only the blocks under the range.
@@ -400,6 +437,128 @@ async fn serve<S: BlockStore + 'static>(
             (status, h, body).into_response()
         }
     }
+}
+
+/// The `Range` of a request on `len` bytes: status, offset and count, with `Content-Range` set
+/// in `h`; a 416 answer for a range that cannot be served.
+fn byte_range(
+    headers: &HeaderMap,
+    len: u64,
+    h: &mut HeaderMap,
+) -> Result<(StatusCode, u64, u64), Response> {
+    let Some(r) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok((StatusCode::OK, 0, len));
+    };
+    match parse_range(r, len) {
+        Some((o, c)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {o}-{}/{len}", o + c - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            Ok((StatusCode::PARTIAL_CONTENT, o, c))
+        }
+        None => {
+            let mut resp = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("range {r:?} of {len} bytes"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            Err(resp)
+        }
+    }
+}
+
+/// `/play/{root}[/path]`: the plaintext of an encrypted item (or of a file of an encrypted
+/// directory) for a viewer holding its key, with byte ranges over the plaintext. Only the
+/// shards under the range are fetched; each is verified, then opened (its tag checked) before
+/// a byte of it is sent. Answers are private: never to be kept by shared caches.
+async fn play<S: BlockStore + 'static>(
+    State(Gateway { node, cache, keys }): State<Gateway<S>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let (cid_text, rest) = path.split_once('/').unwrap_or((&path, ""));
+    let Ok(root) = Cid::try_from(cid_text) else {
+        return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
+    };
+    let Some(key) = keys.get(&root) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("no key for {root}: this viewer holds no license for it"),
+        );
+    };
+    let key = if rest.is_empty() {
+        key.clone()
+    } else {
+        key.for_file(rest)
+    };
+    let fetching = Fetching {
+        node: node.clone(),
+        cache: cache.clone(),
+    };
+    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&fetching, &root, rest)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/play/{path}: {e}")),
+        Err(_) => return timeout(&path),
+    };
+    let sealed = match file_size(&fetching, &target).await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
+    };
+    let Some(len) = plaintext_len(sealed) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("/play/{path}: {sealed} bytes is not a sealed stream"),
+        );
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(rest)),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, offset, count) = match byte_range(&headers, len, &mut h) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    // The sealed shards under the plaintext range.
+    let (plain, sealed_chunk) = (PLAIN_CHUNK as u64, SHARD_SIZE as u64);
+    let first = offset / plain;
+    let last = (offset + count).div_ceil(plain).max(first + 1);
+    let from = first * sealed_chunk;
+    let upto = (last * sealed_chunk).min(sealed);
+    if let Err(r) = fetch(&node, &cache, target, Some((from, upto - from)), &path).await {
+        return r;
+    }
+    let store = node.store().clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut parts = std::pin::pin!(cat_decrypted(
+            store.as_ref(),
+            target,
+            &key,
+            ByteRange::new(offset, Some(count))
+        ));
+        while let Some(p) = parts.next().await {
+            let p = p.map_err(std::io::Error::other);
+            let stop = p.is_err();
+            if tx.send(p).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (status, h, body).into_response()
 }
 
 #[cfg(test)]
@@ -528,6 +687,85 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn play_decrypts_ranges_fetching_only_their_shards() {
+        let data: Vec<u8> = (0..(3 * PLAIN_CHUNK + 100) as u32)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let key = ContentKey::generate();
+        let root = streamspace_shard::store::add_encrypted(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(data.clone()),
+            key.clone(),
+            ImportOptions::default().with_cid_version(1).unwrap(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        let keys = Arc::new(Keyring::from([(root, key)]));
+        let app = router_with_keys(gw_node.clone(), Arc::new(CacheStats::default()), keys);
+        let get = |uri: String, range: Option<String>| {
+            let mut b = Request::get(uri);
+            if let Some(r) = range {
+                b = b.header("range", r);
+            }
+            app.clone().oneshot(b.body(Body::empty()).unwrap())
+        };
+        // Across the boundary of the first two shards: the root and those two are fetched.
+        let (a, b) = (PLAIN_CHUNK - 10, PLAIN_CHUNK + 20);
+        let r = get(format!("/play/{root}"), Some(format!("bytes={a}-{b}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "private, no-store");
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            format!("bytes {a}-{b}/{}", data.len()).as_str()
+        );
+        assert_eq!(body(r).await, &data[a..=b]);
+        assert_eq!(gw_node.stats().shards_received, 3);
+        // The whole item.
+        let r = get(format!("/play/{root}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body(r).await, data);
+        // The last byte; past the end.
+        let r = get(format!("/play/{root}"), Some("bytes=-1".into()))
+            .await
+            .unwrap();
+        assert_eq!(body(r).await, &data[data.len() - 1..]);
+        let r = get(
+            format!("/play/{root}"),
+            Some(format!("bytes={}-", data.len())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        // An item this viewer holds no key for; a bad CID.
+        let other = streamspace_shard::Cid::try_from(
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+        )
+        .unwrap();
+        let r = get(format!("/play/{other}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = get("/play/nonsense".into(), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         gw_node.shutdown().await;
         origin.shutdown().await;
     }

@@ -14,7 +14,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::pin::pin;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Args, Parser, Subcommand};
 use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,7 +24,7 @@ use streamspace_shard::crypto::{ContentKey, cat_decrypted};
 use streamspace_shard::dag::{fetch, resolve};
 use streamspace_shard::export::{ByteRange, cat};
 use streamspace_shard::import::{ImportOptions, Layout, Profile};
-use streamspace_shard::store::{DiskStore, add_encrypted, add_path, add_reader};
+use streamspace_shard::store::{DiskStore, add_encrypted, add_encrypted_dir, add_path, add_reader};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -112,6 +112,16 @@ struct AddArgs {
     /// Where to write the content key of an encrypted add.
     #[arg(long, requires = "encrypt")]
     key_out: Option<PathBuf>,
+    /// Cut a video file into HLS (a playlist, `index.m3u8`, and MPEG-TS segments) with ffmpeg
+    /// and add the directory (each file encrypted with --encrypt, one key for all).
+    #[arg(long)]
+    hls: bool,
+    /// Target segment length for --hls, seconds.
+    #[arg(long, default_value_t = 4, requires = "hls")]
+    hls_time: u32,
+    /// With --hls, re-encode to H.264 and AAC instead of copying the streams.
+    #[arg(long, requires = "hls")]
+    transcode: bool,
     /// File or directory to add.
     path: PathBuf,
 }
@@ -233,6 +243,9 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
     } else {
         Some(open_store(cli)?)
     };
+    if a.hls {
+        return add_hls(a, store.as_ref(), opts).await;
+    }
     let quiet = a.quiet;
     let quieter = a.quieter;
     if a.encrypt && meta.is_dir() {
@@ -285,6 +298,76 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
         root
     };
     if let (Some(store), true) = (&store, a.pin) {
+        store.pin(&root.cid).await?;
+    }
+    Ok(())
+}
+
+/// `add --hls`: ffmpeg cuts the video into HLS in a temporary directory, which is added (and
+/// encrypted, with `--encrypt`) as one directory.
+async fn add_hls(a: &AddArgs, store: Option<&DiskStore>, opts: ImportOptions) -> Result<()> {
+    ensure!(a.path.is_file(), "--hls takes a video file");
+    ensure!(
+        (1..=60).contains(&a.hls_time),
+        "--hls-time: from 1 to 60 seconds"
+    );
+    let dir = tempfile::tempdir()?;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg");
+    ffmpeg.args(["-nostdin", "-v", "error", "-i"]).arg(&a.path);
+    if a.transcode {
+        ffmpeg.args(["-c:v", "libx264", "-c:a", "aac"]);
+    } else {
+        ffmpeg.args(["-c", "copy"]);
+    }
+    ffmpeg
+        .args(["-f", "hls", "-hls_playlist_type", "vod", "-hls_time"])
+        .arg(a.hls_time.to_string())
+        .arg("-hls_segment_filename")
+        .arg(dir.path().join("seg%05d.ts"))
+        .arg(dir.path().join("index.m3u8"));
+    let bar = progress(None, "cutting into HLS with ffmpeg");
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let out = ffmpeg
+        .output()
+        .await
+        .context("running ffmpeg (is it installed?)")?;
+    bar.finish_and_clear();
+    ensure!(
+        out.status.success(),
+        "ffmpeg could not cut {} into HLS{}:\n{}",
+        a.path.display(),
+        if a.transcode {
+            ""
+        } else {
+            " (try --transcode)"
+        },
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let root = if a.encrypt {
+        let key = ContentKey::generate();
+        let root = add_encrypted_dir(store, dir.path().to_owned(), key.clone(), opts).await?;
+        if let Some(out) = &a.key_out {
+            write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
+        }
+        root
+    } else {
+        add_path(store, dir.path().to_owned(), opts, false, |_, _| {}).await?
+    };
+    let segments = std::fs::read_dir(dir.path())?.count().saturating_sub(1);
+    if a.quieter || a.quiet {
+        println!("{}", root.cid);
+    } else {
+        println!(
+            "added {} {} (HLS: index.m3u8 and {segments} segments{})",
+            root.cid,
+            a.path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            if a.encrypt { ", encrypted" } else { "" }
+        );
+    }
+    if let (Some(store), true) = (store, a.pin) {
         store.pin(&root.cid).await?;
     }
     Ok(())

@@ -146,6 +146,82 @@ where
     .await
 }
 
+/// Encrypts the files of the flat directory `dir` (hidden files left out) and imports them as a
+/// directory: each file sealed with `key.for_file(name)` (see
+/// [`crate::crypto::ContentKey::for_file`]), so that one content key reads them all. Names and
+/// sizes stay visible; contents do not. Blocks are written as they are made: memory stays
+/// bounded whatever the files' sizes.
+///
+/// # Errors
+///
+/// As [`add_reader`]; [`ImportError::BadName`] for a name that is not UTF-8,
+/// [`ImportError::Unsupported`] for anything but a regular file (subdirectories included),
+/// [`ImportError::Path`] for what cannot be listed or opened.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::TryStreamExt;
+/// use streamspace_shard::crypto::{ContentKey, cat_decrypted};
+/// use streamspace_shard::dag::resolve;
+/// use streamspace_shard::export::ByteRange;
+/// use streamspace_shard::import::ImportOptions;
+/// use streamspace_shard::store::{MemoryStore, add_encrypted_dir};
+/// let dir = tempfile::tempdir()?;
+/// std::fs::write(dir.path().join("index.m3u8"), "#EXTM3U\n")?;
+/// let store = MemoryStore::new();
+/// let key = ContentKey::generate();
+/// let root = add_encrypted_dir(Some(&store), dir.path().to_owned(), key.clone(), ImportOptions::default()).await?;
+/// let file = resolve(&store, &root.cid, "index.m3u8").await?;
+/// let plain: Vec<bytes::Bytes> = cat_decrypted(&store, file, &key.for_file("index.m3u8"), ByteRange::ALL).try_collect().await?;
+/// assert_eq!(plain.concat(), b"#EXTM3U\n");
+/// # Ok(()) }
+/// ```
+pub async fn add_encrypted_dir<S>(
+    store: Option<&S>,
+    dir: PathBuf,
+    key: crate::crypto::ContentKey,
+    opts: ImportOptions,
+) -> Result<Imported, ImportError>
+where
+    S: BlockStore,
+{
+    run_import(store, move |sink| {
+        let mut entries = Vec::new();
+        let io_error = |path: &std::path::Path, source| ImportError::Path {
+            path: path.to_owned(),
+            source,
+        };
+        let listing = std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| io_error(&dir, e))?;
+            let path = entry.path();
+            let name = entry
+                .file_name()
+                .into_string()
+                .map_err(|_| ImportError::BadName { path: path.clone() })?;
+            if name.starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(|e| io_error(&path, e))?;
+            if !kind.is_file() {
+                return Err(ImportError::Unsupported { path });
+            }
+            let file = std::fs::File::open(&path).map_err(|e| io_error(&path, e))?;
+            let root = crate::crypto::import_encrypted(
+                std::io::BufReader::new(file),
+                &key.for_file(&name),
+                &opts,
+                &mut *sink,
+            )?;
+            entries.push(crate::import::DirEntry { name, root });
+        }
+        crate::import::build_directory(entries, &opts, sink)
+    })
+    .await
+}
+
 /// Imports a file or directory tree (`ipfs add -r`) into `store`, like [`add_reader`].
 ///
 /// `on_entry` receives each added entry's path (relative to the parent of `path`) and root.
