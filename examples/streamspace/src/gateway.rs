@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cid::Cid;
 use futures::StreamExt;
-use streamspace_shard::car::write_car;
 use streamspace_shard::crypto::{
     ContentKey, PLAIN_CHUNK, SHARD_SIZE, cat_decrypted, plaintext_len,
 };
@@ -319,6 +318,195 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
     }
 }
 
+/// A store that notes, in order, every block read through it (the blocks a traversal
+/// needed, for a CAR that lets the client verify the same traversal).
+struct Recording<'a, T> {
+    inner: &'a T,
+    seen: std::sync::Mutex<Vec<Cid>>,
+}
+
+impl<'a, T: BlockStore> Recording<'a, T> {
+    fn new(inner: &'a T) -> Self {
+        Self {
+            inner,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Vec<Cid> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl<T: BlockStore> BlockStore for Recording<'_, T> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        let got = self.inner.get(cid).await?;
+        if got.is_some() {
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(*cid);
+        }
+        Ok(got)
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.inner.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.inner.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.inner.delete(cid).await
+    }
+}
+
+/// What a CAR answer holds below the path (the trustless gateway's `dag-scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The terminal element's block.
+    Block,
+    /// The terminal element: a whole file (or the blocks of `entity-bytes` of it), a
+    /// directory's own node(s) without its entries, any other block alone.
+    Entity(Option<(i64, Option<i64>)>),
+    /// The whole DAG below the terminal element.
+    All,
+}
+
+fn scope_of(query: &HashMap<String, String>) -> Result<Scope, Response> {
+    let bad = |m: String| Err(error(StatusCode::BAD_REQUEST, m));
+    let bytes = match query.get("entity-bytes") {
+        None => None,
+        Some(v) => {
+            let parsed = v.split_once(':').and_then(|(a, b)| {
+                let from = a.parse::<i64>().ok()?;
+                let to = if b == "*" {
+                    None
+                } else {
+                    Some(b.parse::<i64>().ok()?)
+                };
+                Some((from, to))
+            });
+            match parsed {
+                Some(r) => Some(r),
+                None => return bad(format!("entity-bytes {v:?}: expected from:to or from:*")),
+            }
+        }
+    };
+    match (query.get("dag-scope").map(String::as_str), bytes) {
+        (None | Some("all"), None) => Ok(Scope::All),
+        (None | Some("entity"), b) => Ok(Scope::Entity(b)),
+        (Some("block"), None) => Ok(Scope::Block),
+        (Some("all" | "block"), Some(_)) => bad("entity-bytes goes with dag-scope=entity".into()),
+        (Some(other), _) => bad(format!(
+            "unsupported dag-scope {other:?} (block, entity or all)"
+        )),
+    }
+}
+
+/// Resolves `entity-bytes` against a file of `len` bytes: `(offset, count)`; negative
+/// positions count from the end, the end is inclusive and clamped to the file.
+fn entity_range((from, to): (i64, Option<i64>), len: u64) -> Option<(u64, u64)> {
+    let at = |v: i64| -> u64 {
+        if v < 0 {
+            len.saturating_sub(v.unsigned_abs())
+        } else {
+            v as u64
+        }
+    };
+    let start = at(from);
+    let end = to.map_or(len, |t| at(t).saturating_add(1).min(len));
+    if len == 0 {
+        return Some((0, 0));
+    }
+    (start < len && end > start).then(|| (start, end - start))
+}
+
+/// The blocks of a CAR answer below the path, in order, fetching what is missing.
+async fn car_blocks<S: BlockStore + 'static>(
+    node: &Node<S>,
+    cache: &CacheStats,
+    fetching: &Fetching<S>,
+    target: Cid,
+    scope: Scope,
+    path: &str,
+) -> Result<Option<Vec<Cid>>, Response> {
+    use streamspace_shard::block::DAG_PB;
+    use streamspace_shard::pb::{DataType, PbNode, UnixFsData};
+    let scope = match scope {
+        Scope::All => return fetch(node, cache, target, None, path).await.map(|()| None),
+        s => s,
+    };
+    let Ok(Some(data)) = fetching.get(&target).await else {
+        return Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!("/ipfs/{path}: block {target} not found"),
+        ));
+    };
+    if scope == Scope::Block || target.codec() != DAG_PB {
+        return Ok(Some(vec![target]));
+    }
+    let unixfs = |block: bytes::Bytes| {
+        PbNode::decode(block).ok().and_then(|n| {
+            let fs = n.data.as_ref().and_then(|d| UnixFsData::decode(d).ok())?;
+            Some((n, fs))
+        })
+    };
+    let kind = unixfs(data).map(|(_, fs)| fs.kind);
+    match kind {
+        Some(DataType::Directory) => Ok(Some(vec![target])),
+        Some(DataType::HamtShard) => {
+            // The directory's own shard nodes, without its entries.
+            let mut out = Vec::new();
+            let mut stack = vec![target];
+            while let Some(c) = stack.pop() {
+                let Ok(Some(d)) = fetching.get(&c).await else {
+                    return Err(error(
+                        StatusCode::BAD_GATEWAY,
+                        format!("/ipfs/{path}: block {c} not found"),
+                    ));
+                };
+                out.push(c);
+                // Links to sub-shards are named by the hex prefix alone; entries by the prefix
+                // and their name.
+                if let Some((n, fs)) = unixfs(d) {
+                    let width = format!("{:X}", fs.fanout.unwrap_or(256).saturating_sub(1)).len();
+                    stack.extend(
+                        n.links
+                            .iter()
+                            .rev()
+                            .filter(|l| l.name.as_ref().is_some_and(|s| s.len() == width))
+                            .map(|l| l.cid),
+                    );
+                }
+            }
+            Ok(Some(out))
+        }
+        _ => {
+            let Scope::Entity(Some(bytes)) = scope else {
+                return fetch(node, cache, target, None, path).await.map(|()| None);
+            };
+            // Only the blocks that reading the range touches.
+            let len = file_size(fetching, &target)
+                .await
+                .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {e}")))?;
+            let Some((offset, count)) = entity_range(bytes, len) else {
+                return Err(error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    format!("entity-bytes outside the {len} bytes of /ipfs/{path}"),
+                ));
+            };
+            fetch(node, cache, target, Some((offset, count)), path).await?;
+            let store = node.store().as_ref();
+            let rec = Recording::new(store);
+            let mut parts = std::pin::pin!(cat(&rec, target, ByteRange::new(offset, Some(count))));
+            while let Some(p) = parts.next().await {
+                p.map_err(|e| error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {e}")))?;
+            }
+            Ok(Some(rec.take()))
+        }
+    }
+}
+
 async fn serve<S: BlockStore + 'static>(
     State(Gateway { node, cache, .. }): State<Gateway<S>>,
     Path(path): Path<String>,
@@ -339,11 +527,14 @@ async fn serve<S: BlockStore + 'static>(
         node: node.clone(),
         cache: cache.clone(),
     };
-    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&fetching, &root, rest)).await {
+    let recording = Recording::new(&fetching);
+    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&recording, &root, rest)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
         Err(_) => return timeout(&path),
     };
+    // The blocks that prove the path, for a CAR.
+    let path_blocks = recording.take();
     let store = node.store().clone();
     let etag_base = target.to_string();
     let mut h = HeaderMap::new();
@@ -372,14 +563,28 @@ async fn serve<S: BlockStore + 'static>(
             (StatusCode::OK, h, data).into_response()
         }
         Format::Car => {
-            if let Err(r) = fetch(&node, &cache, target, None, &path).await {
-                return r;
-            }
+            let scope = match scope_of(&query) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let body_blocks = match car_blocks(&node, &cache, &fetching, target, scope, &path).await
+            {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/vnd.ipld.car; version=1; order=dfs; dups=n"),
             );
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.car\"")) {
+            let tag = match scope {
+                Scope::All => "all".to_owned(),
+                Scope::Block => "block".to_owned(),
+                Scope::Entity(None) => "entity".to_owned(),
+                Scope::Entity(Some((a, b))) => {
+                    format!("entity.{a}-{}", b.map_or("*".to_owned(), |b| b.to_string()))
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.car.{tag}\"")) {
                 h.insert(header::ETAG, v);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.car\""))
@@ -389,7 +594,16 @@ async fn serve<S: BlockStore + 'static>(
             // Streamed through a bounded pipe: memory stays at the pipe's size.
             let (writer, reader) = tokio::io::duplex(256 * 1024);
             tokio::spawn(async move {
-                if let Err(e) = write_car(store.as_ref(), target, writer).await {
+                if let Err(e) = write_scoped_car(
+                    store.as_ref(),
+                    root,
+                    path_blocks,
+                    target,
+                    body_blocks,
+                    writer,
+                )
+                .await
+                {
                     tracing::warn!(%target, error = %e, "CAR stream ended early");
                 }
             });
@@ -467,6 +681,52 @@ fn byte_range(
             Err(resp)
         }
     }
+}
+
+/// Writes a CARv1 rooted at `root`: the blocks of the path, then `body` (or the whole DAG
+/// below `target`, depth first), each block once.
+async fn write_scoped_car<S: BlockStore, W: tokio::io::AsyncWrite + Unpin>(
+    store: &S,
+    root: Cid,
+    path_blocks: Vec<Cid>,
+    target: Cid,
+    body: Option<Vec<Cid>>,
+    mut out: W,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use streamspace_shard::car::{encode_header, encode_section};
+    use tokio::io::AsyncWriteExt;
+    let mut seen = std::collections::HashSet::new();
+    out.write_all(&encode_header(&[root])).await?;
+    let mut buf = bytes::BytesMut::new();
+    let mut put = async |cid: Cid, data: &[u8], out: &mut W| -> anyhow::Result<()> {
+        buf.clear();
+        encode_section(&cid, data, &mut buf);
+        out.write_all(&buf).await?;
+        Ok(())
+    };
+    let listed = path_blocks
+        .into_iter()
+        .chain(body.iter().flatten().copied());
+    for cid in listed {
+        if seen.insert(cid) {
+            let data = store
+                .get(&cid)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("block {cid} is no longer in the store"))?;
+            put(cid, &data, &mut out).await?;
+        }
+    }
+    if body.is_none() {
+        let mut all = std::pin::pin!(streamspace_shard::dag::walk(store, target));
+        while let Some((cid, data)) = all.try_next().await? {
+            if seen.insert(cid) {
+                put(cid, &data, &mut out).await?;
+            }
+        }
+    }
+    out.flush().await?;
+    Ok(())
 }
 
 /// `/play/{root}[/path]`: the plaintext of an encrypted item (or of a file of an encrypted
@@ -768,5 +1028,119 @@ mod tests {
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         gw_node.shutdown().await;
         origin.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn car_scopes_carry_the_path_and_only_what_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        std::fs::create_dir(&site).unwrap();
+        let a: Vec<u8> = (0..600_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(site.join("a.bin"), &a).unwrap();
+        std::fs::write(site.join("b.txt"), b"bee").unwrap();
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let root = streamspace_shard::store::add_path(
+            Some(origin.store().as_ref()),
+            site,
+            ImportOptions::default(),
+            false,
+            |_, _| {},
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
+        // Each CAR is read back with every block verified; it is rooted at the requested root.
+        let car = |uri: String| {
+            let app = app.clone();
+            async move {
+                let r = app
+                    .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                if r.status() != StatusCode::OK {
+                    return Err(r.status());
+                }
+                let bytes = body(r).await;
+                let check = MemoryStore::new();
+                let summary = read_car(std::io::Cursor::new(bytes), &check).await.unwrap();
+                assert_eq!(summary.roots, [root]);
+                Ok((summary.blocks, check))
+            }
+        };
+        // The file's root block, behind the directory that names it.
+        let (n, _) = car(format!("/ipfs/{root}/a.bin?format=car&dag-scope=block"))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        // A byte range of the file: the path, the file root and the one leaf under it.
+        let (n, got) = car(format!(
+            "/ipfs/{root}/a.bin?format=car&dag-scope=entity&entity-bytes=300000:300099"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        let file = resolve(&got, &root, "a.bin").await.unwrap();
+        let part: Vec<bytes::Bytes> = cat(&got, file, ByteRange::new(300_000, Some(100)))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), &a[300_000..300_100]);
+        // The last 10 bytes, counted from the end.
+        let (n, _) = car(format!("/ipfs/{root}/a.bin?format=car&entity-bytes=-10:*"))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        // A directory as an entity: its node alone; everything: the directory, the file's
+        // root and its 3 leaves, and the small file.
+        let (n, _) = car(format!("/ipfs/{root}?format=car&dag-scope=entity"))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let (n, all) = car(format!("/ipfs/{root}?format=car")).await.unwrap();
+        assert_eq!(n, 6);
+        let whole: Vec<bytes::Bytes> = cat(&all, file, ByteRange::ALL).try_collect().await.unwrap();
+        assert_eq!(whole.concat(), a);
+        // Bad scopes and ranges.
+        for (q, status) in [
+            ("dag-scope=some", StatusCode::BAD_REQUEST),
+            ("dag-scope=block&entity-bytes=0:1", StatusCode::BAD_REQUEST),
+            ("entity-bytes=1-2", StatusCode::BAD_REQUEST),
+            ("entity-bytes=700000:*", StatusCode::RANGE_NOT_SATISFIABLE),
+        ] {
+            assert_eq!(
+                car(format!("/ipfs/{root}/a.bin?format=car&{q}"))
+                    .await
+                    .err(),
+                Some(status),
+                "{q}"
+            );
+        }
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    #[test]
+    fn entity_ranges() {
+        assert_eq!(entity_range((0, None), 100), Some((0, 100)));
+        assert_eq!(entity_range((10, Some(19)), 100), Some((10, 10)));
+        assert_eq!(entity_range((-10, None), 100), Some((90, 10)));
+        assert_eq!(entity_range((0, Some(-1)), 100), Some((0, 100)));
+        assert_eq!(entity_range((50, Some(500)), 100), Some((50, 50)));
+        assert_eq!(entity_range((100, None), 100), None);
+        assert_eq!(entity_range((20, Some(10)), 100), None);
+        assert_eq!(entity_range((0, None), 0), Some((0, 0)));
     }
 }
