@@ -273,6 +273,89 @@ pub async fn publish_fraud_proof<L: Ledger>(
         .await
 }
 
+/// Tag opening a settlement-topic message that carries receipts.
+pub const RECEIPTS_TAG: &[u8; 23] = b"streamspace-receipts-v1";
+/// Receipts per settlement-topic message: a message stays within one 1,024-byte chunk.
+pub const RECEIPTS_PER_MESSAGE: usize = 5;
+
+/// A settlement-topic message that is not a valid receipts message.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReceiptsMessageError {
+    /// It does not open with [`RECEIPTS_TAG`].
+    #[error("not a receipts message")]
+    NotReceipts,
+    /// The body is empty, too long, or not a whole number of receipts.
+    #[error("receipts message body of {0} bytes: not 1 to 5 whole receipts")]
+    Length(usize),
+    /// A receipt does not decode or verify.
+    #[error("receipt {index}: {source}")]
+    Receipt {
+        /// Its position in the message.
+        index: usize,
+        /// Why.
+        source: crate::receipt::ReceiptError,
+    },
+}
+
+/// How payees hand their newest receipts to the clearing: settlement-topic messages, each
+/// [`RECEIPTS_TAG`] followed by up to [`RECEIPTS_PER_MESSAGE`] encoded receipts.
+///
+/// ```
+/// use streamspace_ledger::AccountId;
+/// use streamspace_payments::receipt::ReceiptBody;
+/// use streamspace_payments::settle::{parse_receipts_message, receipts_messages};
+/// let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+/// let receipts: Vec<_> = (0..7)
+///     .map(|i| ReceiptBody { payer: AccountId::new(1001), payee: AccountId::new(2000 + i), period: 1, amount: 10, shards: 1 }.sign(&key))
+///     .collect();
+/// let messages = receipts_messages(&receipts);
+/// assert_eq!(messages.len(), 2);
+/// let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m).unwrap()).collect();
+/// assert_eq!(back, receipts);
+/// ```
+pub fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
+    receipts
+        .chunks(RECEIPTS_PER_MESSAGE)
+        .map(|c| {
+            let mut m = RECEIPTS_TAG.to_vec();
+            for r in c {
+                m.extend_from_slice(&r.encode());
+            }
+            Bytes::from(m)
+        })
+        .collect()
+}
+
+/// Decodes a receipts message and verifies every receipt's signature (not who signed: check
+/// the payer's key against the ledger's or the member list).
+///
+/// # Errors
+///
+/// [`ReceiptsMessageError`] naming what is wrong, and which receipt.
+pub fn parse_receipts_message(message: &[u8]) -> Result<Vec<SignedReceipt>, ReceiptsMessageError> {
+    use crate::receipt::ENCODED_LEN;
+    let body = message
+        .strip_prefix(&RECEIPTS_TAG[..])
+        .ok_or(ReceiptsMessageError::NotReceipts)?;
+    if body.is_empty()
+        || body.len() % ENCODED_LEN != 0
+        || body.len() > RECEIPTS_PER_MESSAGE * ENCODED_LEN
+    {
+        return Err(ReceiptsMessageError::Length(body.len()));
+    }
+    body.chunks(ENCODED_LEN)
+        .enumerate()
+        .map(|(index, c)| {
+            let r = SignedReceipt::decode(c)
+                .map_err(|source| ReceiptsMessageError::Receipt { index, source })?;
+            r.verify()
+                .map_err(|source| ReceiptsMessageError::Receipt { index, source })?;
+            Ok(r)
+        })
+        .collect()
+}
+
 /// The anchor message: a tag, the period, the receipt count and the Merkle root.
 pub fn anchor_message(period: u64, count: u64, root: &Hash) -> Vec<u8> {
     let mut m = b"streamspace-period-v1".to_vec();

@@ -701,3 +701,45 @@ fn journal_lists_the_periods_it_holds() {
     assert_eq!(journal.periods().unwrap(), [3, 7, u64::MAX]);
     assert_eq!(journal.receipts(7).unwrap().len(), 2);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Receipts messages round-trip; any change to a message's bytes is refused or decodes to
+    /// receipts that still verify (never a panic).
+    #[test]
+    fn receipts_messages_round_trip(
+        n in 1usize..13,
+        amount in 0u64..u64::MAX / 2,
+        flip in any::<prop::sample::Index>(),
+        bit in 0u8..8,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        use streamspace_payments::settle::{parse_receipts_message, receipts_messages, ReceiptsMessageError};
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let receipts: Vec<_> = (0..n as u64)
+            .map(|i| ReceiptBody {
+                payer: AccountId::new(1001),
+                payee: AccountId::new(2000 + i),
+                period: 4,
+                amount: amount + i,
+                shards: i,
+            }.sign(&key))
+            .collect();
+        let messages = receipts_messages(&receipts);
+        prop_assert_eq!(messages.len(), n.div_ceil(5));
+        prop_assert!(messages.iter().all(|m| m.len() <= 1024));
+        let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m).unwrap()).collect();
+        prop_assert_eq!(&back, &receipts);
+        let mut bad = messages[0].to_vec();
+        let i = flip.index(bad.len());
+        bad[i] ^= 1 << bit;
+        match parse_receipts_message(&bad) {
+            Err(_) => {}
+            Ok(rs) => prop_assert!(rs.iter().all(|r| r.verify().is_ok())),
+        }
+        let short = &messages[0][..cut.index(messages[0].len())];
+        prop_assert!(parse_receipts_message(short).is_err());
+        prop_assert_eq!(parse_receipts_message(b"streamspace-period-v1"), Err(ReceiptsMessageError::NotReceipts));
+    }
+}

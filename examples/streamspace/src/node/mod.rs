@@ -30,8 +30,10 @@ use streamspace_ledger::{
     AccountId, Ledger, LocalLedger, Operator, PublicKey, SystemClock, TopicId,
 };
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
-use streamspace_payments::receipt::{ENCODED_LEN, SignedReceipt};
-use streamspace_payments::settle::{Journal, Settler};
+use streamspace_payments::receipt::SignedReceipt;
+use streamspace_payments::settle::{
+    Journal, RECEIPTS_TAG, Settler, parse_receipts_message, receipts_messages,
+};
 use streamspace_shard::store::DiskStore;
 use streamspace_transport::allowlist::SignedAllowlist;
 use streamspace_transport::meter::{Decision, Free, Meter};
@@ -40,10 +42,6 @@ use tokio::sync::watch;
 
 use config::{FileConfig, LedgerSection, Member, TierName};
 
-/// Tag of a settlement-topic message carrying receipts.
-const RECEIPTS_TAG: &[u8] = b"streamspace-receipts-v1";
-/// Receipts per topic message (a message stays within one 1,024-byte chunk).
-const RECEIPTS_PER_MESSAGE: usize = 5;
 /// How often the node journals its newest receipts (what a crash may lose at most).
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
@@ -248,41 +246,6 @@ impl Meter for Paid {
         }
         ok
     }
-}
-
-/// The receipts in settlement-topic messages.
-pub(crate) fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
-    receipts
-        .chunks(RECEIPTS_PER_MESSAGE)
-        .map(|c| {
-            let mut m = RECEIPTS_TAG.to_vec();
-            for r in c {
-                m.extend_from_slice(&r.encode());
-            }
-            Bytes::from(m)
-        })
-        .collect()
-}
-
-/// Decodes and verifies a settlement-topic message of receipts.
-pub(crate) fn parse_receipts(message: &[u8]) -> Result<Vec<SignedReceipt>> {
-    let Some(body) = message.strip_prefix(RECEIPTS_TAG) else {
-        bail!("not a receipts message");
-    };
-    if body.is_empty() || body.len() % ENCODED_LEN != 0 {
-        bail!(
-            "receipts message of {} bytes: not a whole number of {ENCODED_LEN}-byte receipts",
-            body.len()
-        );
-    }
-    body.chunks(ENCODED_LEN)
-        .enumerate()
-        .map(|(i, c)| {
-            let r = SignedReceipt::decode(c).with_context(|| format!("receipt {i}"))?;
-            r.verify().with_context(|| format!("receipt {i}"))?;
-            Ok(r)
-        })
-        .collect()
 }
 
 /// The embedded ledger served over Hedera's gRPC API.
@@ -779,7 +742,7 @@ async fn clear<L: Ledger>(c: &mut Clearing<L>, ledger: &L, topic: TopicId, perio
                 if !m.message.starts_with(RECEIPTS_TAG) {
                     continue;
                 }
-                match parse_receipts(&m.message) {
+                match parse_receipts_message(&m.message) {
                     Ok(rs) => {
                         let known: Vec<SignedReceipt> = rs
                             .into_iter()
@@ -833,44 +796,5 @@ async fn clear<L: Ledger>(c: &mut Clearing<L>, ledger: &L, topic: TopicId, perio
             }
             Err(e) => tracing::error!(error = %e, period, "settling"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use streamspace_payments::ReceiptBody;
-
-    #[test]
-    fn receipts_messages_round_trip_and_fit_one_chunk() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let receipts: Vec<SignedReceipt> = (0..12)
-            .map(|i| {
-                ReceiptBody {
-                    payer: AccountId::new(1001),
-                    payee: AccountId::new(1002 + i),
-                    period: 9,
-                    amount: 10_000 * (i + 1),
-                    shards: i + 1,
-                }
-                .sign(&key)
-            })
-            .collect();
-        let messages = receipts_messages(&receipts);
-        assert_eq!(messages.len(), 3);
-        assert!(messages.iter().all(|m| m.len() <= 1024));
-        let back: Vec<SignedReceipt> = messages
-            .iter()
-            .flat_map(|m| parse_receipts(m).expect("parses"))
-            .collect();
-        assert_eq!(back, receipts);
-        // Tampering, truncation and foreign messages are refused with a reason.
-        let mut bad = messages[0].to_vec();
-        let last = bad.len() - 1;
-        bad[last] ^= 1;
-        assert!(format!("{:#}", parse_receipts(&bad).unwrap_err()).contains("receipt 4"));
-        assert!(parse_receipts(&messages[0][..100]).is_err());
-        assert!(parse_receipts(b"streamspace-period-v1").is_err());
-        assert!(parse_receipts(RECEIPTS_TAG).is_err());
     }
 }

@@ -16,8 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{MemoryStore, add_reader};
-use streamspace_transport::meter::Free;
-use streamspace_transport::{Config, FetchOptions, Keypair, Node, Tier};
+use streamspace_transport::meter::{Decision, Meter};
+use streamspace_transport::{Config, FetchOptions, Keypair, Node, PeerId, Tier};
 
 use model::{Params, quantile};
 
@@ -42,10 +42,10 @@ pub(crate) struct SimArgs {
     /// Playback bit rate, Mbit/s.
     #[arg(long, default_value_t = 4.0)]
     bitrate_mbps: f64,
-    /// Viewers' upload and download rate, Mbit/s (model).
+    /// Viewers' upload and download rate, Mbit/s (real nodes: upload only).
     #[arg(long, default_value_t = 50.0)]
     link_mbps: f64,
-    /// The origin's upload rate, Mbit/s (model).
+    /// The origin's upload rate, Mbit/s.
     #[arg(long, default_value_t = 1000.0)]
     origin_mbps: f64,
     /// One-way link latency, milliseconds (model).
@@ -240,9 +240,51 @@ fn ideal(n: usize) -> f64 {
     1.0 - 1.0 / n.max(1) as f64
 }
 
+/// Shapes a real node's upload to a link rate through the metering hook: a token bucket of
+/// one shard's depth; a shard the bucket cannot pay for yet is paused (the peer asks again, or
+/// asks another peer), as a busy uplink would delay it.
+struct Uplink {
+    bytes_per_sec: f64,
+    bucket: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl Uplink {
+    fn new(bits_per_sec: f64) -> Self {
+        let bytes_per_sec = bits_per_sec / 8.0;
+        Self {
+            bytes_per_sec,
+            bucket: std::sync::Mutex::new((SHARD as f64, Instant::now())),
+        }
+    }
+}
+
+const SHARD: usize = 262_144;
+
+impl Meter for Uplink {
+    fn before_send(&self, _: &PeerId, _: &cid::Cid, bytes: usize) -> Decision {
+        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, at) = *b;
+        let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.bytes_per_sec)
+            .min(SHARD.max(bytes) as f64);
+        if tokens >= bytes as f64 {
+            *b = (tokens - bytes as f64, now);
+            Decision::Serve
+        } else {
+            *b = (tokens, now);
+            let wait = (bytes as f64 - tokens) / self.bytes_per_sec;
+            Decision::Pause {
+                retry_after_ms: (wait * 1e3).ceil().max(1.0) as u64,
+            }
+        }
+    }
+
+    fn received(&self, _: &PeerId, _: &cid::Cid, _: usize) {}
+}
+
 /// Real nodes on loopback: an origin and `n` viewers arriving over the arrival period, each
-/// fetching the item with the playback window and announcing itself as a provider. Links run
-/// at loopback speed: link rates and latency apply to the model only.
+/// fetching the item with the playback window and announcing itself as a provider. Uploads are
+/// shaped to the link rates through the metering hook; downloads and latency are loopback's.
 async fn real(args: &SimArgs, n: usize) -> Result<Row> {
     let started = Instant::now();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -253,14 +295,19 @@ async fn real(args: &SimArgs, n: usize) -> Result<Row> {
     } else {
         ProgressBar::hidden()
     };
-    let start = |tier: Tier, bootstrap: Vec<_>| async move {
+    let start = |tier: Tier, bootstrap: Vec<_>, uplink: f64| async move {
         let mut config = Config::new(Keypair::generate_ed25519()).loopback();
         config.network = "sim".into();
         config.tier = tier;
         config.bootstrap = bootstrap;
-        Node::start(config, Arc::new(MemoryStore::new()), Arc::new(Free)).await
+        Node::start(
+            config,
+            Arc::new(MemoryStore::new()),
+            Arc::new(Uplink::new(uplink)),
+        )
+        .await
     };
-    let origin = start(Tier::Tier1, Vec::new()).await?;
+    let origin = start(Tier::Tier1, Vec::new(), args.origin_mbps * 1e6).await?;
     let len = args.shards as u64 * 262_144;
     let root = add_reader(
         Some(origin.store().as_ref()),
@@ -272,7 +319,7 @@ async fn real(args: &SimArgs, n: usize) -> Result<Row> {
     let boot = origin.dialable_addrs().await?;
     let mut viewers = Vec::with_capacity(n);
     for _ in 0..n {
-        viewers.push(start(Tier::Edge, boot.clone()).await?);
+        viewers.push(start(Tier::Edge, boot.clone(), args.link_mbps * 1e6).await?);
     }
     let mut rng = model_rng(args.seed);
     let mut tasks = Vec::with_capacity(n);
