@@ -7,6 +7,7 @@
 
 mod model;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,13 +43,13 @@ pub(crate) struct SimArgs {
     /// Playback bit rate, Mbit/s.
     #[arg(long, default_value_t = 4.0)]
     bitrate_mbps: f64,
-    /// Viewers' upload and download rate, Mbit/s (real nodes: upload only).
+    /// Viewers' upload and download rate, Mbit/s.
     #[arg(long, default_value_t = 50.0)]
     link_mbps: f64,
     /// The origin's upload rate, Mbit/s.
     #[arg(long, default_value_t = 1000.0)]
     origin_mbps: f64,
-    /// One-way link latency, milliseconds (model).
+    /// One-way link latency, milliseconds (model; real nodes have loopback's).
     #[arg(long, default_value_t = 50.0)]
     latency_ms: f64,
     /// Viewers arrive uniformly at random over this many seconds.
@@ -240,39 +241,73 @@ fn ideal(n: usize) -> f64 {
     1.0 - 1.0 / n.max(1) as f64
 }
 
-/// Shapes a real node's upload to a link rate through the metering hook: a token bucket of
-/// one shard's depth; a shard the bucket cannot pay for yet is paused (the peer asks again, or
-/// asks another peer), as a busy uplink would delay it.
-struct Uplink {
-    bytes_per_sec: f64,
-    bucket: std::sync::Mutex<(f64, Instant)>,
+/// A token bucket: bytes a link may send now, refilled at its rate, as deep as what the link
+/// sends in the model's queue limit (at least one shard).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+    rate: f64,
+    depth: f64,
 }
 
-impl Uplink {
-    fn new(bits_per_sec: f64) -> Self {
-        let bytes_per_sec = bits_per_sec / 8.0;
+impl Bucket {
+    fn new(bits_per_sec: f64, queue_secs: f64) -> Self {
+        let rate = bits_per_sec / 8.0;
+        let depth = (rate * queue_secs).max(SHARD as f64);
         Self {
-            bytes_per_sec,
-            bucket: std::sync::Mutex::new((SHARD as f64, Instant::now())),
+            tokens: depth,
+            at: Instant::now(),
+            rate,
+            depth,
         }
     }
+
+    /// Seconds until `bytes` can go, after refilling to `now` (0 when they can go at once).
+    fn wait(&mut self, bytes: f64, now: Instant) -> f64 {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate)
+            .min(self.depth.max(bytes));
+        self.at = now;
+        ((bytes - self.tokens) / self.rate).max(0.0)
+    }
+}
+
+/// The download links of every real node of a run (they share this process): a sender checks
+/// the receiver's link as well as its own.
+struct Downlinks {
+    bits_per_sec: f64,
+    links: std::sync::Mutex<HashMap<PeerId, Bucket>>,
+}
+
+/// Shapes a real node's links through the metering hook: a shard goes only when the sender's
+/// uplink and the receiver's downlink can both take it; otherwise it is paused (the receiver
+/// asks again, or asks another peer), as a link with that much queued would refuse it.
+struct Shaped {
+    uplink: std::sync::Mutex<Bucket>,
+    downlinks: Arc<Downlinks>,
 }
 
 const SHARD: usize = 262_144;
 
-impl Meter for Uplink {
-    fn before_send(&self, _: &PeerId, _: &cid::Cid, bytes: usize) -> Decision {
-        let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+impl Meter for Shaped {
+    fn before_send(&self, peer: &PeerId, _: &cid::Cid, bytes: usize) -> Decision {
         let now = Instant::now();
-        let (tokens, at) = *b;
-        let tokens = (tokens + now.duration_since(at).as_secs_f64() * self.bytes_per_sec)
-            .min(SHARD.max(bytes) as f64);
-        if tokens >= bytes as f64 {
-            *b = (tokens - bytes as f64, now);
+        let queue = Params::default().queue_limit;
+        let mut up = self.uplink.lock().unwrap_or_else(|p| p.into_inner());
+        let mut downs = self
+            .downlinks
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let down = downs
+            .entry(*peer)
+            .or_insert_with(|| Bucket::new(self.downlinks.bits_per_sec, queue));
+        let wait = up.wait(bytes as f64, now).max(down.wait(bytes as f64, now));
+        if wait == 0.0 {
+            up.tokens -= bytes as f64;
+            down.tokens -= bytes as f64;
             Decision::Serve
         } else {
-            *b = (tokens, now);
-            let wait = (bytes as f64 - tokens) / self.bytes_per_sec;
             Decision::Pause {
                 retry_after_ms: (wait * 1e3).ceil().max(1.0) as u64,
             }
@@ -283,8 +318,8 @@ impl Meter for Uplink {
 }
 
 /// Real nodes on loopback: an origin and `n` viewers arriving over the arrival period, each
-/// fetching the item with the playback window and announcing itself as a provider. Uploads are
-/// shaped to the link rates through the metering hook; downloads and latency are loopback's.
+/// fetching the item with the playback window and announcing itself as a provider. Uploads and
+/// downloads are shaped to the link rates through the metering hook; latency is loopback's.
 async fn real(args: &SimArgs, n: usize) -> Result<Row> {
     let started = Instant::now();
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -295,17 +330,23 @@ async fn real(args: &SimArgs, n: usize) -> Result<Row> {
     } else {
         ProgressBar::hidden()
     };
-    let start = |tier: Tier, bootstrap: Vec<_>, uplink: f64| async move {
-        let mut config = Config::new(Keypair::generate_ed25519()).loopback();
-        config.network = "sim".into();
-        config.tier = tier;
-        config.bootstrap = bootstrap;
-        Node::start(
-            config,
-            Arc::new(MemoryStore::new()),
-            Arc::new(Uplink::new(uplink)),
-        )
-        .await
+    let downlinks = Arc::new(Downlinks {
+        bits_per_sec: args.link_mbps * 1e6,
+        links: std::sync::Mutex::new(HashMap::new()),
+    });
+    let start = |tier: Tier, bootstrap: Vec<_>, uplink: f64| {
+        let downlinks = downlinks.clone();
+        async move {
+            let mut config = Config::new(Keypair::generate_ed25519()).loopback();
+            config.network = "sim".into();
+            config.tier = tier;
+            config.bootstrap = bootstrap;
+            let meter = Shaped {
+                uplink: std::sync::Mutex::new(Bucket::new(uplink, Params::default().queue_limit)),
+                downlinks,
+            };
+            Node::start(config, Arc::new(MemoryStore::new()), Arc::new(meter)).await
+        }
     };
     let origin = start(Tier::Tier1, Vec::new(), args.origin_mbps * 1e6).await?;
     let len = args.shards as u64 * 262_144;
