@@ -3,7 +3,8 @@
 //! A publisher, two Tier-1 nodes, eight edge nodes and three viewers start; the publisher
 //! encrypts and publishes an item and lists it on the market; the Tier-1 nodes replicate it and
 //! the edge nodes cache it, taking blocks from each other; the viewers buy it, receive the key
-//! wrapped to their device, fetch it from the network (verifying every block) and decrypt it;
+//! wrapped to their device, fetch it from the network (verifying every block) and play it
+//! through their gateway's decrypting path (`/play`);
 //! every node that served is paid as it goes with signed cumulative receipts, sent over the
 //! exchange protocol to the payee's metering hook, which serves at most a few shards ahead of
 //! the newest receipt; the period closes and settles on the ledger. The report says who served
@@ -29,8 +30,7 @@ use streamspace_market::message::{Listing, ListingId, Share, Terms};
 use streamspace_market::service::{self, DeviceKey, KeyRequest, KeyService};
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
 use streamspace_payments::settle::{Journal, Settler, lock_collateral};
-use streamspace_shard::crypto::{ContentKey, cat_decrypted};
-use streamspace_shard::export::ByteRange;
+use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{MemoryStore, add_encrypted};
 use streamspace_transport::meter::{Decision, Meter};
@@ -387,13 +387,27 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
                 },
             )
             .await?;
-        let watched: Vec<Bytes> =
-            cat_decrypted(viewer.node.store().as_ref(), root.cid, &key, ByteRange::ALL)
-                .try_collect()
-                .await?;
+        // The viewer's player reads the item through its gateway's decrypting path, with the
+        // key released against its license.
+        let keyring = crate::gateway::Keyring::from([(root.cid, key)]);
+        let player = crate::gateway::router_with_keys(
+            viewer.node.clone(),
+            Arc::new(crate::gateway::CacheStats::default()),
+            Arc::new(keyring),
+        );
+        let request = axum::http::Request::get(format!("/play/{}", root.cid))
+            .body(axum::body::Body::empty())?;
+        let response = tower::ServiceExt::oneshot(player, request).await?;
+        ensure!(
+            response.status() == axum::http::StatusCode::OK,
+            "{}'s player got {}",
+            viewer.name,
+            response.status()
+        );
+        let mut body = response.into_body().into_data_stream();
         let mut h = Sha256::new();
-        for part in &watched {
-            h.update(part);
+        while let Some(part) = body.try_next().await? {
+            h.update(&part);
         }
         ensure!(
             h.finalize()[..] == expected[..],
@@ -403,7 +417,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
         let startup = report.first_block.unwrap_or_default();
         startups.push(startup);
         println!(
-            "[{}]  bought, key released to its device; first verified shard after {:.1} ms, all {} in {:.2?} from {} peers, {:.1} MiB decrypted and checked in {:.2?}",
+            "[{}]  bought, key released to its device; first verified shard after {:.1} ms, all {} in {:.2?} from {} peers, {:.1} MiB played through /play, decrypted and checked, in {:.2?}",
             viewer.name,
             startup.as_secs_f64() * 1e3,
             report.blocks,
