@@ -632,23 +632,41 @@ async fn serve<S: BlockStore + 'static>(
             if let Err(r) = fetch(&node, &cache, target, Some((offset, count)), &path).await {
                 return r;
             }
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+            let (tx, body) = body_pipe();
             tokio::spawn(async move {
-                let mut parts = std::pin::pin!(cat(
-                    store.as_ref(),
-                    target,
-                    ByteRange::new(offset, Some(count))
-                ));
-                while let Some(p) = parts.next().await {
-                    let p = p.map_err(std::io::Error::other);
-                    let stop = p.is_err();
-                    if tx.send(p).await.is_err() || stop {
-                        break;
-                    }
-                }
+                let range = ByteRange::new(offset, Some(count));
+                forward(cat(store.as_ref(), target, range), tx).await;
             });
-            let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
             (status, h, body).into_response()
+        }
+    }
+}
+
+type Piece = Result<bytes::Bytes, std::io::Error>;
+
+/// A response body fed through a small bounded channel: memory stays at a few pieces.
+fn body_pipe() -> (tokio::sync::mpsc::Sender<Piece>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    (
+        tx,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+}
+
+/// Sends `parts` into a body pipe, stopping at the first error (which ends the body early) or
+/// when the client goes away.
+async fn forward<E>(
+    parts: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+    tx: tokio::sync::mpsc::Sender<Piece>,
+) where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut parts = std::pin::pin!(parts);
+    while let Some(p) = parts.next().await {
+        let p = p.map_err(std::io::Error::other);
+        let stop = p.is_err();
+        if tx.send(p).await.is_err() || stop {
+            break;
         }
     }
 }
@@ -801,23 +819,11 @@ async fn play<S: BlockStore + 'static>(
         return r;
     }
     let store = node.store().clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let (tx, body) = body_pipe();
     tokio::spawn(async move {
-        let mut parts = std::pin::pin!(cat_decrypted(
-            store.as_ref(),
-            target,
-            &key,
-            ByteRange::new(offset, Some(count))
-        ));
-        while let Some(p) = parts.next().await {
-            let p = p.map_err(std::io::Error::other);
-            let stop = p.is_err();
-            if tx.send(p).await.is_err() || stop {
-                break;
-            }
-        }
+        let range = ByteRange::new(offset, Some(count));
+        forward(cat_decrypted(store.as_ref(), target, &key, range), tx).await;
     });
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     (status, h, body).into_response()
 }
 
@@ -835,6 +841,23 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// An origin node and a gateway's node that joined through it.
+    async fn origin_and_gateway() -> (Node<MemoryStore>, Node<MemoryStore>) {
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        (origin, gw_node)
+    }
 
     async fn body(r: Response) -> Vec<u8> {
         r.into_body().collect().await.unwrap().to_bytes().to_vec()
@@ -856,13 +879,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_raw_car_and_ranges_fetching_from_the_network() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let origin = Node::start(
-            Config::new(Keypair::generate_ed25519()).loopback(),
-            Arc::new(MemoryStore::new()),
-            Arc::new(Free),
-        )
-        .await
-        .unwrap();
+        let (origin, gw_node) = origin_and_gateway().await;
         let root = add_reader(
             Some(origin.store().as_ref()),
             std::io::Cursor::new(data.clone()),
@@ -872,11 +889,6 @@ mod tests {
         .unwrap()
         .cid;
         origin.provide(root).await.unwrap();
-        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
-        c.bootstrap = origin.dialable_addrs().await.unwrap();
-        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
-            .await
-            .unwrap();
         let app = router(gw_node.clone(), std::sync::Arc::new(CacheStats::default()));
         let get = |uri: String, hdr: Option<(&'static str, &'static str)>| {
             let mut b = Request::get(uri);
@@ -956,13 +968,7 @@ mod tests {
         let data: Vec<u8> = (0..(3 * PLAIN_CHUNK + 100) as u32)
             .map(|i| (i * 13 % 251) as u8)
             .collect();
-        let origin = Node::start(
-            Config::new(Keypair::generate_ed25519()).loopback(),
-            Arc::new(MemoryStore::new()),
-            Arc::new(Free),
-        )
-        .await
-        .unwrap();
+        let (origin, gw_node) = origin_and_gateway().await;
         let key = ContentKey::generate();
         let root = streamspace_shard::store::add_encrypted(
             Some(origin.store().as_ref()),
@@ -974,11 +980,6 @@ mod tests {
         .unwrap()
         .cid;
         origin.provide(root).await.unwrap();
-        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
-        c.bootstrap = origin.dialable_addrs().await.unwrap();
-        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
-            .await
-            .unwrap();
         let keys = Arc::new(Keyring::from([(root, key)]));
         let app = router_with_keys(gw_node.clone(), Arc::new(CacheStats::default()), keys);
         let get = |uri: String, range: Option<String>| {
@@ -1038,13 +1039,7 @@ mod tests {
         let a: Vec<u8> = (0..600_000u32).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(site.join("a.bin"), &a).unwrap();
         std::fs::write(site.join("b.txt"), b"bee").unwrap();
-        let origin = Node::start(
-            Config::new(Keypair::generate_ed25519()).loopback(),
-            Arc::new(MemoryStore::new()),
-            Arc::new(Free),
-        )
-        .await
-        .unwrap();
+        let (origin, gw_node) = origin_and_gateway().await;
         let root = streamspace_shard::store::add_path(
             Some(origin.store().as_ref()),
             site,
@@ -1056,11 +1051,6 @@ mod tests {
         .unwrap()
         .cid;
         origin.provide(root).await.unwrap();
-        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
-        c.bootstrap = origin.dialable_addrs().await.unwrap();
-        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
-            .await
-            .unwrap();
         let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
         // Each CAR is read back with every block verified; it is rooted at the requested root.
         let car = |uri: String| {

@@ -541,39 +541,17 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
     let cache = Arc::new(crate::gateway::CacheStats::default());
     let mut servers = Vec::new();
     if let Some(addr) = cfg.node.gateway {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the gateway to {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "gateway listening");
         let app = crate::gateway::router(node.clone(), cache.clone());
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
+        servers.push(serve_http(addr, "gateway", app, stop_rx.clone()).await?);
     }
     if let Some(addr) = cfg.node.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the metrics endpoint to {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "metrics on /metrics");
         let app = metrics::router(metrics::Sources {
             node: node.clone(),
             paid: paid.clone(),
             cache: cache.clone(),
             earned_last: earned_last.clone(),
         });
-        let mut stop = stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
+        servers.push(serve_http(addr, "metrics (/metrics)", app, stop_rx.clone()).await?);
     }
 
     if let (Some(s), Some(_)) = (&settlement, &paid) {
@@ -644,6 +622,26 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
         "stopped"
     );
     Ok(())
+}
+
+/// Serves `app` on `addr` until `stop` turns true.
+async fn serve_http(
+    addr: SocketAddr,
+    what: &str,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} endpoint to {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "{what} listening");
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    }))
 }
 
 fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::PublicKey> {
