@@ -118,6 +118,8 @@ pub struct FetchReport {
     pub hedged: u64,
     /// Verified blocks that arrived after another copy (hedged requests).
     pub duplicates: u64,
+    /// Blocks cancelled at a peer after another peer sent them first (hedged requests).
+    pub cancelled: u64,
     /// Time until the first verified block arrived.
     pub first_block: Option<Duration>,
     /// Time for the whole fetch.
@@ -734,6 +736,8 @@ impl<S: BlockStore + 'static> Node<S> {
                 let mut got = Vec::new();
                 let mut bytes = 0u64;
                 let mut used = 0;
+                // Blocks also asked of other peers (hedged), now no longer wanted from them.
+                let mut cancel: HashMap<PeerId, Vec<Cid>> = HashMap::new();
                 for key in keys {
                     let Some(flight) = s.flying.get_mut(&key) else {
                         // Another copy arrived first.
@@ -745,6 +749,9 @@ impl<S: BlockStore + 'static> Node<S> {
                         Some(data) if !bad.contains(&cid) => {
                             bytes += data.len() as u64;
                             if let Some(f) = s.flying.remove(&key) {
+                                for other in f.peers.iter().filter(|p| **p != peer) {
+                                    cancel.entry(*other).or_default().push(cid);
+                                }
                                 got.push((key, f.need, data.clone()));
                             }
                         }
@@ -769,6 +776,14 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                 }
                 s.report.duplicates += by_cid.len().saturating_sub(used) as u64;
+                for (other, cids) in cancel {
+                    s.report.cancelled += cids.len() as u64;
+                    // Fire and forget: a cancel that arrives too late costs a duplicate only.
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let _ = node.request(other, Request::Cancel { cids }).await;
+                    });
+                }
                 let score = s.peers.entry(peer).or_default();
                 score.bytes += bytes;
                 score.busy += took;

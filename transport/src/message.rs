@@ -10,6 +10,7 @@
 //!          | 0x02 have   root? cids        ask which of these the peer holds
 //!          | 0x03 status                   ask the peer's tier, spare capacity and roots
 //!          | 0x04 payment data             hand the peer a payment (a receipt), opaque here
+//!          | 0x05 cancel cids              blocks asked for earlier and no longer wanted
 //! response = 0x81 blocks (cid data)* missing-cids deferred-cids
 //!          | 0x82 haves  count bitmap
 //!          | 0x83 status tier capacity roots
@@ -87,6 +88,12 @@ pub enum Request {
     Payment {
         /// The payment, opaque to the transport.
         data: Bytes,
+    },
+    /// Blocks asked for earlier (another peer sent them first): not to be sent if not sent
+    /// yet. Answered with [`Response::Accepted`].
+    Cancel {
+        /// The blocks no longer wanted.
+        cids: Vec<Cid>,
     },
 }
 
@@ -326,6 +333,10 @@ impl Request {
                 put_varint(&mut out, data.len() as u64);
                 out.put_slice(data);
             }
+            Self::Cancel { cids } => {
+                out.put_u8(0x05);
+                put_cids(&mut out, cids);
+            }
         }
         out.freeze()
     }
@@ -375,6 +386,9 @@ impl Request {
                     data: r.bytes(n, "payment")?,
                 }
             }
+            0x05 => Self::Cancel {
+                cids: r.cids(MAX_WANT)?,
+            },
             tag => {
                 return Err(MessageError::Tag {
                     offset: 0,

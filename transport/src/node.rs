@@ -248,6 +248,8 @@ pub struct Stats {
     pub bad_blocks: u64,
     /// Bans imposed.
     pub bans: u64,
+    /// Blocks not sent because their requester cancelled them.
+    pub cancelled: u64,
     /// Per peer.
     pub peers: HashMap<PeerId, PeerCounters>,
 }
@@ -291,6 +293,41 @@ pub(crate) struct Shared<S> {
     pub(crate) tier: Tier,
     pub(crate) request_timeout: Duration,
     pub(crate) viewed: Mutex<crate::cache::Viewed>,
+    /// Blocks peers cancelled, until a want of theirs skips them (bounded; oldest forgotten).
+    pub(crate) cancelled: Mutex<Cancelled>,
+}
+
+/// Most cancelled blocks remembered, over all peers.
+const MAX_CANCELLED: usize = 4096;
+
+/// Cancelled (peer, block) pairs, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Cancelled {
+    set: std::collections::HashSet<(PeerId, Cid)>,
+    order: std::collections::VecDeque<(PeerId, Cid)>,
+}
+
+impl Cancelled {
+    fn insert(&mut self, peer: PeerId, cid: Cid) {
+        if self.set.insert((peer, cid)) {
+            self.order.push_back((peer, cid));
+        }
+        while self.order.len() > MAX_CANCELLED {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `peer` cancelled `cid` (forgetting it: a later want of it is served).
+    fn take(&mut self, peer: &PeerId, cid: &Cid) -> bool {
+        if self.set.remove(&(*peer, *cid)) {
+            self.order.retain(|e| e != &(*peer, *cid));
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl<S> Shared<S> {
@@ -474,6 +511,7 @@ impl<S: BlockStore + 'static> Node<S> {
             tier: config.tier,
             request_timeout,
             viewed: Mutex::default(),
+            cancelled: Mutex::default(),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver {
@@ -1115,6 +1153,23 @@ impl<S: BlockStore + 'static> Driver<S> {
         {
             self.note_demand(peer, *root);
         }
+        if let Request::Cancel { cids } = &request {
+            let mut c = self
+                .shared
+                .cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for cid in cids.iter().take(MAX_WANT) {
+                c.insert(peer, *cid);
+            }
+            drop(c);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_response(channel, Response::Accepted);
+            return;
+        }
         if let Request::Status = request {
             let resp = Response::Status {
                 tier: self.shared.tier,
@@ -1163,6 +1218,15 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
             let mut total = 0usize;
             let mut refusal = None;
             for cid in cids.into_iter().take(MAX_WANT) {
+                let cancelled = shared
+                    .cancelled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(&peer, &cid);
+                if cancelled {
+                    shared.with_stats(|s| s.cancelled += 1);
+                    continue;
+                }
                 if refusal.is_some() || total >= MAX_RESPONSE_DATA {
                     deferred.push(cid);
                     continue;
@@ -1234,7 +1298,7 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                 }
             }
         }
-        Request::Status => Response::Refused {
+        Request::Status | Request::Cancel { .. } => Response::Refused {
             reason: RefusalReason::Refused,
             retry_after_ms: 0,
         },

@@ -40,6 +40,7 @@ fn request() -> impl Strategy<Value = Request> {
         prop::collection::vec(any::<u8>(), 0..1024).prop_map(|d| Request::Payment {
             data: Bytes::from(d)
         }),
+        cids().prop_map(|cids| Request::Cancel { cids }),
     ]
 }
 

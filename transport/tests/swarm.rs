@@ -780,6 +780,9 @@ async fn a_late_window_block_is_asked_of_another_peer() {
     if report.hedged == 0 {
         // Nothing was asked of the slow peer at all.
         assert_eq!(slow.stats().shards_served, 0);
+    } else {
+        // What the fast peer sent first was cancelled at the slow one.
+        assert!(report.cancelled >= 1, "{report:?}");
     }
     for n in [&viewer, &fast] {
         n.shutdown().await;
@@ -842,5 +845,61 @@ async fn pubsub_messages_reach_every_subscriber_and_oversized_ones_are_refused()
     hub.shutdown().await;
     for m in members {
         m.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_blocks_are_not_sent_and_a_later_want_is_served() {
+    let server = start(config(), MemoryStore::new()).await;
+    let blocks: Vec<Cid> = {
+        let mut out = Vec::new();
+        for i in 0..3u8 {
+            let root = publish(&server, &[i; 100]).await;
+            out.push(root);
+        }
+        out
+    };
+    let client = start(config(), MemoryStore::new()).await;
+    client
+        .dial(server.dialable_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let peer = server.peer_id();
+    let accepted = client
+        .request(
+            peer,
+            Request::Cancel {
+                cids: blocks[1..].to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(accepted, Response::Accepted);
+    let want = |cids: Vec<Cid>| Request::Want { root: None, cids };
+    let Response::Blocks {
+        blocks: sent,
+        missing,
+        deferred,
+    } = client.request(peer, want(blocks.clone())).await.unwrap()
+    else {
+        panic!("not a blocks response");
+    };
+    assert_eq!(
+        sent.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [blocks[0]]
+    );
+    assert!(missing.is_empty() && deferred.is_empty());
+    assert_eq!(server.stats().cancelled, 2);
+    // A cancel holds for one want only: asked again, the blocks come.
+    let Response::Blocks { blocks: sent, .. } = client
+        .request(peer, want(blocks[1..].to_vec()))
+        .await
+        .unwrap()
+    else {
+        panic!("not a blocks response");
+    };
+    assert_eq!(sent.len(), 2);
+    for n in [&client, &server] {
+        n.shutdown().await;
     }
 }
