@@ -8,7 +8,8 @@
 //!
 //! - [`Node::fetch`] downloads a DAG, or only the blocks a byte range of a file needs, from many
 //!   peers at once: in playback order within a window, each block verified against its CID,
-//!   failed requests asked elsewhere, peers that send bad blocks reported and banned.
+//!   failed requests asked elsewhere, late ones also asked of another peer and cancelled at the
+//!   first once a copy arrives, peers that send bad blocks reported and banned.
 //! - A closed network admits only the peers on a list its operator signed
 //!   ([`allowlist::SignedAllowlist`]); others are refused when they connect, and counted.
 //! - Every shard sent or received goes through a [`meter::Meter`], which may pause or refuse
