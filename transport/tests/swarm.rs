@@ -806,36 +806,37 @@ async fn pubsub_messages_reach_every_subscriber_and_oversized_ones_are_refused()
         inboxes.push(m.events());
         m.subscribe(topic).await.unwrap();
     }
-    // The mesh forms at the next heartbeats; publishing before a peer has joined fails.
+    // The mesh forms over the next heartbeats, and a subscriber that has not joined yet misses
+    // what is published before: publish again (each a new message) until every subscriber has
+    // received one.
     let payload = Bytes::from_static(b"release 1.2.0");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match hub.publish(topic, payload.clone()).await {
-            Ok(()) => break,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("no subscriber joined: {e}"),
-        }
-    }
-    for inbox in &mut inboxes {
-        let got = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                if let Ok(NodeEvent::Message {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut got: Vec<Option<(String, Option<PeerId>, Bytes)>> = vec![None; inboxes.len()];
+    while got.iter().any(Option::is_none) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every subscriber received a message: {got:?}"
+        );
+        // Before any subscriber has joined, publishing fails; that is retried too.
+        let _ = hub.publish(topic, payload.clone()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (inbox, slot) in inboxes.iter_mut().zip(&mut got) {
+            while let Ok(event) = inbox.try_recv() {
+                if let NodeEvent::Message {
                     topic: t,
                     source,
                     data,
-                }) = inbox.recv().await
+                } = event
                 {
-                    return (t, source, data);
+                    slot.get_or_insert((t, source, data));
                 }
             }
-        })
-        .await
-        .expect("message delivered");
-        assert_eq!(got.0, topic);
-        assert_eq!(got.1, Some(hub.peer_id()));
-        assert_eq!(got.2, payload);
+        }
+    }
+    for (t, source, data) in got.into_iter().flatten() {
+        assert_eq!(t, topic);
+        assert_eq!(source, Some(hub.peer_id()));
+        assert_eq!(data, payload);
     }
     let too_big = Bytes::from(vec![0u8; streamspace_transport::MAX_PUBSUB_MESSAGE + 1]);
     assert!(matches!(
