@@ -225,7 +225,11 @@ impl PeerScore {
     fn failed(&mut self, max_failures: u32, bench: Duration) {
         self.failures += 1;
         if self.failures >= max_failures {
-            self.benched_until = Some(Instant::now() + bench);
+            // A bench too long to represent is for the rest of the fetch.
+            match Instant::now().checked_add(bench) {
+                Some(until) => self.benched_until = Some(until),
+                None => self.refused = true,
+            }
         }
     }
 
@@ -597,7 +601,7 @@ impl<S: BlockStore + 'static> Node<S> {
             if let Some(p) = s.choose(&need, true, &taken, &asked, now) {
                 s.report.hedged += 1;
                 // Lateness counts against the peers that were asked.
-                let (max, bench) = (s.options.max_failures, s.options.deadline * 2);
+                let (max, bench) = (s.options.max_failures, s.options.deadline.saturating_mul(2));
                 for late in &asked {
                     if let Some(score) = s.peers.get_mut(late) {
                         score.failed(max, bench);
@@ -738,6 +742,7 @@ impl<S: BlockStore + 'static> Node<S> {
                 let mut used = 0;
                 // Blocks also asked of other peers (hedged), now no longer wanted from them.
                 let mut cancel: HashMap<PeerId, Vec<Cid>> = HashMap::new();
+                let mut matched: HashSet<Cid> = HashSet::new();
                 for key in keys {
                     let Some(flight) = s.flying.get_mut(&key) else {
                         // Another copy arrived first.
@@ -745,6 +750,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     };
                     used += usize::from(by_cid.contains_key(&flight.need.cid));
                     let cid = flight.need.cid;
+                    matched.insert(cid);
                     match by_cid.get(&cid) {
                         Some(data) if !bad.contains(&cid) => {
                             bytes += data.len() as u64;
@@ -776,6 +782,13 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                 }
                 s.report.duplicates += by_cid.len().saturating_sub(used) as u64;
+                // A verified copy that arrived after another (a hedged request answered by both
+                // peers) was still sent: the metering hook sees it, so that its sender is paid.
+                for (cid, data) in &by_cid {
+                    if !matched.contains(cid) && !bad.contains(cid) {
+                        self.shared.meter.received(&peer, cid, data.len());
+                    }
+                }
                 for (other, cids) in cancel {
                     s.report.cancelled += cids.len() as u64;
                     // Fire and forget: a cancel that arrives too late costs a duplicate only.
@@ -837,7 +850,7 @@ impl<S: BlockStore + 'static> Node<S> {
             }
             Ok(_) | Err(_) => {
                 s.report.retries += 1;
-                let (max, bench) = (s.options.max_failures, s.options.deadline * 2);
+                let (max, bench) = (s.options.max_failures, s.options.deadline.saturating_mul(2));
                 s.peers.entry(peer).or_default().failed(max, bench);
                 for key in keys {
                     s.requeue(key, peer);

@@ -300,32 +300,46 @@ pub(crate) struct Shared<S> {
 /// Most cancelled blocks remembered, over all peers.
 const MAX_CANCELLED: usize = 4096;
 
-/// Cancelled (peer, block) pairs, oldest first.
+/// How long a cancel holds: a cancel for a want already answered must not drop a later one.
+const CANCEL_HOLDS: Duration = Duration::from_secs(2);
+
+/// Cancelled (peer, block) pairs and when, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Cancelled {
-    set: std::collections::HashSet<(PeerId, Cid)>,
+    set: HashMap<(PeerId, Cid), Instant>,
     order: std::collections::VecDeque<(PeerId, Cid)>,
 }
 
 impl Cancelled {
     fn insert(&mut self, peer: PeerId, cid: Cid) {
-        if self.set.insert((peer, cid)) {
+        let now = Instant::now();
+        if self.set.insert((peer, cid), now).is_none() {
             self.order.push_back((peer, cid));
         }
-        while self.order.len() > MAX_CANCELLED {
+        // Forget the expired, and the oldest beyond the bound.
+        while let Some(old) = self.order.front() {
+            let expired = self
+                .set
+                .get(old)
+                .is_none_or(|at| now.duration_since(*at) > CANCEL_HOLDS);
+            if !expired && self.order.len() <= MAX_CANCELLED {
+                break;
+            }
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
     }
 
-    /// Whether `peer` cancelled `cid` (forgetting it: a later want of it is served).
+    /// Whether `peer` cancelled `cid` within the last moments (forgetting it: a later want of
+    /// it is served).
     fn take(&mut self, peer: &PeerId, cid: &Cid) -> bool {
-        if self.set.remove(&(*peer, *cid)) {
-            self.order.retain(|e| e != &(*peer, *cid));
-            true
-        } else {
-            false
+        match self.set.remove(&(*peer, *cid)) {
+            Some(at) => {
+                self.order.retain(|e| e != &(*peer, *cid));
+                at.elapsed() <= CANCEL_HOLDS
+            }
+            None => false,
         }
     }
 }

@@ -396,6 +396,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             Arc::new(keyring),
         );
         let request = axum::http::Request::get(format!("/play/{}", root.cid))
+            .header(axum::http::header::HOST, "127.0.0.1")
             .body(axum::body::Body::empty())?;
         let response = tower::ServiceExt::oneshot(player, request).await?;
         ensure!(

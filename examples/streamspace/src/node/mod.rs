@@ -42,7 +42,9 @@ use tokio::sync::watch;
 
 use config::{FileConfig, LedgerSection, Member, TierName};
 
-/// How often the node journals its newest receipts (what a crash may lose at most).
+/// How often the node journals its newest receipts: a crash loses at most the receipts of that
+/// long (the next cumulative receipt from the same payer covers them); journaled periods that
+/// were never posted are posted at the next start.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
 /// `streamspace node`.
@@ -524,9 +526,18 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
     }
     let courier = node.clone();
     tokio::spawn(async move {
+        // Up to 16 receipts on their way at once, so that one slow payee delays no other. A
+        // receipt lost (or overtaken) is superseded by the next, which is cumulative.
+        let limit = Arc::new(tokio::sync::Semaphore::new(16));
         while let Some((peer, receipt)) = receipts_out.recv().await {
-            // A receipt lost here is superseded by the next, which is cumulative.
-            let _ = courier.pay(peer, receipt).await;
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let courier = courier.clone();
+            tokio::spawn(async move {
+                let _ = courier.pay(peer, receipt).await;
+                drop(permit);
+            });
         }
     });
     tracing::info!(
@@ -555,7 +566,9 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
     }
 
     if let (Some(s), Some(_)) = (&settlement, &paid) {
-        lock_collateral_once(s, period_now(s.period_secs)).await;
+        let now = period_now(s.period_secs);
+        post_unposted(s, now).await;
+        lock_collateral_once(s, now).await;
     }
     let mut tick = tokio::time::interval(FLUSH_EVERY.min(Duration::from_secs(1)));
     let mut last_flush = tokio::time::Instant::now();
@@ -602,8 +615,9 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
     // Shut down: stop serving, then journal and post what this node holds.
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
+    // Open HTTP answers (a long CAR, a video) get a few seconds to finish.
     for s in servers {
-        let _ = s.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
     node.shutdown().await;
     if let (Some(s), Some(paid)) = (&mut settlement, &paid) {
@@ -696,9 +710,57 @@ async fn close_books<L: Ledger>(s: &Settlement<L>, books: Books) {
         earned_tinybars = earned,
         "period closed"
     );
-    for m in receipts_messages(&receipts) {
+    post(s, books.period, &receipts).await;
+}
+
+/// Posts a period's receipts to the settlement topic, and notes the period as posted.
+async fn post<L: Ledger>(s: &Settlement<L>, period: u64, receipts: &[SignedReceipt]) {
+    for m in receipts_messages(receipts) {
         if let Err(e) = s.ledger.submit_message(&s.me, s.topic, m, None).await {
-            tracing::error!(error = %e, period = books.period, "posting receipts for settlement");
+            tracing::error!(error = %e, period, "posting receipts for settlement");
+            return;
+        }
+    }
+    let mark = s.repo.join("receipts-posted");
+    let last = read_mark(&mark);
+    if last.is_none_or(|l| l < period)
+        && let Err(e) = std::fs::write(&mark, period.to_string())
+    {
+        tracing::error!(error = %e, "recording the receipts posted");
+    }
+}
+
+fn read_mark(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Posts the journaled receipts of ended periods that were never posted (the node stopped
+/// without closing them).
+async fn post_unposted<L: Ledger>(s: &Settlement<L>, now: u64) {
+    let posted = read_mark(&s.repo.join("receipts-posted"));
+    let periods = match s.journal.periods() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the journal");
+            return;
+        }
+    };
+    for period in periods
+        .into_iter()
+        .filter(|p| *p < now && posted.is_none_or(|l| *p > l))
+    {
+        match s.journal.receipts(period) {
+            Ok(all) => {
+                let mine: Vec<SignedReceipt> = all
+                    .into_iter()
+                    .filter(|r| r.body.payee == s.me.account)
+                    .collect();
+                tracing::info!(period, receipts = mine.len(), "posting an unposted period");
+                post(s, period, &mine).await;
+            }
+            Err(e) => tracing::error!(error = %e, period, "reading the journal"),
         }
     }
 }
@@ -706,9 +768,7 @@ async fn close_books<L: Ledger>(s: &Settlement<L>, books: Books) {
 /// Locks this node's collateral for `period` once (remembered in the repository).
 async fn lock_collateral_once<L: Ledger>(s: &Settlement<L>, period: u64) {
     let mark = s.repo.join("collateral-locked");
-    let last: Option<u64> = std::fs::read_to_string(&mark)
-        .ok()
-        .and_then(|t| t.trim().parse().ok());
+    let last = read_mark(&mark);
     if last.is_some_and(|l| l >= period) || s.collateral == 0 {
         return;
     }
@@ -746,6 +806,7 @@ async fn clear<L: Ledger>(c: &mut Clearing<L>, ledger: &L, topic: TopicId, perio
                             .into_iter()
                             .filter(|r| {
                                 c.keys.get(&r.body.payer) == Some(&r.payer_key)
+                                    && r.body.period <= period_now(period_secs)
                                     && !c.closed.contains(&r.body.period)
                             })
                             .collect();
@@ -773,10 +834,12 @@ async fn clear<L: Ledger>(c: &mut Clearing<L>, ledger: &L, topic: TopicId, perio
             return;
         }
     };
-    for period in periods
-        .into_iter()
-        .filter(|p| (p + 1).saturating_mul(period_secs).saturating_add(grace) <= now)
-    {
+    for period in periods.into_iter().filter(|p| {
+        p.checked_add(1)
+            .and_then(|n| n.checked_mul(period_secs))
+            .and_then(|end| end.checked_add(grace))
+            .is_some_and(|ready| ready <= now)
+    }) {
         if c.closed.contains(&period) {
             continue;
         }

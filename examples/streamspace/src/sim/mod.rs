@@ -109,8 +109,8 @@ impl SimArgs {
     fn check(&self) -> Result<()> {
         ensure!(!self.viewers.is_empty(), "--viewers names no count");
         ensure!(
-            self.viewers.iter().all(|&v| (1..=1_000_000).contains(&v)),
-            "viewer counts run from 1 to 1,000,000"
+            self.viewers.iter().all(|&v| (1..=20_000).contains(&v)),
+            "viewer counts run from 1 to 20,000"
         );
         ensure!(
             (1..=65_536).contains(&self.shards),
