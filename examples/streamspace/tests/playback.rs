@@ -75,6 +75,32 @@ fn stop(mut child: Child) -> u64 {
         .unwrap_or_else(|| panic!("no fetch count in {rest:?}"))
 }
 
+/// What `ffprobe` says of `entries` of the stream at `url`, one value a line.
+fn probe(url: &str, entries: &str) -> String {
+    run(Command::new("ffprobe").args([
+        "-v",
+        "error",
+        "-show_entries",
+        entries,
+        "-of",
+        "csv=p=0",
+        url,
+    ]))
+}
+
+/// `ffmpeg` decodes the whole stream at `url` without a single error message.
+fn decodes_cleanly(url: &str) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-i", url, "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn need_ffmpeg() {
     for tool in ["ffmpeg", "ffprobe"] {
         assert!(
@@ -153,25 +179,9 @@ fn encrypted_hls_plays_for_a_viewer_holding_the_key() {
 
     let (viewer, url, _) = gateway_with_keys(&dir.path().join("viewer"), Some(&addr), Some(&keys));
     let playlist = format!("{url}/play/{cid}/index.m3u8");
-    let probe = run(Command::new("ffprobe").args([
-        "-v",
-        "error",
-        "-show_entries",
-        "format=duration:stream=codec_name",
-        "-of",
-        "csv=p=0",
-        &playlist,
-    ]));
+    let probe = probe(&playlist, "format=duration:stream=codec_name");
     assert!(probe.contains("h264") && probe.contains("aac"), "{probe}");
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i", &playlist, "-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decodes_cleanly(&playlist);
     let (status, plain) = http_get(&playlist);
     assert_eq!(status, 200);
     assert!(plain.starts_with(b"#EXTM3U"));
@@ -234,26 +244,10 @@ fn hls_plays_through_the_gateway_and_seeks_fetch_only_what_they_need() {
     // A viewer's node: the player reads the playlist and every segment through it.
     let (viewer, url, _) = gateway(&dir.path().join("viewer"), Some(&addr));
     let playlist = format!("{url}/ipfs/{cid}/index.m3u8");
-    let duration = run(Command::new("ffprobe").args([
-        "-v",
-        "error",
-        "-show_entries",
-        "format=duration",
-        "-of",
-        "csv=p=0",
-        &playlist,
-    ]));
+    let duration = probe(&playlist, "format=duration");
     let duration: f64 = duration.trim().parse().expect("duration");
     assert!((duration - 12.0).abs() < 0.5, "duration {duration}");
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-i", &playlist, "-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    decodes_cleanly(&playlist);
     let whole = stop(viewer);
     // The directory node and every file, each under one 256 KiB shard.
     assert_eq!(whole, files + 1);
