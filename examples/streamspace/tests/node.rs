@@ -120,6 +120,18 @@ fn a_paid_network_serves_pays_settles_and_shuts_down() {
         });
     }
 
+    // Fetch well inside one 5 s period: the nodes roll their books on their own clocks, and a
+    // receipt that lands in the other's next period is refused (see the node's docs).
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let into = secs % 5.0;
+    if into > 2.0 {
+        std::thread::sleep(Duration::from_secs_f64(5.0 - into + 1.5));
+    } else if into < 1.5 {
+        std::thread::sleep(Duration::from_secs_f64(1.5 - into));
+    }
     // Node 3's gateway serves the item, fetched from node 2 and paid for.
     let mut got = None;
     wait_for(
