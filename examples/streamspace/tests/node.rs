@@ -121,7 +121,7 @@ fn a_paid_network_serves_pays_settles_and_shuts_down() {
     }
 
     // Fetch well inside one 5 s period: the nodes roll their books on their own clocks, and a
-    // receipt that lands in the other's next period is refused (see the node's docs).
+    // receipt that lands in the other's next period is refused (the node module docs say so).
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")

@@ -9,6 +9,10 @@
 //! settlement topic and logs what it earned; the node holding the clearing key reads the topic
 //! and settles each period that ended on the ledger. On Ctrl-C or SIGTERM the node stops
 //! serving, journals and posts what it holds, and exits.
+//!
+//! Books are per period and each node rolls its own on its clock, once a second: a receipt
+//! that reaches its payee in the payee's next period is refused, so shards served in the
+//! second around a boundary may go unpaid (a grace for the previous period is not built).
 
 pub(crate) mod config;
 mod metrics;
