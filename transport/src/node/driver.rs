@@ -1,0 +1,428 @@
+//! The swarm driver: one task owns the `Swarm` and runs, one at a time, the commands of the
+//! [`Node`](super::Node) handles (over a bounded channel), the swarm's events and a one-second
+//! tick that lifts expired bans.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use futures::StreamExt;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad};
+use streamspace_shard::store::BlockStore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+use super::replication::Replication;
+use super::{
+    Config, MAX_PUBSUB_MESSAGE, NodeError, NodeEvent, RequestError, Shared, peer_of, provider_key,
+};
+use crate::message::{Request, Response, Tier};
+
+/// What a [`Node`](super::Node) handle asks of the task that owns the swarm.
+pub(super) enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), NodeError>>),
+    Provide(Cid, oneshot::Sender<Result<(), NodeError>>),
+    FindProviders(Cid, oneshot::Sender<Vec<PeerId>>),
+    Request(
+        PeerId,
+        Request,
+        oneshot::Sender<Result<Response, RequestError>>,
+    ),
+    Respond(ResponseChannel<Response>, Response),
+    BadBlock(PeerId, Cid, oneshot::Sender<()>),
+    Connected(oneshot::Sender<Vec<PeerId>>),
+    Tiers(oneshot::Sender<HashMap<PeerId, (Tier, u64)>>),
+    Replicated(Cid, bool),
+    Subscribe(String, oneshot::Sender<Result<(), NodeError>>),
+    Publish(String, bytes::Bytes, oneshot::Sender<Result<(), NodeError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+type DialWaiter = (Multiaddr, oneshot::Sender<Result<(), NodeError>>);
+
+/// The task that owns the swarm: it runs the handles' commands and the swarm's events, one at
+/// a time.
+pub(super) struct Driver<S> {
+    pub(super) swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    pub(super) me: mpsc::WeakSender<Command>,
+    pub(super) shared: Arc<Shared<S>>,
+    pub(super) serving: Arc<Semaphore>,
+    pub(super) pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
+    providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
+    dials: HashMap<PeerId, Vec<DialWaiter>>,
+    listening: Vec<Multiaddr>,
+    pub(super) provided: Vec<Cid>,
+    bad: HashMap<PeerId, u32>,
+    bans: Vec<(Instant, PeerId)>,
+    pub(super) tiers: HashMap<PeerId, (Tier, u64)>,
+    ban_after: u32,
+    ban_for: Duration,
+    pub(super) capacity: u64,
+    kad_protocol: StreamProtocol,
+    pub(super) replication: Replication,
+}
+
+impl<S: BlockStore + 'static> Driver<S> {
+    /// Starts `swarm` listening on `config.listen` and dialing `config.bootstrap`.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Transport`] if it cannot listen; [`NodeError::Address`] for a bootstrap
+    /// address without its peer id; [`NodeError::Dial`].
+    pub(super) fn new(
+        mut swarm: Swarm<Behaviour>,
+        kad_protocol: StreamProtocol,
+        config: &Config,
+        shared: Arc<Shared<S>>,
+        commands: mpsc::Receiver<Command>,
+        me: mpsc::WeakSender<Command>,
+    ) -> Result<Self, NodeError> {
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Transport(format!("listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            let peer = peer_of(addr).ok_or(NodeError::Address(
+                addr.clone(),
+                "bootstrap address needs /p2p/<peer id>",
+            ))?;
+            swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            swarm
+                .dial(addr.clone())
+                .map_err(|e| NodeError::Dial(addr.clone(), e.to_string()))?;
+        }
+        if !config.bootstrap.is_empty() {
+            // Fills the routing table; harmless if it finds nobody yet.
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+        Ok(Self {
+            swarm,
+            commands,
+            me,
+            shared,
+            serving: Arc::new(Semaphore::new(config.max_concurrent_serves)),
+            pending: HashMap::new(),
+            providers: HashMap::new(),
+            provides: HashMap::new(),
+            dials: HashMap::new(),
+            listening: Vec::new(),
+            provided: Vec::new(),
+            bad: HashMap::new(),
+            bans: Vec::new(),
+            tiers: HashMap::new(),
+            ban_after: config.ban_after_bad_blocks,
+            ban_for: config.ban_for,
+            capacity: config.capacity,
+            kad_protocol,
+            replication: Replication::new(config.replicate_after),
+        })
+    }
+
+    /// Runs until shut down or until the last handle is dropped.
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                cmd = self.commands.recv() => match cmd {
+                    Some(Command::Shutdown(done)) => {
+                        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                        for p in peers {
+                            let _ = self.swarm.disconnect_peer_id(p);
+                        }
+                        drop(self.swarm);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                    None => return,
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = tick.tick() => self.unban(),
+            }
+        }
+    }
+
+    pub(super) fn emit(&self, e: NodeEvent) {
+        let _ = self.shared.events.send(e);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(tx) => {
+                let _ = tx.send(self.listening.clone());
+            }
+            Command::Dial(addr, tx) => {
+                let Some(peer) = peer_of(&addr) else {
+                    let _ = tx.send(Err(NodeError::Address(addr, "needs /p2p/<peer id>")));
+                    return;
+                };
+                if self
+                    .swarm
+                    .behaviour()
+                    .banned
+                    .blocked_peers()
+                    .contains(&peer)
+                {
+                    let _ = tx.send(Err(NodeError::Dial(addr, "peer is banned".into())));
+                    return;
+                }
+                if self.swarm.is_connected(&peer) {
+                    let _ = tx.send(Ok(()));
+                    return;
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+                match self.swarm.dial(addr.clone()) {
+                    Ok(()) => self.dials.entry(peer).or_default().push((addr, tx)),
+                    Err(e) => {
+                        let _ = tx.send(Err(NodeError::Dial(addr, e.to_string())));
+                    }
+                }
+            }
+            Command::Provide(root, tx) => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(provider_key(&root))
+                {
+                    Ok(q) => {
+                        if !self.provided.contains(&root) {
+                            self.provided.push(root);
+                        }
+                        self.provides.insert(q, tx);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(NodeError::Provide(e.to_string())));
+                    }
+                }
+            }
+            Command::FindProviders(root, tx) => {
+                let q = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(provider_key(&root));
+                self.providers.insert(q, (HashSet::new(), tx));
+            }
+            Command::Request(peer, req, tx) => {
+                let id = self.swarm.behaviour_mut().exchange.send_request(&peer, req);
+                self.pending.insert(id, tx);
+            }
+            Command::Respond(ch, resp) => {
+                let _ = self.swarm.behaviour_mut().exchange.send_response(ch, resp);
+            }
+            Command::BadBlock(peer, cid, done) => {
+                self.emit(NodeEvent::BadBlock { peer, cid });
+                let banned = self
+                    .swarm
+                    .behaviour()
+                    .banned
+                    .blocked_peers()
+                    .contains(&peer);
+                let n = self.bad.entry(peer).or_default();
+                *n += 1;
+                // Responses already in flight when the ban began do not ban it again.
+                let ban = *n >= self.ban_after && !banned;
+                self.shared.with_stats(|s| {
+                    s.bad_blocks += 1;
+                    s.peers.entry(peer).or_default().bad_blocks += 1;
+                    if ban {
+                        s.bans += 1;
+                    }
+                });
+                if ban {
+                    self.bad.remove(&peer);
+                    // Blocking closes its connections and refuses new ones.
+                    self.swarm.behaviour_mut().banned.block_peer(peer);
+                    self.bans.push((Instant::now() + self.ban_for, peer));
+                    tracing::warn!(%peer, "banned for sending bad blocks");
+                    self.emit(NodeEvent::Banned(peer));
+                }
+                let _ = done.send(());
+            }
+            Command::Connected(tx) => {
+                let _ = tx.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Tiers(tx) => {
+                let _ = tx.send(self.tiers.clone());
+            }
+            Command::Replicated(root, ok) => {
+                self.replication.finished(&root);
+                self.emit(NodeEvent::Replicated(root, ok));
+            }
+            Command::Subscribe(topic, tx) => {
+                let t = gossipsub::IdentTopic::new(&topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .pubsub
+                    .subscribe(&t)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::PubSub {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = tx.send(r);
+            }
+            Command::Publish(topic, data, tx) => {
+                let t = gossipsub::IdentTopic::new(&topic);
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .pubsub
+                    .publish(t, data)
+                    .map(|_| ())
+                    .map_err(|e| NodeError::PubSub {
+                        topic,
+                        reason: e.to_string(),
+                    });
+                let _ = tx.send(r);
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn unban(&mut self) {
+        let now = Instant::now();
+        let (due, keep): (Vec<_>, Vec<_>) = self.bans.drain(..).partition(|(t, _)| *t <= now);
+        self.bans = keep;
+        for (_, peer) in due {
+            self.swarm.behaviour_mut().banned.unblock_peer(peer);
+            self.emit(NodeEvent::Unbanned(peer));
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => self.listening.push(address),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listening.retain(|a| a != &address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                for (_, tx) in self.dials.remove(&peer_id).unwrap_or_default() {
+                    let _ = tx.send(Ok(()));
+                }
+                if num_established.get() == 1 {
+                    self.emit(NodeEvent::Connected(peer_id));
+                    // Learn its tier and capacity.
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_request(&peer_id, Request::Status);
+                    let _ = id;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.tiers.remove(&peer_id);
+                self.emit(NodeEvent::Disconnected(peer_id));
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                if matches!(error, libp2p::swarm::ListenError::Denied { .. }) {
+                    self.refused(None);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if matches!(error, libp2p::swarm::DialError::Denied { .. }) {
+                    self.refused(peer_id);
+                }
+                if let Some(peer) = peer_id {
+                    for (addr, tx) in self.dials.remove(&peer).unwrap_or_default() {
+                        let _ = tx.send(Err(NodeError::Dial(addr, error.to_string())));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) if info.protocols.contains(&self.kad_protocol) => {
+                // Peers of our DHT go into the routing table with the addresses they listen on.
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) if message.data.len() <= MAX_PUBSUB_MESSAGE => {
+                self.emit(NodeEvent::Message {
+                    topic: message.topic.into_string(),
+                    source: message.source,
+                    data: message.data.into(),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    fn refused(&mut self, peer: Option<PeerId>) {
+        self.shared.with_stats(|s| s.refused_connections += 1);
+        tracing::debug!(?peer, "connection refused");
+        self.emit(NodeEvent::Refused(peer));
+    }
+
+    fn kad(&mut self, e: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = e
+        else {
+            return;
+        };
+        match result {
+            kad::QueryResult::GetProviders(r) => {
+                if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
+                    let me = *self.swarm.local_peer_id();
+                    for p in providers {
+                        if p == me {
+                            continue;
+                        }
+                        // Dial while the query still holds the provider's addresses.
+                        if !self.swarm.is_connected(&p) {
+                            let _ = self.swarm.dial(p);
+                        }
+                        if let Some((found, _)) = self.providers.get_mut(&id) {
+                            found.insert(p);
+                        }
+                    }
+                }
+                if step.last
+                    && let Some((found, tx)) = self.providers.remove(&id)
+                {
+                    let _ = tx.send(found.into_iter().collect());
+                }
+            }
+            kad::QueryResult::StartProviding(r) => {
+                if let Some(tx) = self.provides.remove(&id) {
+                    // The record is kept and served locally even when no other node took a
+                    // copy in time (a lone first node, say); it is republished on schedule.
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "provider record not replicated yet");
+                    }
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            _ => {}
+        }
+    }
+}

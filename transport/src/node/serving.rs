@@ -1,0 +1,236 @@
+//! Serving peers: status, have lists, wanted blocks (through the metering hook, up to
+//! [`MAX_RESPONSE_DATA`] bytes an answer), payments and cancellations. Answers are prepared
+//! off the swarm task, at most `max_concurrent_serves` at once; more are answered
+//! "overloaded".
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use libp2p::PeerId;
+use libp2p::request_response::ResponseChannel;
+use streamspace_shard::store::BlockStore;
+
+use super::Shared;
+use super::driver::{Command, Driver};
+use crate::message::{
+    MAX_RESPONSE_DATA, MAX_STATUS_ROOTS, MAX_WANT, RefusalReason, Request, Response,
+};
+use crate::meter::Decision;
+
+/// Most cancelled blocks remembered, over all peers.
+const MAX_CANCELLED: usize = 4096;
+
+/// How long a cancel holds: a cancel for a want already answered must not drop a later one.
+const CANCEL_HOLDS: Duration = Duration::from_secs(2);
+
+/// Cancelled (peer, block) pairs and when, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Cancelled {
+    set: HashMap<(PeerId, Cid), Instant>,
+    order: VecDeque<(PeerId, Cid)>,
+}
+
+impl Cancelled {
+    fn insert(&mut self, peer: PeerId, cid: Cid) {
+        let now = Instant::now();
+        if self.set.insert((peer, cid), now).is_none() {
+            self.order.push_back((peer, cid));
+        }
+        // Forget the expired, and the oldest beyond the bound.
+        while let Some(old) = self.order.front() {
+            let expired = self
+                .set
+                .get(old)
+                .is_none_or(|at| now.duration_since(*at) > CANCEL_HOLDS);
+            if !expired && self.order.len() <= MAX_CANCELLED {
+                break;
+            }
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `peer` cancelled `cid` within the last moments (forgetting it: a later want of
+    /// it is served).
+    fn take(&mut self, peer: &PeerId, cid: &Cid) -> bool {
+        match self.set.remove(&(*peer, *cid)) {
+            Some(at) => {
+                self.order.retain(|e| e != &(*peer, *cid));
+                at.elapsed() <= CANCEL_HOLDS
+            }
+            None => false,
+        }
+    }
+}
+
+impl<S: BlockStore + 'static> Driver<S> {
+    /// Answers a request: cancels and status at once, the rest off the swarm task.
+    pub(super) fn serve(
+        &mut self,
+        peer: PeerId,
+        request: Request,
+        channel: ResponseChannel<Response>,
+    ) {
+        if let Request::Want {
+            root: Some(root), ..
+        }
+        | Request::Have {
+            root: Some(root), ..
+        } = &request
+        {
+            self.note_demand(peer, *root);
+        }
+        if let Request::Cancel { cids } = &request {
+            let mut c = self
+                .shared
+                .cancelled
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for cid in cids.iter().take(MAX_WANT) {
+                c.insert(peer, *cid);
+            }
+            drop(c);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_response(channel, Response::Accepted);
+            return;
+        }
+        if let Request::Status = request {
+            let resp = Response::Status {
+                tier: self.shared.tier,
+                capacity: self.capacity,
+                roots: self
+                    .provided
+                    .iter()
+                    .take(MAX_STATUS_ROOTS)
+                    .copied()
+                    .collect(),
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .exchange
+                .send_response(channel, resp);
+            return;
+        }
+        let (Ok(permit), Some(me)) = (self.serving.clone().try_acquire_owned(), self.me.upgrade())
+        else {
+            self.shared.with_stats(|s| s.overloaded += 1);
+            let _ = self.swarm.behaviour_mut().exchange.send_response(
+                channel,
+                Response::Refused {
+                    reason: RefusalReason::Overloaded,
+                    retry_after_ms: 50,
+                },
+            );
+            return;
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let resp = answer(&shared, peer, request).await;
+            let _ = me.send(Command::Respond(channel, resp)).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The answer to a want, have list or payment.
+async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Request) -> Response {
+    match request {
+        Request::Want { cids, .. } => {
+            let mut blocks = Vec::new();
+            let mut missing = Vec::new();
+            let mut deferred = Vec::new();
+            let mut total = 0usize;
+            let mut refusal = None;
+            for cid in cids.into_iter().take(MAX_WANT) {
+                let cancelled = shared
+                    .cancelled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(&peer, &cid);
+                if cancelled {
+                    shared.with_stats(|s| s.cancelled += 1);
+                    continue;
+                }
+                if refusal.is_some() || total >= MAX_RESPONSE_DATA {
+                    deferred.push(cid);
+                    continue;
+                }
+                match shared.store.get(&cid).await {
+                    Ok(Some(data)) => {
+                        if total + data.len() > MAX_RESPONSE_DATA && !blocks.is_empty() {
+                            deferred.push(cid);
+                            continue;
+                        }
+                        match shared.meter.before_send(&peer, &cid, data.len()) {
+                            Decision::Serve => {
+                                total += data.len();
+                                blocks.push((cid, data));
+                            }
+                            Decision::Pause { retry_after_ms } => {
+                                refusal = Some((RefusalReason::Paused, retry_after_ms));
+                                deferred.push(cid);
+                            }
+                            Decision::Refuse => {
+                                refusal = Some((RefusalReason::Refused, 0));
+                                deferred.push(cid);
+                            }
+                        }
+                    }
+                    Ok(None) => missing.push(cid),
+                    Err(e) => {
+                        tracing::warn!(%cid, error = %e, "store read failed while serving");
+                        missing.push(cid);
+                    }
+                }
+            }
+            if blocks.is_empty()
+                && let Some((reason, retry_after_ms)) = refusal
+            {
+                shared.with_stats(|s| s.metered_refusals += 1);
+                return Response::Refused {
+                    reason,
+                    retry_after_ms,
+                };
+            }
+            shared.with_stats(|s| {
+                let p = s.peers.entry(peer).or_default();
+                p.shards_sent += blocks.len() as u64;
+                p.bytes_sent += total as u64;
+                s.shards_served += blocks.len() as u64;
+                s.bytes_served += total as u64;
+            });
+            Response::Blocks {
+                blocks,
+                missing,
+                deferred,
+            }
+        }
+        Request::Have { cids, .. } => {
+            let mut have = Vec::with_capacity(cids.len());
+            for cid in cids.iter().take(MAX_WANT) {
+                have.push(shared.store.has(cid).await.unwrap_or(false));
+            }
+            Response::Haves { have }
+        }
+        Request::Payment { data } => {
+            if shared.meter.payment(&peer, &data) {
+                Response::Accepted
+            } else {
+                Response::Refused {
+                    reason: RefusalReason::Refused,
+                    retry_after_ms: 0,
+                }
+            }
+        }
+        Request::Status | Request::Cancel { .. } => Response::Refused {
+            reason: RefusalReason::Refused,
+            retry_after_ms: 0,
+        },
+    }
+}
