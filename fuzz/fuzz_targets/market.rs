@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use streamspace_ledger::{PublicKey, Timestamp};
+use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
 use streamspace_market::catalog::Catalog;
 use streamspace_market::message::Signed;
 use streamspace_market::service::check_license;
@@ -15,8 +15,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = m.verify();
     }
     let _ = check_license(data, &PublicKey([7; 32]), Timestamp::default());
+    // As the ledger serves it, published by the account of the seeds' seller.
+    let published = TopicMessage {
+        sequence: 1,
+        consensus: Timestamp::default(),
+        message: data.to_vec().into(),
+        running_hash: vec![0; 48],
+        id: Some(TransactionId { payer: AccountId::new(1001), valid_start: Timestamp::default() }),
+        chunk: None,
+    };
     let mut c = Catalog::default();
-    if c.apply(Timestamp::default(), data).is_err() {
+    if c.apply(&published).is_err() {
         assert_eq!(c.on_offer().count(), 0);
         assert_eq!(c.sales().count(), 0);
     }

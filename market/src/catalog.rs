@@ -1,10 +1,16 @@
 //! The marketplace's state, rebuilt by anyone from the ordered messages of its consensus topic:
 //! a pure state machine (no I/O, no clock but the consensus times it is given), so every
 //! replica that replays the same topic reaches the same state.
+//!
+//! The catalog is fed [`TopicMessage`]s as the ledger serves them: besides the bytes and the
+//! consensus time, each names the account that paid for (and so signed) its submission. A
+//! listing counts only when its seller published it, and a content root belongs to the seller
+//! of its first listing in consensus order (see the crate's README).
 
 use std::collections::{BTreeMap, HashMap};
 
-use streamspace_ledger::{AccountId, PublicKey, Timestamp, TransactionId};
+use cid::Cid;
+use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
 
 use crate::message::{DecodeError, License, Listing, ListingId, Message, RevokeReason, Signed};
 
@@ -65,6 +71,27 @@ pub enum MarketError {
     /// A resale of a license that is not an ownership NFT, or of another NFT.
     #[error("license for payment {0:?} cannot be resold so")]
     NotResellable(TransactionId),
+    /// A listing not published by its seller: the topic message was paid for by another
+    /// account, or the ledger did not say which.
+    #[error("listing {listing} published by {publisher:?}, not by its seller")]
+    NotTheSeller {
+        /// The listing.
+        listing: ListingId,
+        /// The account that paid for the submission, if known.
+        publisher: Option<AccountId>,
+    },
+    /// The content root was claimed by another seller's earlier listing.
+    #[error("content {content} was listed first by {owner}")]
+    Claimed {
+        /// The content root.
+        content: Cid,
+        /// The seller whose listing claimed it.
+        owner: AccountId,
+    },
+    /// One chunk of a message split across several topic messages; market messages are
+    /// published whole (see [`crate::service::publish`]).
+    #[error("a chunk of a split message")]
+    Chunked,
 }
 
 /// A listing's current state.
@@ -125,7 +152,7 @@ pub struct Income {
 /// # Examples
 ///
 /// ```
-/// use streamspace_ledger::{AccountId, PublicKey, Timestamp};
+/// use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
 /// use streamspace_market::catalog::Catalog;
 /// use streamspace_market::message::{Listing, ListingId, Message, Share, Terms};
 /// let seller = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
@@ -144,7 +171,16 @@ pub struct Income {
 /// };
 /// let mut catalog = Catalog::default();
 /// let bytes = Message::List(listing).sign(&seller).encode();
-/// catalog.apply(Timestamp::default(), &bytes)?;
+/// // As the ledger serves it: the submission was paid for by the seller's account.
+/// let published = TopicMessage {
+///     sequence: 1,
+///     consensus: Timestamp::default(),
+///     message: bytes.into(),
+///     running_hash: vec![0; 48],
+///     id: Some(TransactionId { payer: AccountId::new(1001), valid_start: Timestamp::default() }),
+///     chunk: None,
+/// };
+/// catalog.apply(&published)?;
 /// assert_eq!(catalog.search("night").count(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -152,17 +188,32 @@ pub struct Income {
 pub struct Catalog {
     listings: BTreeMap<ListingId, Entry>,
     sales: HashMap<TransactionId, Sale>,
+    claims: HashMap<Cid, AccountId>,
     rejected: u64,
 }
 
+/// The account that paid for a topic message's submission, and so signed it: the ledger
+/// refuses a submission its payer did not sign, and a chunk whose first chunk another account
+/// paid for.
+pub fn publisher(message: &TopicMessage) -> Option<AccountId> {
+    match message.chunk {
+        Some(c) => Some(c.initial.payer),
+        None => message.id.map(|id| id.payer),
+    }
+}
+
+fn whole(message: &TopicMessage) -> bool {
+    message.chunk.is_none_or(|c| c.total == 1)
+}
+
 impl Catalog {
-    /// Applies one message of the topic, reached consensus at `at`.
+    /// Applies one message of the topic, as the ledger served it.
     ///
     /// # Errors
     ///
     /// [`MarketError`]; the state is unchanged but for the count of rejected messages.
-    pub fn apply(&mut self, at: Timestamp, bytes: &[u8]) -> Result<Applied, MarketError> {
-        let r = self.try_apply(at, bytes);
+    pub fn apply(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
+        let r = self.try_apply(message);
         if r.is_err() {
             self.rejected += 1;
         }
@@ -173,17 +224,21 @@ impl Catalog {
     /// first; the same result as applying them one by one.
     pub fn replay<'a>(
         &mut self,
-        messages: impl IntoIterator<Item = (Timestamp, &'a [u8])>,
+        messages: impl IntoIterator<Item = &'a TopicMessage>,
     ) -> Vec<Result<Applied, MarketError>> {
-        let (times, bytes): (Vec<Timestamp>, Vec<&[u8]>) = messages.into_iter().unzip();
+        let messages: Vec<&TopicMessage> = messages.into_iter().collect();
+        let bytes: Vec<&[u8]> = messages.iter().map(|m| &m.message[..]).collect();
         let verified = Signed::decode_verified_many(&bytes);
-        times
+        messages
             .into_iter()
             .zip(verified)
-            .map(|(at, v)| {
-                let r = v
-                    .map_err(MarketError::from)
-                    .and_then(|s| self.apply_verified(at, s));
+            .map(|(m, v)| {
+                let r = if whole(m) {
+                    v.map_err(MarketError::from)
+                        .and_then(|s| self.apply_verified(m.consensus, publisher(m), s))
+                } else {
+                    Err(MarketError::Chunked)
+                };
                 if r.is_err() {
                     self.rejected += 1;
                 }
@@ -192,15 +247,29 @@ impl Catalog {
             .collect()
     }
 
-    fn try_apply(&mut self, at: Timestamp, bytes: &[u8]) -> Result<Applied, MarketError> {
-        let signed = Signed::decode_verified(bytes)?;
-        self.apply_verified(at, signed)
+    fn try_apply(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
+        if !whole(message) {
+            return Err(MarketError::Chunked);
+        }
+        let signed = Signed::decode_verified(&message.message)?;
+        self.apply_verified(message.consensus, publisher(message), signed)
     }
 
-    fn apply_verified(&mut self, at: Timestamp, signed: Signed) -> Result<Applied, MarketError> {
+    fn apply_verified(
+        &mut self,
+        at: Timestamp,
+        publisher: Option<AccountId>,
+        signed: Signed,
+    ) -> Result<Applied, MarketError> {
         let signer = signed.signer;
         match signed.message {
             Message::List(l) => {
+                if publisher != Some(l.id.seller) {
+                    return Err(MarketError::NotTheSeller {
+                        listing: l.id,
+                        publisher,
+                    });
+                }
                 if self.listings.contains_key(&l.id) {
                     return Err(MarketError::Exists(l.id));
                 }
@@ -211,7 +280,17 @@ impl Catalog {
                         current: 0,
                     });
                 }
+                match self.claims.get(&l.content) {
+                    Some(owner) if *owner != l.id.seller => {
+                        return Err(MarketError::Claimed {
+                            content: l.content,
+                            owner: *owner,
+                        });
+                    }
+                    _ => {}
+                }
                 let id = l.id;
+                self.claims.insert(l.content, l.id.seller);
                 self.listings.insert(
                     id,
                     Entry {
@@ -353,6 +432,12 @@ impl Catalog {
     /// A listing, withdrawn or not.
     pub fn listing(&self, id: ListingId) -> Option<&Entry> {
         self.listings.get(&id)
+    }
+
+    /// The seller a content root belongs to: the seller of its first listing in consensus
+    /// order. It stays the seller's after the listing is withdrawn.
+    pub fn owner(&self, content: &Cid) -> Option<AccountId> {
+        self.claims.get(content).copied()
     }
 
     /// Listings on offer whose title contains `text` (case-insensitive) or that carry it as a

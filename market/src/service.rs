@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use streamspace_ledger::{
-    AccountId, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Status, Timestamp,
-    TokenId, Transaction, TransactionId, TxKind,
+    AccountId, ChunkInfo, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Receipt,
+    Status, Timestamp, TokenId, TopicId, Transaction, TransactionId, TxKind,
 };
 use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::keywrap::{self, RecipientKey, WrapError};
@@ -105,6 +105,50 @@ pub async fn list<S: streamspace_shard::store::BlockStore>(
         return Err(ServiceError::ContentMissing(listing.content));
     }
     Ok(Message::List(listing).sign(seller_key))
+}
+
+/// Publishes a market message on `topic`, paid for (and so signed) by `publisher`: a listing
+/// counts only when its seller's account publishes it ([`crate::Catalog::apply`]).
+///
+/// Every chunk carries its chunk info, a message of one chunk too, so that the mirror node
+/// names the submitting transaction (and its payer) for every message, as it does only for
+/// messages with chunk info.
+///
+/// # Errors
+///
+/// [`ServiceError::Ledger`] if a chunk is refused.
+pub async fn publish<L: Ledger>(
+    ledger: &L,
+    publisher: &Operator,
+    topic: TopicId,
+    message: &Signed,
+) -> Result<Vec<Receipt>, ServiceError> {
+    let bytes = Bytes::from(message.encode());
+    let first = TransactionId::generate(publisher.account, ledger.now());
+    let mut txs = streamspace_ledger::tx::chunk_message(
+        first,
+        topic,
+        &bytes,
+        streamspace_ledger::fees::MAX_MESSAGE_BYTES,
+    );
+    if let [tx] = txs.as_mut_slice() {
+        if let TxKind::SubmitMessage { chunk, .. } = &mut tx.kind {
+            *chunk = Some(ChunkInfo {
+                initial: first,
+                total: 1,
+                number: 1,
+            });
+        }
+    }
+    let mut out = Vec::with_capacity(txs.len());
+    for tx in txs {
+        let r = ledger.execute(tx, &[&publisher.key]).await?;
+        if r.status != Status::Success {
+            return Err(ServiceError::NotPaid(r.id, r.status));
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// The memo a purchase carries: names the listing and the version bought.

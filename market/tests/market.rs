@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use streamspace_ledger::local::TREASURY;
 use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Timestamp,
-    Transaction, TransactionId, TxKind,
+    TopicMessage, Transaction, TransactionId, TxKind,
 };
 use streamspace_market::catalog::{Applied, Catalog, MarketError};
 use streamspace_market::message::{
@@ -134,10 +134,10 @@ async fn replay(w: &World) -> (Catalog, Vec<Result<Applied, MarketError>>) {
     let mut c = Catalog::default();
     let mut out = Vec::new();
     for m in &msgs {
-        out.push(c.apply(m.consensus, &m.message));
+        out.push(c.apply(m));
     }
     let mut batched = Catalog::default();
-    let again = batched.replay(msgs.iter().map(|m| (m.consensus, &m.message[..])));
+    let again = batched.replay(&msgs);
     assert_eq!(again, out);
     assert_eq!(batched.income(), c.income());
     (c, out)
@@ -422,6 +422,21 @@ async fn bad_payments_get_no_license() {
     ));
 }
 
+/// A message as the ledger serves it, its submission paid for by the seller's account 0.0.1001.
+fn by_seller(bytes: &[u8]) -> TopicMessage {
+    TopicMessage {
+        sequence: 1,
+        consensus: Timestamp::default(),
+        message: Bytes::copy_from_slice(bytes),
+        running_hash: vec![0; 48],
+        id: Some(TransactionId {
+            payer: AccountId::new(1001),
+            valid_start: Timestamp::default(),
+        }),
+        chunk: None,
+    }
+}
+
 #[test]
 fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
     let seller = key(1);
@@ -452,10 +467,9 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
         royalty_bps: 0,
         key_service: PublicKey::from(&service_key),
     };
-    let t = Timestamp::default();
     let mut c = Catalog::default();
     let list = Message::List(l.clone()).sign(&seller).encode();
-    assert_eq!(c.apply(t, &list), Ok(Applied::Listed(l.id)));
+    assert_eq!(c.apply(&by_seller(&list)), Ok(Applied::Listed(l.id)));
     let license = License {
         listing: l.id,
         version: 1,
@@ -524,14 +538,14 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
         (vec![0; 10], "garbage"),
     ];
     for (bytes, what) in &cases {
-        assert!(c.apply(t, bytes).is_err(), "{what} was accepted");
+        assert!(c.apply(&by_seller(bytes)).is_err(), "{what} was accepted");
     }
     assert_eq!(c.rejected(), cases.len() as u64);
     // In a batch, the same refusals, in the same places.
     let mut b = Catalog::default();
-    let mut all = vec![list.clone()];
-    all.extend(cases.iter().map(|(b, _)| b.clone()));
-    let results = b.replay(all.iter().map(|m| (t, &m[..])));
+    let mut all = vec![by_seller(&list)];
+    all.extend(cases.iter().map(|(b, _)| by_seller(b)));
+    let results = b.replay(&all);
     assert!(results[0].is_ok());
     assert!(results[1..].iter().all(|r| r.is_err()));
     assert_eq!(c.listing(l.id).unwrap().listing, l, "state unchanged");
@@ -540,12 +554,15 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
     let lic = Message::License(license.clone())
         .sign(&service_key)
         .encode();
-    assert!(c.apply(t, &lic).is_ok());
+    assert!(c.apply(&by_seller(&lic)).is_ok());
     assert_eq!(
-        c.apply(t, &lic),
+        c.apply(&by_seller(&lic)),
         Err(MarketError::Replayed(license.payment))
     );
-    assert!(c.apply(t, &update(2, 50).sign(&seller).encode()).is_ok());
+    assert!(
+        c.apply(&by_seller(&update(2, 50).sign(&seller).encode()))
+            .is_ok()
+    );
     assert_eq!(c.priced(50, 50).count(), 1);
     let withdraw = Message::Withdraw {
         listing: l.id,
@@ -553,10 +570,10 @@ fn the_catalog_refuses_what_it_must_and_stays_unchanged() {
     }
     .sign(&seller)
     .encode();
-    assert!(c.apply(t, &withdraw).is_ok());
+    assert!(c.apply(&by_seller(&withdraw)).is_ok());
     assert_eq!(c.on_offer().count(), 0);
     assert_eq!(
-        c.apply(t, &update(4, 60).sign(&seller).encode()),
+        c.apply(&by_seller(&update(4, 60).sign(&seller).encode())),
         Err(MarketError::Withdrawn(l.id))
     );
     // The sale made before the withdrawal still stands.
@@ -675,7 +692,7 @@ proptest! {
     fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = Signed::decode(&b);
         let mut c = Catalog::default();
-        prop_assert!(c.apply(Timestamp::default(), &b).is_err());
+        prop_assert!(c.apply(&by_seller(&b)).is_err());
     }
 }
 

@@ -1,0 +1,310 @@
+//! The marketplace attacked as a stranger would attack it, through its public API on the
+//! embedded ledger: each test performs the attack, asserts that it is refused, and asserts
+//! what the honest parties keep.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use streamspace_ledger::local::TREASURY;
+use streamspace_ledger::{
+    Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, TopicId, TopicMessage,
+    Transaction, TransactionId, TxKind,
+};
+use streamspace_market::catalog::{Applied, Catalog, MarketError};
+use streamspace_market::message::{DecodeError, Listing, ListingId, Message, Share, Terms};
+use streamspace_market::service;
+use streamspace_shard::import::ImportOptions;
+use streamspace_shard::store::{MemoryStore, add_reader};
+
+fn key(s: u8) -> SigningKey {
+    SigningKey::from_bytes(&[s; 32])
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    ledger: LocalLedger,
+    /// Accounts with keys 1, 2, 3, …: the seller, a co-writer, then buyers and attackers.
+    ops: Vec<Operator>,
+    topic: TopicId,
+    store: MemoryStore,
+}
+
+async fn world(accounts: u8) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tk = key(200);
+    let ledger = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&tk),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let treasury = Operator {
+        account: TREASURY,
+        key: tk,
+    };
+    let mut ops = Vec::new();
+    for seed in 1..=accounts {
+        let k = key(seed);
+        let account = ledger
+            .create_account(&treasury, PublicKey::from(&k), 100_000_000_000)
+            .await
+            .unwrap();
+        ops.push(Operator { account, key: k });
+    }
+    let tx = Transaction::new(
+        TransactionId::generate(ops[0].account, ledger.now()),
+        TxKind::CreateTopic {
+            memo: "market".into(),
+            submit_key: None,
+        },
+    );
+    let topic = ledger
+        .execute(tx, &[&ops[0].key])
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    World {
+        _dir: dir,
+        ledger,
+        ops,
+        topic,
+        store: MemoryStore::new(),
+    }
+}
+
+impl World {
+    async fn content(&self, bytes: &[u8]) -> cid::Cid {
+        add_reader(
+            Some(&self.store),
+            std::io::Cursor::new(bytes.to_vec()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid
+    }
+
+    /// Publishes `message` on the market topic, paid for by `by`.
+    async fn publish(&self, by: &Operator, message: &[u8]) {
+        self.ledger
+            .submit_message(by, self.topic, Bytes::copy_from_slice(message), None)
+            .await
+            .unwrap();
+    }
+
+    async fn messages(&self) -> Vec<TopicMessage> {
+        self.ledger
+            .topic_messages(self.topic, 1, 10_000)
+            .await
+            .unwrap()
+    }
+
+    /// The catalog as anyone rebuilds it from the topic, one by one and in a batch (they
+    /// agree), and what each message did.
+    async fn catalog(&self) -> (Catalog, Vec<Result<Applied, MarketError>>) {
+        let msgs = self.messages().await;
+        let mut c = Catalog::default();
+        let out: Vec<_> = msgs.iter().map(|m| c.apply(m)).collect();
+        let mut batched = Catalog::default();
+        assert_eq!(batched.replay(&msgs), out);
+        (c, out)
+    }
+}
+
+fn listing(seller: &Operator, cowriter: &Operator, number: u64, content: cid::Cid) -> Listing {
+    Listing {
+        id: ListingId {
+            seller: seller.account,
+            number,
+        },
+        version: 1,
+        content,
+        title: format!("Harbour Lights, part {number}"),
+        description: "A film.".into(),
+        tags: vec!["film".into()],
+        price: 300_000_000,
+        terms: Terms {
+            rental_secs: Some(48 * 3600),
+            devices: 2,
+            regions: Vec::new(),
+        },
+        split: vec![
+            Share {
+                account: seller.account,
+                bps: 8_000,
+            },
+            Share {
+                account: cowriter.account,
+                bps: 2_000,
+            },
+        ],
+        royalty_bps: 0,
+        key_service: PublicKey::from(&key(9)),
+    }
+}
+
+/// Listing squatting: a stranger publishes listings naming the seller, replays the seller's own
+/// signed listing before the seller does, forges its signature, and lists the seller's content
+/// as its own. Every one is refused; the seller's listing, published by its own account, is the
+/// one in the catalog and its content stays the seller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_squatting_is_refused() {
+    let w = world(3).await;
+    let (seller, cowriter, squatter) = (&w.ops[0], &w.ops[1], &w.ops[2]);
+    let root = w.content(b"harbour lights, part one").await;
+    let genuine = listing(seller, cowriter, 1, root);
+
+    // The seller signs its listing; a squatter that sees the signed bytes (a relay, say)
+    // publishes them first, from its own account: refused, the seller did not publish it.
+    let signed = service::list(&w.store, &seller.key, genuine.clone())
+        .await
+        .unwrap();
+    w.publish(squatter, &signed.encode()).await;
+    // A listing naming the seller, signed with the squatter's key and sent to the topic by
+    // the squatter, with the squatter as the only payee.
+    let mut to_squatter = genuine.clone();
+    to_squatter.id.number = 2;
+    to_squatter.split = vec![Share {
+        account: squatter.account,
+        bps: 10_000,
+    }];
+    let squat = Message::List(to_squatter.clone()).sign(&squatter.key);
+    w.publish(squatter, &squat.encode()).await;
+    // The seller's listing with its signature broken, even when sent from the seller's
+    // account (the squatter cannot, but the topic has no submit key: anyone's bytes land).
+    let mut unsigned = Message::List(to_squatter.clone())
+        .sign(&seller.key)
+        .encode();
+    let n = unsigned.len();
+    unsigned[n - 64..].fill(0);
+    w.publish(seller, &unsigned).await;
+
+    // Then the seller publishes its listing itself: it counts, in consensus order after the
+    // refused ones.
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+
+    // The squatter lists the same content as its own listing, and again after the seller
+    // withdraws: the content was claimed by the seller's listing, first in consensus order.
+    let mut own = listing(squatter, cowriter, 1, root);
+    own.split = vec![Share {
+        account: squatter.account,
+        bps: 10_000,
+    }];
+    let claim = Message::List(own.clone()).sign(&squatter.key);
+    service::publish(&w.ledger, squatter, w.topic, &claim)
+        .await
+        .unwrap();
+    let withdraw = Message::Withdraw {
+        listing: genuine.id,
+        version: 2,
+    }
+    .sign(&seller.key);
+    service::publish(&w.ledger, seller, w.topic, &withdraw)
+        .await
+        .unwrap();
+    let mut again = own.clone();
+    again.id.number = 2;
+    let claim_again = Message::List(again).sign(&squatter.key);
+    service::publish(&w.ledger, squatter, w.topic, &claim_again)
+        .await
+        .unwrap();
+
+    let (catalog, applied) = w.catalog().await;
+    assert_eq!(
+        applied,
+        vec![
+            Err(MarketError::NotTheSeller {
+                listing: genuine.id,
+                publisher: Some(squatter.account)
+            }),
+            Err(MarketError::NotTheSeller {
+                listing: to_squatter.id,
+                publisher: Some(squatter.account)
+            }),
+            Err(MarketError::Decode(DecodeError::BadSignature)),
+            Ok(Applied::Listed(genuine.id)),
+            Err(MarketError::Claimed {
+                content: root,
+                owner: seller.account
+            }),
+            Ok(Applied::Withdrawn(genuine.id)),
+            Err(MarketError::Claimed {
+                content: root,
+                owner: seller.account
+            }),
+        ]
+    );
+    assert_eq!(catalog.rejected(), 5);
+    // What the seller keeps: its listing as it signed it, under its key, its content its own;
+    // nothing of the squatter's is listed.
+    let entry = catalog.listing(genuine.id).unwrap();
+    assert_eq!(entry.versions[&1], genuine);
+    assert_eq!(entry.seller_key, PublicKey::from(&seller.key));
+    assert_eq!(catalog.owner(&root), Some(seller.account));
+    assert!(catalog.listing(to_squatter.id).is_none());
+    assert!(catalog.listing(own.id).is_none());
+}
+
+/// The seller of a content root may list it again (a rental beside a sale); the first of two
+/// sellers racing for a new root wins by consensus order alone, whoever signed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_root_belongs_to_its_first_publication() {
+    let w = world(3).await;
+    let (seller, cowriter, rival) = (&w.ops[0], &w.ops[1], &w.ops[2]);
+    let root = w.content(b"a new film").await;
+    // The seller signed first, the rival published first.
+    let first_signed = service::list(&w.store, &seller.key, listing(seller, cowriter, 1, root))
+        .await
+        .unwrap();
+    let rivals = listing(rival, cowriter, 1, root);
+    let rival_signed = service::list(&w.store, &rival.key, rivals.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, rival, w.topic, &rival_signed)
+        .await
+        .unwrap();
+    service::publish(&w.ledger, seller, w.topic, &first_signed)
+        .await
+        .unwrap();
+    // The rival lists its own root twice, as a rental and as a sale: both stand.
+    let mut sale = rivals.clone();
+    sale.id.number = 2;
+    sale.terms.rental_secs = None;
+    let sale_signed = service::list(&w.store, &rival.key, sale.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, rival, w.topic, &sale_signed)
+        .await
+        .unwrap();
+    let (catalog, applied) = w.catalog().await;
+    assert_eq!(
+        applied,
+        vec![
+            Ok(Applied::Listed(rivals.id)),
+            Err(MarketError::Claimed {
+                content: root,
+                owner: rival.account
+            }),
+            Ok(Applied::Listed(sale.id)),
+        ]
+    );
+    assert_eq!(catalog.owner(&root), Some(rival.account));
+    assert_eq!(catalog.on_offer().count(), 2);
+
+    // A message whose publisher the ledger did not name is no listing either.
+    let msgs = w.messages().await;
+    let mut anonymous = msgs[0].clone();
+    anonymous.id = None;
+    anonymous.chunk = None;
+    assert_eq!(
+        Catalog::default().apply(&anonymous),
+        Err(MarketError::NotTheSeller {
+            listing: rivals.id,
+            publisher: None
+        })
+    );
+}
