@@ -33,7 +33,11 @@ fn main() -> std::io::Result<()> {
         let proof = FraudProof { receipts: signed[..n].to_vec() };
         std::fs::write(dir.join(format!("seed-fraud-{n}")), proof.encode())?;
     }
-    println!("{} seeds in {}", 2 * signed.len() - 1, dir.display());
+    let messages = streamspace_payments::settle::receipts_messages(&signed);
+    for (i, m) in messages.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-receipts-message-{i}")), m)?;
+    }
+    println!("{} seeds in {}", 2 * signed.len() - 1 + messages.len(), dir.display());
     market()?;
     update()
 }

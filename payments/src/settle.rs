@@ -274,7 +274,7 @@ pub async fn publish_fraud_proof<L: Ledger>(
 }
 
 /// Tag opening a settlement-topic message that carries receipts.
-pub const RECEIPTS_TAG: &[u8; 23] = b"streamspace-receipts-v1";
+pub const RECEIPTS_TAG: &[u8; 23] = b"streamspace-receipts-v2";
 /// Receipts per settlement-topic message: a message stays within one 1,024-byte chunk.
 pub const RECEIPTS_PER_MESSAGE: usize = 5;
 
@@ -285,9 +285,18 @@ pub enum ReceiptsMessageError {
     /// It does not open with [`RECEIPTS_TAG`].
     #[error("not a receipts message")]
     NotReceipts,
-    /// The body is empty, too long, or not a whole number of receipts.
-    #[error("receipts message body of {0} bytes: not 1 to 5 whole receipts")]
-    Length(usize),
+    /// The count byte says no receipts, or more than [`RECEIPTS_PER_MESSAGE`].
+    #[error("receipts message declares {0} receipts: not 1 to {RECEIPTS_PER_MESSAGE}")]
+    Count(u8),
+    /// The body after the count is not the declared number of whole receipts (a message cut
+    /// short, even at a receipt boundary, or padded).
+    #[error("receipts message declares {declared} receipts and carries {bytes} bytes of them")]
+    Length {
+        /// Receipts the count byte declares (0 when the count byte itself is missing).
+        declared: u8,
+        /// Bytes after the count byte.
+        bytes: usize,
+    },
     /// A receipt does not decode or verify.
     #[error("receipt {index}: {source}")]
     Receipt {
@@ -299,7 +308,9 @@ pub enum ReceiptsMessageError {
 }
 
 /// How payees hand their newest receipts to the clearing: settlement-topic messages, each
-/// [`RECEIPTS_TAG`] followed by up to [`RECEIPTS_PER_MESSAGE`] encoded receipts.
+/// [`RECEIPTS_TAG`], one byte counting the receipts (1 to [`RECEIPTS_PER_MESSAGE`]), then
+/// that many encoded receipts. The count makes a message cut short at a receipt boundary
+/// detectable: it no longer holds the receipts it declares.
 ///
 /// ```
 /// use streamspace_ledger::AccountId;
@@ -313,12 +324,19 @@ pub enum ReceiptsMessageError {
 /// assert_eq!(messages.len(), 2);
 /// let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m).unwrap()).collect();
 /// assert_eq!(back, receipts);
+/// // Cut at a receipt boundary, the first message no longer holds what it declares.
+/// let cut = &messages[0][..messages[0].len() - streamspace_payments::receipt::ENCODED_LEN];
+/// assert!(parse_receipts_message(cut).is_err());
 /// ```
 pub fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
+    use crate::receipt::ENCODED_LEN;
     receipts
         .chunks(RECEIPTS_PER_MESSAGE)
         .map(|c| {
-            let mut m = RECEIPTS_TAG.to_vec();
+            let mut m = Vec::with_capacity(RECEIPTS_TAG.len() + 1 + c.len() * ENCODED_LEN);
+            m.extend_from_slice(RECEIPTS_TAG);
+            // At most RECEIPTS_PER_MESSAGE (5) receipts per chunk: the count fits a byte.
+            m.push(u8::try_from(c.len()).unwrap_or(u8::MAX));
             for r in c {
                 m.extend_from_slice(&r.encode());
             }
@@ -338,13 +356,23 @@ pub fn parse_receipts_message(message: &[u8]) -> Result<Vec<SignedReceipt>, Rece
     let body = message
         .strip_prefix(&RECEIPTS_TAG[..])
         .ok_or(ReceiptsMessageError::NotReceipts)?;
-    if body.is_empty()
-        || body.len() % ENCODED_LEN != 0
-        || body.len() > RECEIPTS_PER_MESSAGE * ENCODED_LEN
-    {
-        return Err(ReceiptsMessageError::Length(body.len()));
+    let Some((&declared, receipts)) = body.split_first() else {
+        return Err(ReceiptsMessageError::Length {
+            declared: 0,
+            bytes: 0,
+        });
+    };
+    if declared == 0 || usize::from(declared) > RECEIPTS_PER_MESSAGE {
+        return Err(ReceiptsMessageError::Count(declared));
     }
-    body.chunks(ENCODED_LEN)
+    if receipts.len() != usize::from(declared) * ENCODED_LEN {
+        return Err(ReceiptsMessageError::Length {
+            declared,
+            bytes: receipts.len(),
+        });
+    }
+    receipts
+        .chunks(ENCODED_LEN)
         .enumerate()
         .map(|(index, c)| {
             let r = SignedReceipt::decode(c)
