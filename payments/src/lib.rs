@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod book;
+pub mod clearing;
 pub mod fraud;
 pub mod merkle;
 pub mod netting;

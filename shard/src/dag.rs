@@ -235,6 +235,77 @@ async fn lookup<S: BlockStore>(store: &S, dir: &Cid, name: &str) -> Result<Cid, 
     }
 }
 
+/// The blocks of a HAMT-sharded directory's own shard nodes, without its entries, depth-first
+/// from `root` and each once: what a gateway's `dag-scope=entity` CAR of a sharded directory
+/// carries. A directory that is not sharded answers `[root]`.
+///
+/// At most [`MAX_DEPTH`] levels of sub-shards are followed, and a shard linked twice is read
+/// once, so a hostile DAG costs at most one read per distinct block.
+///
+/// # Errors
+///
+/// [`ExportError::TooDeep`] beyond [`MAX_DEPTH`] levels, [`ExportError::BadHamt`] for a shard
+/// with an unsupported hash or fanout, or any fetch, verification or decode error.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use streamspace_shard::dag::hamt_shards;
+/// use streamspace_shard::{import::ImportOptions, store::{add_reader, MemoryStore}};
+///
+/// let store = MemoryStore::new();
+/// let file = add_reader(Some(&store), &b"hello"[..], ImportOptions::default()).await?;
+/// // A file is no sharded directory: its root is the only block.
+/// assert_eq!(hamt_shards(&store, &file.cid).await?, vec![file.cid]);
+/// # Ok(()) }
+/// ```
+pub async fn hamt_shards<S: BlockStore>(store: &S, root: &Cid) -> Result<Vec<Cid>, ExportError> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![(*root, 0usize)];
+    while let Some((cid, depth)) = stack.pop() {
+        if depth > MAX_DEPTH {
+            return Err(ExportError::TooDeep(cid));
+        }
+        if !seen.insert(cid) {
+            continue;
+        }
+        out.push(cid);
+        if cid.codec() != DAG_PB {
+            continue;
+        }
+        let node = decode_node(&cid, fetch(store, &cid).await?)?;
+        if node.fs.kind != DataType::HamtShard {
+            continue;
+        }
+        let fanout = match (node.fs.hash_type, node.fs.fanout) {
+            (Some(hamt::MURMUR3_X64_64), Some(f)) if f.is_power_of_two() && (2..=1024).contains(&f) => {
+                f as usize
+            }
+            (h, f) => {
+                return Err(ExportError::BadHamt {
+                    cid,
+                    hash_type: h,
+                    fanout: f,
+                });
+            }
+        };
+        // Links to sub-shards are named by the hex prefix alone; entries by the prefix and
+        // their name.
+        let width = hamt::prefix_width(fanout);
+        stack.extend(
+            node.pb
+                .links
+                .iter()
+                .rev()
+                .filter(|l| l.name.as_ref().is_some_and(|n| n.len() == width))
+                .map(|l| (l.cid, depth + 1)),
+        );
+    }
+    Ok(out)
+}
+
 /// Every block of the DAG below `root`, depth-first from the root, each once, verified.
 ///
 /// This is the block order of `ipfs dag export` and of [`crate::car`] exports.

@@ -386,17 +386,8 @@ fn print_added(cid: &Cid, name: &str, quiet: bool, quieter: bool, is_root: bool)
 }
 
 fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o
-        .open(path)
-        .with_context(|| format!("writing key file {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    streamspace_node::config::write_secret(path, bytes)
+        .with_context(|| format!("writing key file {}", path.display()))
 }
 
 async fn cat_cmd(cli: &Cli, c: &CatArgs) -> Result<()> {

@@ -302,14 +302,9 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
         listing.clone(),
     )
     .await?;
-    ledger
-        .submit_message(
-            &publisher.op,
-            market_topic,
-            Bytes::from(signed.encode()),
-            None,
-        )
-        .await?;
+    // Published by the seller's own account: the catalog counts no listing another account
+    // published.
+    service::publish(&ledger, &publisher.op, market_topic, &signed).await?;
     println!(
         "[publisher] {} encrypted shards, root {}, listed at {} tinybars",
         root.size.div_ceil(262_144),
@@ -345,7 +340,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     // Viewers find it in the catalog, buy it, get the key for their device, and watch.
     let mut catalog = streamspace_market::Catalog::default();
     for m in ledger.topic_messages(market_topic, 1, 1000).await? {
-        let _ = catalog.apply(m.consensus, &m.message);
+        let _ = catalog.apply(&m);
     }
     let offer = catalog
         .search("demo reel")
@@ -389,10 +384,10 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             .await?;
         // The viewer's player reads the item through its gateway's decrypting path, with the
         // key released against its license.
-        let keyring = crate::gateway::Keyring::from([(root.cid, key)]);
-        let player = crate::gateway::router_with_keys(
+        let keyring = streamspace_node::gateway::Keyring::from([(root.cid, key)]);
+        let player = streamspace_node::gateway::router_with_keys(
             viewer.node.clone(),
-            Arc::new(crate::gateway::CacheStats::default()),
+            Arc::new(streamspace_node::gateway::CacheStats::default()),
             Arc::new(keyring),
         );
         let request = axum::http::Request::get(format!("/play/{}", root.cid))
@@ -501,7 +496,7 @@ async fn catalog_income(
 ) -> Result<BTreeMap<AccountId, streamspace_market::catalog::Income>> {
     let msgs = ledger.topic_messages(topic, 1, 10_000).await?;
     let mut c = streamspace_market::Catalog::default();
-    let results = c.replay(msgs.iter().map(|m| (m.consensus, &m.message[..])));
+    let results = c.replay(&msgs);
     ensure!(
         results.iter().all(Result::is_ok),
         "the market topic holds a message the catalog refuses"

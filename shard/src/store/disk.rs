@@ -27,13 +27,13 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 
 struct State {
     used: u64,
+    quota: Option<u64>,
     sizes: HashMap<Cid, u64>,
     policy: Box<dyn EvictionPolicy>,
 }
 
 struct Inner {
     db: Database,
-    quota: Option<u64>,
     state: Mutex<State>,
 }
 
@@ -64,7 +64,7 @@ pub struct DiskStore {
 impl std::fmt::Debug for DiskStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskStore")
-            .field("quota", &self.inner.quota)
+            .field("quota", &self.quota())
             .field("used", &self.used_bytes())
             .finish()
     }
@@ -126,9 +126,9 @@ impl DiskStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
-                quota,
                 state: Mutex::new(State {
                     used,
+                    quota,
                     sizes,
                     policy,
                 }),
@@ -153,7 +153,36 @@ impl DiskStore {
 
     /// The byte quota, if any.
     pub fn quota(&self) -> Option<u64> {
-        self.inner.quota
+        self.inner.lock().quota
+    }
+
+    /// Changes the byte quota (`None`: unbounded), evicting unpinned blocks in the policy's
+    /// order until the store fits. Returns the number of blocks evicted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::QuotaExceeded`] when pinned blocks alone exceed the new quota: nothing
+    /// changes. [`StoreError::Database`] when the store cannot be written.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use streamspace_shard::store::{BlockStore, DiskStore};
+    /// use streamspace_shard::Block;
+    /// use streamspace_shard::block::RAW;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskStore::open(dir.path().join("blocks.redb"), None)?;
+    /// let block = |b: u8| Block::encode(cid::Version::V1, RAW, vec![b; 1000].into());
+    /// store.put_many(vec![block(7), block(8)]).await?;
+    /// assert_eq!(store.set_quota(Some(1500)).await?, 1); // one block evicted
+    /// assert_eq!((store.used_bytes(), store.quota()), (1000, Some(1500)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_quota(&self, quota: Option<u64>) -> Result<usize, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.set_quota(quota)).await
     }
 
     /// Pins the DAG below `root`: none of its blocks is evicted until it is unpinned.
@@ -280,9 +309,73 @@ impl DiskStore {
     }
 }
 
+/// The unpinned blocks to evict, in the policy's order, so that `used` bytes fit `quota`,
+/// and the bytes used after.
+fn evictions(
+    txn: &redb::WriteTransaction,
+    st: &State,
+    quota: u64,
+    mut used: u64,
+) -> Result<(Vec<Cid>, u64), StoreError> {
+    let pinned = txn.open_table(PINNED).map_err(db_err)?;
+    let mut pinned_bytes = 0;
+    let mut victims = Vec::new();
+    for cid in st.policy.candidates() {
+        if used <= quota {
+            break;
+        }
+        let size = st.sizes.get(&cid).copied().unwrap_or(0);
+        if pinned
+            .get(cid.to_bytes().as_slice())
+            .map_err(db_err)?
+            .is_some()
+        {
+            pinned_bytes += size;
+            continue;
+        }
+        victims.push(cid);
+        used -= size;
+    }
+    if used > quota {
+        return Err(StoreError::QuotaExceeded {
+            quota,
+            needed: used,
+            pinned: pinned_bytes,
+        });
+    }
+    Ok((victims, used))
+}
+
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_quota(&self, quota: Option<u64>) -> Result<usize, StoreError> {
+        let mut st = self.lock();
+        let Some(q) = quota.filter(|&q| st.used > q) else {
+            st.quota = quota;
+            return Ok(0);
+        };
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let (victims, used) = evictions(&txn, &st, q, st.used)?;
+        {
+            let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
+            let mut sizes = txn.open_table(SIZES).map_err(db_err)?;
+            for cid in &victims {
+                let key = cid.to_bytes();
+                table.remove(key.as_slice()).map_err(db_err)?;
+                sizes.remove(key.as_slice()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        st.used = used;
+        st.quota = quota;
+        for cid in &victims {
+            st.sizes.remove(cid);
+            st.policy.removed(cid);
+        }
+        Ok(victims.len())
     }
 
     fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
@@ -306,33 +399,9 @@ impl Inner {
         {
             let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
             let mut sizes = txn.open_table(SIZES).map_err(db_err)?;
-            if let Some(quota) = self.quota.filter(|&q| used > q) {
-                let pinned = txn.open_table(PINNED).map_err(db_err)?;
-                let mut pinned_bytes = 0;
-                for cid in st.policy.candidates() {
-                    if used <= quota {
-                        break;
-                    }
-                    let size = st.sizes.get(&cid).copied().unwrap_or(0);
-                    if pinned
-                        .get(cid.to_bytes().as_slice())
-                        .map_err(db_err)?
-                        .is_some()
-                    {
-                        pinned_bytes += size;
-                        continue;
-                    }
-                    victims.push(cid);
-                    used -= size;
-                }
-                if used > quota {
-                    // Dropping the transaction aborts it: nothing changes.
-                    return Err(StoreError::QuotaExceeded {
-                        quota,
-                        needed: used,
-                        pinned: pinned_bytes,
-                    });
-                }
+            if let Some(quota) = st.quota.filter(|&q| used > q) {
+                // An error drops the transaction, which aborts it: nothing changes.
+                (victims, used) = evictions(&txn, &st, quota, used)?;
             }
             for cid in &victims {
                 let key = cid.to_bytes();

@@ -1,4 +1,8 @@
 //! The node's TOML configuration and the network's member list.
+//!
+//! A [`Config`] is read from a TOML file ([`Config::from_file`]) or built in code, then handed
+//! to [`NodeBuilder`](crate::NodeBuilder). Unknown keys are refused; errors name the file and
+//! the key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +25,8 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// quota = 10_737_418_240                # bytes of disk offered
 /// gateway = "127.0.0.1:8080"            # optional HTTP gateway
 /// metrics = "127.0.0.1:9464"            # optional Prometheus endpoint
+/// api = "127.0.0.1:5001"                # optional operator API (/api/v0) and dashboard
+/// api_token_file = "api.token"          # bearer token, required off loopback
 ///
 /// [allowlist]                           # optional: a closed network
 /// operator = "<hex Ed25519 public key>"
@@ -46,43 +52,121 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// topic = "0.0.1003"                    # settlement topic
 /// clearing_key_file = "clearing.key"    # only on the node that settles
 /// ```
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct FileConfig {
+pub struct Config {
+    /// `[node]`: the repository, the network and the addresses.
     pub node: NodeSection,
+    /// `[allowlist]`: a closed network's signed member list.
     pub allowlist: Option<AllowlistSection>,
+    /// `[ledger]`: where payments settle.
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// `[payments]`: paid service.
     pub payments: Option<PaymentsSection>,
 }
 
+impl Config {
+    /// Reads a configuration file. Relative paths in it are later taken from `path`'s
+    /// directory (see [`NodeBuilder::from_file`](crate::NodeBuilder::from_file)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the file, and the key when the TOML is
+    /// invalid or holds an unknown key.
+    pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
+        read_toml(path).map_err(crate::Error::Config)
+    }
+
+    /// Parses a configuration from TOML text.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) naming the key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let c = streamspace_node::Config::from_toml("[node]\nrepo = \"r\"\ntier = \"tier1\"")?;
+    /// assert_eq!(c.node.tier, streamspace_node::config::TierName::Tier1);
+    /// assert!(streamspace_node::Config::from_toml("[node]\nrepo = \"r\"\nlisten_on = []").is_err());
+    /// # Ok::<(), streamspace_node::Error>(())
+    /// ```
+    pub fn from_toml(text: &str) -> Result<Self, crate::Error> {
+        toml::from_str(text).map_err(|e| crate::Error::Config(e.into()))
+    }
+}
+
+/// `[node]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NodeSection {
+pub struct NodeSection {
+    /// The repository: block store, identity, journal.
     pub repo: PathBuf,
+    /// The network's name (peers of other networks are not spoken to).
     #[serde(default = "default_network")]
     pub network: String,
+    /// Listen multiaddrs (default: TCP and QUIC on every interface, ports chosen by the OS).
     #[serde(default)]
     pub listen: Vec<String>,
+    /// Bootstrap peers' multiaddrs, ending in `/p2p/<peer id>`.
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// The tier the node announces.
     #[serde(default)]
     pub tier: TierName,
+    /// Bytes of disk offered (unpinned blocks are evicted beyond it).
     pub quota: Option<u64>,
+    /// The HTTP gateway's address (none by default).
     pub gateway: Option<SocketAddr>,
+    /// The Prometheus endpoint's address (none by default).
     pub metrics: Option<SocketAddr>,
+    /// The operator API's address (none by default): `/api/v0` and the dashboard.
+    pub api: Option<SocketAddr>,
+    /// A file holding the bearer token the API requires; needed when the API listens on an
+    /// address other than loopback.
+    pub api_token_file: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            repo: PathBuf::new(),
+            network: default_network(),
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            tier: TierName::default(),
+            quota: None,
+            gateway: None,
+            metrics: None,
+            api: None,
+            api_token_file: None,
+        }
+    }
 }
 
 fn default_network() -> String {
     "main".into()
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+/// A tier's name in the file: `"edge"` or `"tier1"`.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum TierName {
+pub enum TierName {
+    /// Near viewers; caches what they ask for.
     #[default]
     Edge,
+    /// Fast links; replicates content in demand.
     Tier1,
+}
+
+impl From<Tier> for TierName {
+    fn from(t: Tier) -> Self {
+        match t {
+            Tier::Edge => TierName::Edge,
+            Tier::Tier1 => TierName::Tier1,
+        }
+    }
 }
 
 impl From<TierName> for Tier {
@@ -94,26 +178,39 @@ impl From<TierName> for Tier {
     }
 }
 
+/// `[allowlist]`: a closed network.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AllowlistSection {
+pub struct AllowlistSection {
+    /// The operator's Ed25519 public key, in hex, that signs the list.
     pub operator: String,
+    /// The signed list.
     pub file: PathBuf,
 }
 
+/// `[ledger]`: the backend payments settle on.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
-pub(crate) enum LedgerSection {
+pub enum LedgerSection {
+    /// The embedded ledger (the default).
     Embedded {
+        /// The ledger file (default: `ledger.redb` in the repository).
         path: Option<PathBuf>,
+        /// The genesis key, in hex (default: generated into the repository).
         treasury: Option<String>,
+        /// Serve the ledger over Hedera's gRPC API on this address (feature `hedera`).
         serve: Option<SocketAddr>,
+        /// The mirror node's address when serving.
         serve_mirror: Option<SocketAddr>,
     },
+    /// Hedera, through the official SDK (feature `hedera`).
     #[cfg_attr(not(feature = "hedera"), allow(dead_code))]
     Hedera {
+        /// `"mainnet"`, `"testnet"` or `"previewnet"`.
         network: Option<String>,
+        /// A consensus node's address (with `mirror`, instead of `network`).
         node: Option<SocketAddr>,
+        /// A mirror node's address.
         mirror: Option<SocketAddr>,
     },
 }
@@ -129,20 +226,31 @@ impl Default for LedgerSection {
     }
 }
 
+/// `[payments]`: paid service.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PaymentsSection {
+pub struct PaymentsSection {
+    /// The node's ledger account (`0.0.N`).
     pub account: String,
+    /// The account's Ed25519 seed, in hex.
     pub key_file: PathBuf,
+    /// Tinybars per shard served.
     #[serde(default = "default_price")]
     pub price_per_shard: u64,
+    /// The settlement period, seconds.
     #[serde(default = "default_period")]
     pub period_secs: u64,
+    /// Tinybars this node locks as collateral each period.
     pub collateral: u64,
+    /// The member list (`members.toml`).
     pub members: PathBuf,
+    /// The clearing account.
     pub clearing: String,
+    /// The settlement topic.
     pub topic: String,
+    /// The clearing account's key: only on the node that settles.
     pub clearing_key_file: Option<PathBuf>,
+    /// Shards a payer may be served past its newest receipt.
     #[serde(default = "default_ahead")]
     pub max_ahead: u64,
 }
@@ -176,9 +284,12 @@ struct MemberEntry {
 
 /// A member: its ledger account, payment key and collateral per period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Member {
+pub struct Member {
+    /// Its ledger account.
     pub account: AccountId,
+    /// The key its receipts are signed with.
     pub key: PublicKey,
+    /// Tinybars it locks each period.
     pub collateral: u64,
 }
 
@@ -227,6 +338,11 @@ pub(crate) fn multiaddrs(what: &str, v: &[String]) -> Result<Vec<Multiaddr>> {
 }
 
 /// Reads the member list, refusing duplicates.
+///
+/// # Errors
+///
+/// When the file cannot be read or parsed, or lists a peer or account twice: the message
+/// names the file and the member.
 pub(crate) fn read_members(path: &Path) -> Result<HashMap<PeerId, Member>> {
     let file: MembersFile = read_toml(path)?;
     let mut out = HashMap::new();
@@ -263,6 +379,22 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Writes a secret (a key file) readable by its owner only, and syncs it to disk.
+///
+/// # Errors
+///
+/// When the file cannot be created or written.
+pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,7 +419,7 @@ mod tests {
             clearing = "0.0.2"
             topic = "0.0.3"
         "#;
-        let c: FileConfig = toml::from_str(full).expect("parses");
+        let c: Config = toml::from_str(full).expect("parses");
         assert_eq!(c.node.tier, TierName::Tier1);
         assert!(matches!(c.ledger, LedgerSection::Hedera { .. }));
         let p = c.payments.expect("payments");
@@ -295,10 +427,10 @@ mod tests {
             (p.period_secs, p.price_per_shard, p.max_ahead),
             (3600, 10_000, 64)
         );
-        let minimal: FileConfig = toml::from_str("[node]\nrepo = \"r\"").expect("parses");
+        let minimal: Config = toml::from_str("[node]\nrepo = \"r\"").expect("parses");
         assert!(matches!(minimal.ledger, LedgerSection::Embedded { .. }));
-        assert!(toml::from_str::<FileConfig>("[node]\nrepo = \"r\"\nlisten_on = []").is_err());
-        assert!(toml::from_str::<FileConfig>("[node]\nrepo = \"r\"\ntier = \"gold\"").is_err());
+        assert!(toml::from_str::<Config>("[node]\nrepo = \"r\"\nlisten_on = []").is_err());
+        assert!(toml::from_str::<Config>("[node]\nrepo = \"r\"\ntier = \"gold\"").is_err());
     }
 
     #[test]

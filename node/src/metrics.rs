@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use streamspace_shard::store::DiskStore;
 use streamspace_transport::Node;
 
-use super::Paid;
+use crate::run::Paid;
 use crate::gateway::CacheStats;
 
 /// Where the figures come from.
@@ -124,8 +124,8 @@ pub(crate) fn render(s: &Sources) -> Result<String, std::fmt::Error> {
         "Peers with traffic",
         stats.peers.len() as i64,
     );
-    let hits = s.cache.hits.load(Ordering::Relaxed);
-    let misses = s.cache.misses.load(Ordering::Relaxed);
+    let hits = s.cache.hits();
+    let misses = s.cache.misses();
     counter(
         &mut r,
         "cache_hits",

@@ -1,23 +1,11 @@
-//! `streamspace node`: a long-running node from a TOML file (see [`config::FileConfig`]) and
-//! flags.
-//!
-//! It serves its repository's block store to the network, optionally through an HTTP gateway;
-//! with `[payments]`, it is paid for every shard it serves and pays for every shard it
-//! receives, through signed cumulative receipts carried over the exchange protocol and checked
-//! by the metering hook (a payer gets at most a few shards ahead of its newest receipt). At the
-//! end of each period the node journals its newest receipts, posts them to the network's
-//! settlement topic and logs what it earned; the node holding the clearing key reads the topic
-//! and settles each period that ended on the ledger. On Ctrl-C or SIGTERM the node stops
-//! serving, journals and posts what it holds, and exits.
+//! The running node: the metering hook wired to payments, the ledger backends, the loop that
+//! journals, posts and settles receipts, and the HTTP endpoints.
 //!
 //! Books are per period and each node rolls its own on its clock, once a second: a receipt
 //! that reaches its payee in the payee's next period is refused, so shards served in the
 //! second around a boundary may go unpaid (a grace for the previous period is not built).
 
-pub(crate) mod config;
-mod metrics;
-
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,114 +18,31 @@ use bytes::Bytes;
 use streamspace_ledger::hedera::server::LoopbackNode;
 #[cfg(feature = "hedera")]
 use streamspace_ledger::hedera::{HederaLedger, Network};
-use streamspace_ledger::{
-    AccountId, Ledger, LocalLedger, Operator, PublicKey, SystemClock, TopicId,
-};
+use streamspace_ledger::{Ledger, LocalLedger, Operator, PublicKey, TopicId, AccountId, SystemClock};
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
+use streamspace_payments::clearing::{Clearing, Member as ClearingMember};
 use streamspace_payments::receipt::SignedReceipt;
-use streamspace_payments::settle::{
-    Journal, RECEIPTS_TAG, Settler, parse_receipts_message, receipts_messages,
-};
+use streamspace_payments::settle::{Journal, receipts_messages};
 use streamspace_shard::store::DiskStore;
 use streamspace_transport::allowlist::SignedAllowlist;
 use streamspace_transport::meter::{Decision, Free, Meter};
-use streamspace_transport::{Admission, Node, PeerId};
+use streamspace_transport::{Admission, PeerId};
 use tokio::sync::watch;
 
-use config::{FileConfig, LedgerSection, Member, TierName};
+use crate::config::{self, Config, LedgerSection, Member};
+use crate::{Node, metrics};
 
 /// How often the node journals its newest receipts: a crash loses at most the receipts of that
 /// long (the next cumulative receipt from the same payer covers them); journaled periods that
 /// were never posted are posted at the next start.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
-/// `streamspace node`.
-#[derive(clap::Subcommand)]
-pub(crate) enum NodeCommand {
-    /// Run a node until Ctrl-C or SIGTERM.
-    Run(RunArgs),
-    /// What the node earned, period by period (from its journal).
-    Earnings {
-        /// The node's configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
-    },
-}
-
-/// Flags override the file.
-#[derive(clap::Args)]
-pub(crate) struct RunArgs {
-    /// The node's configuration file.
-    #[arg(short, long)]
-    config: PathBuf,
-    /// Listen addresses (replacing the file's).
-    #[arg(long)]
-    listen: Vec<String>,
-    /// Bootstrap peers (added to the file's).
-    #[arg(long)]
-    bootstrap: Vec<String>,
-    /// Tier.
-    #[arg(long)]
-    tier: Option<TierName>,
-    /// Bytes of disk offered.
-    #[arg(long)]
-    quota: Option<u64>,
-    /// HTTP gateway address.
-    #[arg(long)]
-    gateway: Option<SocketAddr>,
-    /// Prometheus metrics address.
-    #[arg(long)]
-    metrics: Option<SocketAddr>,
-}
-
-pub(crate) async fn run(cmd: &NodeCommand) -> Result<()> {
-    match cmd {
-        NodeCommand::Run(args) => run_node(args).await,
-        NodeCommand::Earnings { config } => earnings(config),
-    }
-}
-
-fn load(path: &Path) -> Result<(FileConfig, PathBuf)> {
-    let cfg: FileConfig = config::read_toml(path)?;
-    let base = path
-        .parent()
-        .map(Path::to_owned)
-        .unwrap_or_else(|| PathBuf::from("."));
-    Ok((cfg, base))
-}
-
 /// The current settlement period.
-fn period_now(period_secs: u64) -> u64 {
+pub(crate) fn period_now(period_secs: u64) -> u64 {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     secs / period_secs.max(1)
-}
-
-fn earnings(path: &Path) -> Result<()> {
-    let (cfg, base) = load(path)?;
-    let p = cfg
-        .payments
-        .context("the configuration has no [payments] section")?;
-    let me = config::account("payments.account", &p.account)?;
-    let repo = config::resolve(&base, &cfg.node.repo);
-    let journal = Journal::open(repo.join("journal.redb"))?;
-    println!("period,start_utc_s,payers,shards,tinybars");
-    for period in journal.periods()? {
-        let receipts: Vec<SignedReceipt> = journal
-            .receipts(period)?
-            .into_iter()
-            .filter(|r| r.body.payee == me)
-            .collect();
-        let shards: u64 = receipts.iter().map(|r| r.body.shards).sum();
-        let earned: u64 = receipts.iter().map(|r| r.body.amount).sum();
-        println!(
-            "{period},{},{},{shards},{earned}",
-            period * p.period_secs,
-            receipts.len()
-        );
-    }
-    Ok(())
 }
 
 /// Books of the current period: what peers owe this node, and what it owes them.
@@ -294,7 +199,8 @@ async fn open_ledger(
                     let file = repo.join("treasury.key");
                     if !file.exists() {
                         let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-                        crate::write_secret(&file, hex::encode(key.to_bytes()).as_bytes())?;
+                        config::write_secret(&file, hex::encode(key.to_bytes()).as_bytes())
+                            .with_context(|| format!("writing key file {}", file.display()))?;
                     }
                     PublicKey::from(&config::read_key(&file)?)
                 }
@@ -350,19 +256,8 @@ async fn open_ledger(
     }
 }
 
-async fn run_node(args: &RunArgs) -> Result<()> {
-    let (mut cfg, base) = load(&args.config)?;
-    if !args.listen.is_empty() {
-        cfg.node.listen = args.listen.clone();
-    }
-    cfg.node.bootstrap.extend(args.bootstrap.iter().cloned());
-    if let Some(t) = args.tier {
-        cfg.node.tier = t;
-    }
-    cfg.node.quota = args.quota.or(cfg.node.quota);
-    cfg.node.gateway = args.gateway.or(cfg.node.gateway);
-    cfg.node.metrics = args.metrics.or(cfg.node.metrics);
-
+/// Starts the node `cfg` describes (relative paths taken from `base`).
+pub(crate) async fn start(cfg: Config, base: PathBuf) -> Result<Node> {
     let repo = config::resolve(&base, &cfg.node.repo);
     std::fs::create_dir_all(&repo).with_context(|| format!("creating {}", repo.display()))?;
     let operator = match &cfg.payments {
@@ -381,18 +276,11 @@ async fn run_node(args: &RunArgs) -> Result<()> {
     };
     match backend {
         Some(Backend::Embedded(l, served)) => {
-            let r = serve_node(&cfg, &base, &repo, operator, Some(l)).await;
-            #[cfg(feature = "hedera")]
-            if let Some(s) = served {
-                s.stop().await;
-            }
-            #[cfg(not(feature = "hedera"))]
-            let _ = served;
-            r
+            start_with(cfg, base, repo, operator, Some(l), served).await
         }
         #[cfg(feature = "hedera")]
-        Some(Backend::Hedera(l)) => serve_node(&cfg, &base, &repo, operator, Some(l)).await,
-        None => serve_node::<LocalLedger>(&cfg, &base, &repo, None, None).await,
+        Some(Backend::Hedera(l)) => start_with(cfg, base, repo, operator, Some(l), None).await,
+        None => start_with::<LocalLedger>(cfg, base, repo, None, None, None).await,
     }
 }
 
@@ -408,30 +296,45 @@ struct Settlement<L> {
     repo: PathBuf,
     /// What the last closed period earned (for the metrics).
     earned_last: Arc<AtomicU64>,
-    /// The clearing role: its settler, the members' collateral and the periods closed.
+    /// The clearing role, on the node that holds the clearing key.
     clearing_role: Option<Clearing<L>>,
 }
 
-struct Clearing<L> {
-    settler: Settler<L>,
-    journal: Journal,
-    collateral: BTreeMap<AccountId, u64>,
-    keys: HashMap<AccountId, PublicKey>,
-    next_sequence: u64,
-    closed: BTreeSet<u64>,
-}
-
-async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
-    cfg: &FileConfig,
-    base: &Path,
-    repo: &Path,
+async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
+    cfg: Config,
+    base: PathBuf,
+    repo: PathBuf,
     operator: Option<Operator>,
     ledger: Option<L>,
-) -> Result<()> {
+    served: Option<Served>,
+) -> Result<Node> {
+    let base = base.as_path();
     let store = DiskStore::open(repo.join("blocks.redb"), cfg.node.quota)
         .with_context(|| format!("opening the block store in {}", repo.display()))?;
     let keypair = streamspace_transport::identity::load_or_create(&repo.join("identity"))
         .context("loading the node's identity")?;
+    let public_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(keypair.public().encode_protobuf())
+    };
+    let api_token = match (&cfg.node.api, &cfg.node.api_token_file) {
+        (Some(_), Some(f)) => {
+            let f = config::resolve(base, f);
+            let t = std::fs::read_to_string(&f)
+                .with_context(|| format!("node.api_token_file: reading {}", f.display()))?;
+            let t = t.trim().to_owned();
+            anyhow::ensure!(
+                t.len() >= 16,
+                "node.api_token_file: {}: a token of at least 16 characters is needed",
+                f.display()
+            );
+            Some(Arc::from(t))
+        }
+        (Some(addr), None) if !addr.ip().is_loopback() => bail!(
+            "node.api = {addr}: off loopback the API needs a bearer token (node.api_token_file)"
+        ),
+        _ => None,
+    };
     let mut tc = streamspace_transport::Config::new(keypair);
     tc.network = cfg.node.network.clone();
     tc.tier = cfg.node.tier.into();
@@ -486,17 +389,18 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
                         key: config::read_key(&config::resolve(base, k))?,
                     };
                     let journal = Journal::open(repo.join("clearing.redb"))?;
-                    Some(Clearing {
-                        settler: Settler::new(ledger.clone(), journal.clone(), clearing, topic),
+                    Some(Clearing::new(
+                        ledger.clone(),
+                        clearing,
+                        topic,
                         journal,
-                        collateral: members
-                            .values()
-                            .map(|m| (m.account, m.collateral))
-                            .collect(),
-                        keys: members.values().map(|m| (m.account, m.key)).collect(),
-                        next_sequence: 1,
-                        closed: BTreeSet::new(),
-                    })
+                        members.values().map(|m| ClearingMember {
+                            account: m.account,
+                            key: m.key,
+                            collateral: m.collateral,
+                        }),
+                        p.period_secs,
+                    ))
                 }
                 None => None,
             };
@@ -508,7 +412,7 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
                 collateral: p.collateral,
                 period_secs: p.period_secs.max(1),
                 journal: Journal::open(repo.join("journal.redb"))?,
-                repo: repo.to_owned(),
+                repo: repo.clone(),
                 earned_last: earned_last.clone(),
                 clearing_role,
             });
@@ -521,7 +425,7 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
         None => Arc::new(Free),
     };
     let roots = store.pinned_roots().await?;
-    let node = Node::start(tc, Arc::new(store), meter).await?;
+    let node = streamspace_transport::Node::start(tc, Arc::new(store), meter).await?;
     // The DHT learns what this node holds: one provider record per pinned root.
     for root in &roots {
         if let Err(e) = node.provide(*root).await {
@@ -555,9 +459,52 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let cache = Arc::new(crate::gateway::CacheStats::default());
     let mut servers = Vec::new();
+    let mut gateway_addr = None;
+    let mut metrics_addr = None;
     if let Some(addr) = cfg.node.gateway {
         let app = crate::gateway::router(node.clone(), cache.clone());
-        servers.push(serve_http(addr, "gateway", app, stop_rx.clone()).await?);
+        let (bound, task) = serve_http(addr, "gateway", app, stop_rx.clone()).await?;
+        gateway_addr = Some(bound);
+        servers.push(task);
+    }
+    let mut api_addr = None;
+    if let Some(addr) = cfg.node.api {
+        let bandwidth = Arc::new(crate::api::Bandwidth::default());
+        tokio::spawn(crate::api::sample_bandwidth(
+            node.clone(),
+            bandwidth.clone(),
+            stop_rx.clone(),
+        ));
+        let app = crate::api::router(crate::api::Api {
+            node: node.clone(),
+            public_key,
+            repo: repo.clone(),
+            token: api_token,
+            cache: cache.clone(),
+            paid: paid.clone(),
+            earned_last: earned_last.clone(),
+            tier: cfg.node.tier.into(),
+            period_secs: cfg.payments.as_ref().map(|p| p.period_secs),
+            bandwidth,
+            protocols: [
+                streamspace_transport::codec::PROTOCOL.to_string(),
+                format!("/streamspace/{}/kad/1.0.0", cfg.node.network),
+                "/streamspace/id/1.0.0".to_owned(),
+                "/ipfs/ping/1.0.0".to_owned(),
+                "/meshsub/1.1.0".to_owned(),
+            ]
+            .into(),
+        });
+        let (bound, task) = serve_http(addr, "API (/api/v0)", app, stop_rx.clone()).await?;
+        // As kubo's `$IPFS_PATH/api`: where a client finds the running node.
+        let ip = match bound.ip() {
+            std::net::IpAddr::V4(a) => format!("/ip4/{a}"),
+            std::net::IpAddr::V6(a) => format!("/ip6/{a}"),
+        };
+        std::fs::write(repo.join("api"), format!("{ip}/tcp/{}\n", bound.port()))
+            .with_context(|| format!("writing {}", repo.join("api").display()))?;
+        api_addr = Some(bound);
+        servers.push(task);
     }
     if let Some(addr) = cfg.node.metrics {
         let app = metrics::router(metrics::Sources {
@@ -566,7 +513,9 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
             cache: cache.clone(),
             earned_last: earned_last.clone(),
         });
-        servers.push(serve_http(addr, "metrics (/metrics)", app, stop_rx.clone()).await?);
+        let (bound, task) = serve_http(addr, "metrics (/metrics)", app, stop_rx.clone()).await?;
+        metrics_addr = Some(bound);
+        servers.push(task);
     }
 
     if let (Some(s), Some(_)) = (&settlement, &paid) {
@@ -574,13 +523,42 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
         post_unposted(s, now).await;
         lock_collateral_once(s, now).await;
     }
+    let task = tokio::spawn(run_loop(
+        node.clone(),
+        settlement,
+        paid,
+        servers,
+        stop_rx,
+        served,
+        api_addr.map(|_| repo.join("api")),
+    ));
+    Ok(Node {
+        transport: node,
+        cache,
+        gateway_addr,
+        metrics_addr,
+        api_addr,
+        stop: stop_tx,
+        task,
+    })
+}
+
+/// Journals, rolls the books, posts and settles, until `stop` turns true; then stops the
+/// HTTP endpoints and the transport, and journals and posts what the node holds.
+async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
+    node: streamspace_transport::Node<DiskStore>,
+    mut settlement: Option<Settlement<L>>,
+    paid: Option<Arc<Paid>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    mut stop: watch::Receiver<bool>,
+    served: Option<Served>,
+    api_file: Option<PathBuf>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(FLUSH_EVERY.min(Duration::from_secs(1)));
     let mut last_flush = tokio::time::Instant::now();
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stop.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
         let (Some(s), Some(paid)) = (&mut settlement, &paid) else {
@@ -612,26 +590,40 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
             lock_collateral_once(s, now).await;
         }
         if let Some(c) = &mut s.clearing_role {
-            clear(c, &s.ledger, s.topic, s.period_secs).await;
+            clear(c).await;
         }
     }
 
     // Shut down: stop serving, then journal and post what this node holds.
     tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
     // Open HTTP answers (a long CAR, a video) get a few seconds to finish.
     for s in servers {
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
+    if let Some(f) = api_file {
+        let _ = std::fs::remove_file(f);
+    }
     node.shutdown().await;
+    let mut result = Ok(());
     if let (Some(s), Some(paid)) = (&mut settlement, &paid) {
         let period = paid.lock().period;
-        let books = std::mem::replace(&mut *paid.lock(), paid.books(period)?);
-        close_books(s, books).await;
+        match paid.books(period) {
+            Ok(fresh) => {
+                let books = std::mem::replace(&mut *paid.lock(), fresh);
+                close_books(s, books).await;
+            }
+            Err(e) => result = Err(e),
+        }
         if let Some(c) = &mut s.clearing_role {
-            clear(c, &s.ledger, s.topic, s.period_secs).await;
+            clear(c).await;
         }
     }
+    #[cfg(feature = "hedera")]
+    if let Some(s) = served {
+        s.stop().await;
+    }
+    #[cfg(not(feature = "hedera"))]
+    let _ = served;
     let stats = node.stats();
     tracing::info!(
         shards_served = stats.shards_served,
@@ -639,7 +631,7 @@ async fn serve_node<L: Ledger + Clone + Send + Sync + 'static>(
         shards_received = stats.shards_received,
         "stopped"
     );
-    Ok(())
+    result
 }
 
 /// Serves `app` on `addr` until `stop` turns true.
@@ -648,45 +640,24 @@ async fn serve_http(
     what: &str,
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the {what} endpoint to {addr}"))?;
-    tracing::info!(addr = %listener.local_addr()?, "{what} listening");
-    Ok(tokio::spawn(async move {
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "{what} listening");
+    Ok((bound, tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
-    }))
+    })))
 }
 
 fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::PublicKey> {
     streamspace_transport::ed25519::PublicKey::try_from_bytes(bytes)
         .map_err(|e| anyhow::anyhow!("allowlist.operator: not an Ed25519 public key: {e}"))
-}
-
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 fn flush<L>(s: &Settlement<L>, paid: &Paid) -> Result<()> {
@@ -795,71 +766,29 @@ async fn lock_collateral_once<L: Ledger>(s: &Settlement<L>, period: u64) {
     }
 }
 
-/// The clearing role: reads receipts from the settlement topic and settles ended periods.
-async fn clear<L: Ledger>(c: &mut Clearing<L>, ledger: &L, topic: TopicId, period_secs: u64) {
-    match ledger.topic_messages(topic, c.next_sequence, 1000).await {
-        Ok(messages) => {
-            for m in messages {
-                c.next_sequence = c.next_sequence.max(m.sequence + 1);
-                if !m.message.starts_with(RECEIPTS_TAG) {
-                    continue;
-                }
-                match parse_receipts_message(&m.message) {
-                    Ok(rs) => {
-                        let known: Vec<SignedReceipt> = rs
-                            .into_iter()
-                            .filter(|r| {
-                                c.keys.get(&r.body.payer) == Some(&r.payer_key)
-                                    && r.body.period <= period_now(period_secs)
-                                    && !c.closed.contains(&r.body.period)
-                            })
-                            .collect();
-                        if let Err(e) = c.journal.record(&known) {
-                            tracing::error!(error = %e, "journaling receipts for settlement");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(sequence = m.sequence, error = %e, "bad receipts message")
-                    }
-                }
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "reading the settlement topic"),
-    }
-    // A period is settled once its members had time to post their receipts.
-    let grace = (period_secs / 4).clamp(3, 300);
+/// The clearing role's turn: read the settlement topic, settle what ended.
+async fn clear<L: Ledger + Clone>(c: &mut Clearing<L>) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let periods = match c.journal.periods() {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the clearing journal");
-            return;
-        }
-    };
-    for period in periods.into_iter().filter(|p| {
-        p.checked_add(1)
-            .and_then(|n| n.checked_mul(period_secs))
-            .and_then(|end| end.checked_add(grace))
-            .is_some_and(|ready| ready <= now)
-    }) {
-        if c.closed.contains(&period) {
-            continue;
-        }
-        match c.settler.close(period, &c.collateral).await {
-            Ok(r) => {
-                c.closed.insert(period);
-                tracing::info!(
-                    period,
-                    receipts = r.receipts,
-                    transfers = r.transfers,
-                    paid_out = r.paid_out,
-                    fees = r.fees,
-                    "period settled"
-                );
-            }
-            Err(e) => tracing::error!(error = %e, period, "settling"),
-        }
+    let poll = c.poll(now).await;
+    for sequence in poll.refused {
+        tracing::warn!(sequence, "bad receipts message");
+    }
+    if let Some(e) = poll.topic_error {
+        tracing::warn!(error = %e, "reading the settlement topic");
+    }
+    for (period, r) in poll.settled {
+        tracing::info!(
+            period,
+            receipts = r.receipts,
+            transfers = r.transfers,
+            paid_out = r.paid_out,
+            fees = r.fees,
+            "period settled"
+        );
+    }
+    for (period, e) in poll.failed {
+        tracing::error!(error = %e, period, "settling");
     }
 }

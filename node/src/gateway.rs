@@ -1,0 +1,1173 @@
+//! An HTTP gateway in front of a node, after the IPFS trustless gateway specification:
+//! `GET|HEAD /ipfs/{cid}[/path]` answers verifiable blocks (`?format=raw` or
+//! `Accept: application/vnd.ipld.raw`) and CAR streams (`?format=car` or
+//! `Accept: application/vnd.ipld.car`), and, for players, the file's bytes with single-range
+//! `Range` requests. Content missing from the node's store is fetched from the network (every
+//! block verified against its CID) before it is served. Responses to content-addressed paths
+//! are immutable and say so.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cid::Cid;
+use futures::StreamExt;
+use streamspace_shard::crypto::{
+    ContentKey, PLAIN_CHUNK, SHARD_SIZE, cat_decrypted, plaintext_len,
+};
+use streamspace_shard::dag::{hamt_shards, resolve};
+use streamspace_shard::export::{ByteRange, cat, file_size};
+use streamspace_shard::store::{BlockStore, StoreError};
+use streamspace_transport::{FetchOptions, Node};
+
+/// How long a request may wait for content to arrive from the network.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+const IMMUTABLE: &str = "public, max-age=29030400, immutable";
+const RAW: &str = "application/vnd.ipld.raw";
+const CAR: &str = "application/vnd.ipld.car";
+
+/// Blocks the gateway found in the node's store, and blocks it had to fetch.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CacheStats {
+    /// Blocks found in the node's store.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Blocks fetched from the network.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, report: &streamspace_transport::FetchReport) {
+        self.hits
+            .fetch_add(report.blocks - report.fetched, Ordering::Relaxed);
+        self.misses.fetch_add(report.fetched, Ordering::Relaxed);
+    }
+}
+
+/// Content keys a viewer holds (released to it with its licenses), by item root.
+pub type Keyring = HashMap<Cid, ContentKey>;
+
+/// What the gateway's handlers share.
+struct Gateway<S> {
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
+}
+
+impl<S> Clone for Gateway<S> {
+    fn clone(&self) -> Self {
+        Self {
+            node: self.node.clone(),
+            cache: self.cache.clone(),
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// The gateway's routes over `node`, counting store hits and misses in `cache`.
+pub fn router<S: BlockStore + 'static>(node: Node<S>, cache: Arc<CacheStats>) -> Router {
+    router_with_keys(node, cache, Arc::new(Keyring::new()))
+}
+
+/// The gateway's routes, with `/play/{root}[/path]` decrypting the items whose keys are in
+/// `keys`.
+pub fn router_with_keys<S: BlockStore + 'static>(
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
+) -> Router {
+    Router::new()
+        .route("/ipfs/*path", get(serve::<S>))
+        .route("/play/*path", get(play::<S>))
+        .with_state(Gateway { node, cache, keys })
+}
+
+/// Reads every key file (as `add --encrypt --key-out` writes them) in `dir`; each must name
+/// its item's root.
+///
+/// # Errors
+///
+/// [`Error::Config`](crate::Error::Config) naming the file that cannot be read, is not a key
+/// file, or names no root.
+pub fn read_keyring(dir: &std::path::Path) -> Result<Keyring, crate::Error> {
+    use anyhow::Context;
+    let read = || -> anyhow::Result<Keyring> {
+        let mut keys = Keyring::new();
+        for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+            let path = entry?.path();
+            if !path.is_file() {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+            let (key, root) = ContentKey::from_key_file(&text)
+                .with_context(|| format!("key file {}", path.display()))?;
+            let root =
+                root.with_context(|| format!("key file {} names no root", path.display()))?;
+            keys.insert(root, key);
+        }
+        Ok(keys)
+    };
+    read().map_err(crate::Error::Config)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Raw,
+    Car,
+    File,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut r = (status, format!("{}\n", message.into())).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn format_of(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, Response> {
+    if let Some(f) = query.get("format") {
+        return match f.as_str() {
+            "raw" => Ok(Format::Raw),
+            "car" => Ok(Format::Car),
+            other => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported format {other:?} (raw or car)"),
+            )),
+        };
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains(RAW) {
+        Format::Raw
+    } else if accept.contains(CAR) {
+        Format::Car
+    } else {
+        Format::File
+    })
+}
+
+/// Parses a single `bytes=` range against a length: `(offset, count)`.
+fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 {
+            return None;
+        }
+        (len.saturating_sub(n), len.checked_sub(1)?)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            len.checked_sub(1)?
+        } else {
+            b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
+        };
+        (start, end)
+    };
+    (start <= end && start < len).then(|| (start, end - start + 1))
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "ts" => "video/mp2t",
+        "mp4" | "m4s" => "video/mp4",
+        "webm" => "video/webm",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "html" => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}
+
+fn timeout(path: &str) -> Response {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("/ipfs/{path}: no answer from the network in {FETCH_TIMEOUT:?}"),
+    )
+}
+
+/// Why content could not be brought from the network.
+#[derive(Debug)]
+pub(crate) enum Unavailable {
+    /// The fetch failed (nobody has it, every block offered was bad, a budget ran out).
+    Failed(String),
+    /// No answer within [`FETCH_TIMEOUT`].
+    Timeout,
+}
+
+/// Fetches `target` (or the blocks of a byte range of it) from the network into the node's
+/// store, counting hits and misses in `cache`.
+pub(crate) async fn fetch_into_store<S: BlockStore + 'static>(
+    node: &Node<S>,
+    cache: &CacheStats,
+    target: Cid,
+    range: Option<(u64, u64)>,
+) -> Result<(), Unavailable> {
+    let options = FetchOptions {
+        range,
+        // As Bitswap does: the neighbours first, then the DHT's providers.
+        peers: node.connected_peers().await.unwrap_or_default(),
+        ..FetchOptions::default()
+    };
+    match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(target, options)).await {
+        Ok(Ok(report)) => {
+            cache.count(&report);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Unavailable::Failed(format!("fetching {target}: {e}"))),
+        Err(_) => Err(Unavailable::Timeout),
+    }
+}
+
+/// [`fetch_into_store`], failures answered as the gateway answers them.
+async fn fetch<S: BlockStore + 'static>(
+    node: &Node<S>,
+    cache: &CacheStats,
+    target: Cid,
+    range: Option<(u64, u64)>,
+    path: &str,
+) -> Result<(), Response> {
+    fetch_into_store(node, cache, target, range)
+        .await
+        .map_err(|e| match e {
+            Unavailable::Failed(m) => error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {m}")),
+            Unavailable::Timeout => timeout(path),
+        })
+}
+
+/// The node's store, fetching single blocks it lacks from the network (to walk paths).
+pub(crate) struct Fetching<S: BlockStore + 'static> {
+    pub(crate) node: Node<S>,
+    pub(crate) cache: Arc<CacheStats>,
+}
+
+impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        if let Some(b) = self.node.store().get(cid).await? {
+            self.cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(b));
+        }
+        let one = FetchOptions {
+            range: Some((0, 0)),
+            peers: self.node.connected_peers().await.unwrap_or_default(),
+            ..FetchOptions::default()
+        };
+        match self.node.fetch(*cid, one).await {
+            Ok(report) => self.cache.count(&report),
+            Err(_) => return Ok(None),
+        }
+        self.node.store().get(cid).await
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.node.store().has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.node.store().put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.node.store().delete(cid).await
+    }
+}
+
+/// A store that notes, in order, every block read through it (the blocks a traversal
+/// needed, for a CAR that lets the client verify the same traversal).
+struct Recording<'a, T> {
+    inner: &'a T,
+    seen: std::sync::Mutex<Vec<Cid>>,
+}
+
+impl<'a, T: BlockStore> Recording<'a, T> {
+    fn new(inner: &'a T) -> Self {
+        Self {
+            inner,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Vec<Cid> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl<T: BlockStore> BlockStore for Recording<'_, T> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        let got = self.inner.get(cid).await?;
+        if got.is_some() {
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(*cid);
+        }
+        Ok(got)
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.inner.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.inner.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.inner.delete(cid).await
+    }
+}
+
+/// What a CAR answer holds below the path (the trustless gateway's `dag-scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The terminal element's block.
+    Block,
+    /// The terminal element: a whole file (or the blocks of `entity-bytes` of it), a
+    /// directory's own node(s) without its entries, any other block alone.
+    Entity(Option<(i64, Option<i64>)>),
+    /// The whole DAG below the terminal element.
+    All,
+}
+
+fn scope_of(query: &HashMap<String, String>) -> Result<Scope, Response> {
+    let bad = |m: String| Err(error(StatusCode::BAD_REQUEST, m));
+    let bytes = match query.get("entity-bytes") {
+        None => None,
+        Some(v) => {
+            let parsed = v.split_once(':').and_then(|(a, b)| {
+                let from = a.parse::<i64>().ok()?;
+                let to = if b == "*" {
+                    None
+                } else {
+                    Some(b.parse::<i64>().ok()?)
+                };
+                Some((from, to))
+            });
+            match parsed {
+                Some(r) => Some(r),
+                None => return bad(format!("entity-bytes {v:?}: expected from:to or from:*")),
+            }
+        }
+    };
+    match (query.get("dag-scope").map(String::as_str), bytes) {
+        (None | Some("all"), None) => Ok(Scope::All),
+        (None | Some("entity"), b) => Ok(Scope::Entity(b)),
+        (Some("block"), None) => Ok(Scope::Block),
+        (Some("all" | "block"), Some(_)) => bad("entity-bytes goes with dag-scope=entity".into()),
+        (Some(other), _) => bad(format!(
+            "unsupported dag-scope {other:?} (block, entity or all)"
+        )),
+    }
+}
+
+/// Resolves `entity-bytes` against a file of `len` bytes: `(offset, count)`; negative
+/// positions count from the end, the end is inclusive and clamped to the file.
+fn entity_range((from, to): (i64, Option<i64>), len: u64) -> Option<(u64, u64)> {
+    let at = |v: i64| -> u64 {
+        if v < 0 {
+            len.saturating_sub(v.unsigned_abs())
+        } else {
+            v as u64
+        }
+    };
+    let start = at(from);
+    let end = to.map_or(len, |t| at(t).saturating_add(1).min(len));
+    if len == 0 {
+        return Some((0, 0));
+    }
+    (start < len && end > start).then(|| (start, end - start))
+}
+
+/// The blocks of a CAR answer below the path, in order, fetching what is missing.
+async fn car_blocks<S: BlockStore + 'static>(
+    node: &Node<S>,
+    cache: &CacheStats,
+    fetching: &Fetching<S>,
+    target: Cid,
+    scope: Scope,
+    path: &str,
+) -> Result<Option<Vec<Cid>>, Response> {
+    use streamspace_shard::block::DAG_PB;
+    use streamspace_shard::pb::{DataType, PbNode, UnixFsData};
+    let scope = match scope {
+        Scope::All => return fetch(node, cache, target, None, path).await.map(|()| None),
+        s => s,
+    };
+    let Ok(Some(data)) = fetching.get(&target).await else {
+        return Err(error(
+            StatusCode::BAD_GATEWAY,
+            format!("/ipfs/{path}: block {target} not found"),
+        ));
+    };
+    if scope == Scope::Block || target.codec() != DAG_PB {
+        return Ok(Some(vec![target]));
+    }
+    let unixfs = |block: bytes::Bytes| {
+        PbNode::decode(block).ok().and_then(|n| {
+            let fs = n.data.as_ref().and_then(|d| UnixFsData::decode(d).ok())?;
+            Some((n, fs))
+        })
+    };
+    let kind = unixfs(data).map(|(_, fs)| fs.kind);
+    match kind {
+        Some(DataType::Directory) => Ok(Some(vec![target])),
+        Some(DataType::HamtShard) => hamt_shards(fetching, &target)
+            .await
+            .map(Some)
+            .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {e}"))),
+        _ => {
+            let Scope::Entity(Some(bytes)) = scope else {
+                return fetch(node, cache, target, None, path).await.map(|()| None);
+            };
+            // Only the blocks that reading the range touches.
+            let len = file_size(fetching, &target)
+                .await
+                .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {e}")))?;
+            // A range that selects nothing of the file answers as `dag-scope=block`, as the
+            // trustless gateway specification asks.
+            let Some((offset, count)) = entity_range(bytes, len).filter(|(_, c)| *c > 0) else {
+                return Ok(Some(vec![target]));
+            };
+            fetch(node, cache, target, Some((offset, count)), path).await?;
+            let store = node.store().as_ref();
+            let rec = Recording::new(store);
+            let mut parts = std::pin::pin!(cat(&rec, target, ByteRange::new(offset, Some(count))));
+            while let Some(p) = parts.next().await {
+                p.map_err(|e| error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {e}")))?;
+            }
+            Ok(Some(rec.take()))
+        }
+    }
+}
+
+async fn serve<S: BlockStore + 'static>(
+    State(Gateway { node, cache, .. }): State<Gateway<S>>,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let (cid_text, rest) = path.split_once('/').unwrap_or((&path, ""));
+    let Ok(root) = Cid::try_from(cid_text) else {
+        return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
+    };
+    let format = match format_of(&query, &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // Whatever is missing comes from the network, verified block by block: the blocks on the
+    // path first, then what the format needs of the target.
+    let fetching = Fetching {
+        node: node.clone(),
+        cache: cache.clone(),
+    };
+    let recording = Recording::new(&fetching);
+    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&recording, &root, rest)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
+        Err(_) => return timeout(&path),
+    };
+    // The blocks that prove the path, for a CAR.
+    let path_blocks = recording.take();
+    let store = node.store().clone();
+    let etag_base = target.to_string();
+    let mut h = HeaderMap::new();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("/ipfs/{path}")) {
+        h.insert("x-ipfs-path", v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    // Content from the network runs in no origin of ours: a page served here cannot read what
+    // this gateway serves to the machine (`/play`).
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    match format {
+        Format::Raw => {
+            let Ok(Some(data)) = fetching.get(&target).await else {
+                return error(StatusCode::NOT_FOUND, format!("block {target} not held"));
+            };
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.raw\"")) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.bin\""))
+            {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            (StatusCode::OK, h, data).into_response()
+        }
+        Format::Car => {
+            let scope = match scope_of(&query) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            let body_blocks = match car_blocks(&node, &cache, &fetching, target, scope, &path).await
+            {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.ipld.car; version=1; order=dfs; dups=n"),
+            );
+            let tag = match scope {
+                Scope::All => "all".to_owned(),
+                Scope::Block => "block".to_owned(),
+                Scope::Entity(None) => "entity".to_owned(),
+                Scope::Entity(Some((a, b))) => {
+                    format!("entity.{a}-{}", b.map_or("*".to_owned(), |b| b.to_string()))
+                }
+            };
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.car.{tag}\"")) {
+                h.insert(header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.car\""))
+            {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+            // Streamed through a bounded pipe: memory stays at the pipe's size.
+            let (writer, reader) = tokio::io::duplex(256 * 1024);
+            tokio::spawn(async move {
+                if let Err(e) = write_scoped_car(
+                    store.as_ref(),
+                    root,
+                    path_blocks,
+                    target,
+                    body_blocks,
+                    writer,
+                )
+                .await
+                {
+                    tracing::warn!(%target, error = %e, "CAR stream ended early");
+                }
+            });
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+            (StatusCode::OK, h, body).into_response()
+        }
+        Format::File => {
+            let len = match file_size(&fetching, &target).await {
+                Ok(l) => l,
+                Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
+            };
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type(rest)),
+            );
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}\"")) {
+                h.insert(header::ETAG, v);
+            }
+            let (status, offset, count) = match byte_range(&headers, len, &mut h) {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+            // Only the blocks under the range.
+            if let Err(r) = fetch(&node, &cache, target, Some((offset, count)), &path).await {
+                return r;
+            }
+            let (tx, body) = body_pipe();
+            tokio::spawn(async move {
+                let range = ByteRange::new(offset, Some(count));
+                forward(cat(store.as_ref(), target, range), tx).await;
+            });
+            (status, h, body).into_response()
+        }
+    }
+}
+
+type Piece = Result<bytes::Bytes, std::io::Error>;
+
+/// A response body fed through a small bounded channel: memory stays at a few pieces.
+fn body_pipe() -> (tokio::sync::mpsc::Sender<Piece>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Piece>(4);
+    (
+        tx,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+}
+
+/// Sends `parts` into a body pipe, stopping at the first error (which ends the body early) or
+/// when the client goes away.
+async fn forward<E>(
+    parts: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
+    tx: tokio::sync::mpsc::Sender<Piece>,
+) where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut parts = std::pin::pin!(parts);
+    while let Some(p) = parts.next().await {
+        let p = p.map_err(std::io::Error::other);
+        let stop = p.is_err();
+        if tx.send(p).await.is_err() || stop {
+            break;
+        }
+    }
+}
+
+/// The `Range` of a request on `len` bytes: status, offset and count, with `Content-Range` set
+/// in `h`; a 416 answer for a range that cannot be served.
+fn byte_range(
+    headers: &HeaderMap,
+    len: u64,
+    h: &mut HeaderMap,
+) -> Result<(StatusCode, u64, u64), Response> {
+    let Some(r) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok((StatusCode::OK, 0, len));
+    };
+    match parse_range(r, len) {
+        Some((o, c)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {o}-{}/{len}", o + c - 1)) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            Ok((StatusCode::PARTIAL_CONTENT, o, c))
+        }
+        None => {
+            let mut resp = error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("range {r:?} of {len} bytes"),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            Err(resp)
+        }
+    }
+}
+
+/// Writes a CARv1 rooted at `root`: the blocks of the path, then `body` (or the whole DAG
+/// below `target`, depth first), each block once.
+async fn write_scoped_car<S: BlockStore, W: tokio::io::AsyncWrite + Unpin>(
+    store: &S,
+    root: Cid,
+    path_blocks: Vec<Cid>,
+    target: Cid,
+    body: Option<Vec<Cid>>,
+    mut out: W,
+) -> anyhow::Result<()> {
+    use futures::TryStreamExt;
+    use streamspace_shard::car::{encode_header, encode_section};
+    use tokio::io::AsyncWriteExt;
+    let mut seen = std::collections::HashSet::new();
+    out.write_all(&encode_header(&[root])).await?;
+    let mut buf = bytes::BytesMut::new();
+    let mut put = async |cid: Cid, data: &[u8], out: &mut W| -> anyhow::Result<()> {
+        buf.clear();
+        encode_section(&cid, data, &mut buf);
+        out.write_all(&buf).await?;
+        Ok(())
+    };
+    let listed = path_blocks
+        .into_iter()
+        .chain(body.iter().flatten().copied());
+    for cid in listed {
+        if seen.insert(cid) {
+            let data = store
+                .get(&cid)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("block {cid} is no longer in the store"))?;
+            put(cid, &data, &mut out).await?;
+        }
+    }
+    if body.is_none() {
+        let mut all = std::pin::pin!(streamspace_shard::dag::walk(store, target));
+        while let Some((cid, data)) = all.try_next().await? {
+            if seen.insert(cid) {
+                put(cid, &data, &mut out).await?;
+            }
+        }
+    }
+    out.flush().await?;
+    Ok(())
+}
+
+/// `/play/{root}[/path]`: the plaintext of an encrypted item (or of a file of an encrypted
+/// directory) for a viewer holding its key, with byte ranges over the plaintext. Only the
+/// shards under the range are fetched; each is verified, then opened (its tag checked) before
+/// a byte of it is sent. Answers are private: never to be kept by shared caches.
+async fn play<S: BlockStore + 'static>(
+    State(Gateway { node, cache, keys }): State<Gateway<S>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    // Plaintext goes to programs on this machine only: a loopback Host (no DNS rebinding) and no
+    // Origin but this gateway's own (no page from elsewhere, nor a sandboxed `/ipfs` page).
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let loopback_host = {
+        let name = host.rsplit_once(':').map_or(host, |(n, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                n
+            } else {
+                host
+            }
+        });
+        name == "localhost"
+            || name == "[::1]"
+            || name
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| a.is_loopback())
+    };
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .is_some_and(|o| o.to_str().ok() != Some(format!("http://{host}").as_str()));
+    if !loopback_host || foreign_origin {
+        return error(
+            StatusCode::FORBIDDEN,
+            "/play serves programs on this machine only",
+        );
+    }
+    let (cid_text, rest) = path.split_once('/').unwrap_or((&path, ""));
+    let Ok(root) = Cid::try_from(cid_text) else {
+        return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
+    };
+    let Some(key) = keys.get(&root) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!("no key for {root}: this viewer holds no license for it"),
+        );
+    };
+    let key = if rest.is_empty() {
+        key.clone()
+    } else {
+        key.for_file(rest)
+    };
+    let fetching = Fetching {
+        node: node.clone(),
+        cache: cache.clone(),
+    };
+    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&fetching, &root, rest)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/play/{path}: {e}")),
+        Err(_) => return timeout(&path),
+    };
+    let sealed = match file_size(&fetching, &target).await {
+        Ok(l) => l,
+        Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
+    };
+    let Some(len) = plaintext_len(sealed) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("/play/{path}: {sealed} bytes is not a sealed stream"),
+        );
+    };
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(rest)),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    let (status, offset, count) = match byte_range(&headers, len, &mut h) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    // The sealed shards under the plaintext range.
+    let (plain, sealed_chunk) = (PLAIN_CHUNK as u64, SHARD_SIZE as u64);
+    let first = offset / plain;
+    let last = (offset + count).div_ceil(plain).max(first + 1);
+    let from = first * sealed_chunk;
+    let upto = (last * sealed_chunk).min(sealed);
+    if let Err(r) = fetch(&node, &cache, target, Some((from, upto - from)), &path).await {
+        return r;
+    }
+    let store = node.store().clone();
+    // The first shard is opened before answering: a key that does not fit is an error, not
+    // an empty 200.
+    if count > 0 {
+        let mut first = std::pin::pin!(cat_decrypted(
+            store.as_ref(),
+            target,
+            &key,
+            ByteRange::new(offset, Some(1)),
+        ));
+        let first = first.next().await;
+        if let Some(Err(e)) = first {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("the key held for {root} does not open /play/{path}: {e}"),
+            );
+        }
+    }
+    let (tx, body) = body_pipe();
+    tokio::spawn(async move {
+        let range = ByteRange::new(offset, Some(count));
+        forward(cat_decrypted(store.as_ref(), target, &key, range), tx).await;
+    });
+    (status, h, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::http::Request;
+    use futures::TryStreamExt;
+    use http_body_util::BodyExt;
+    use streamspace_shard::car::read_car;
+    use streamspace_shard::import::ImportOptions;
+    use streamspace_shard::store::{MemoryStore, add_reader};
+    use streamspace_transport::{Config, Keypair, meter::Free};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// An origin node and a gateway's node that joined through it.
+    async fn origin_and_gateway() -> (Node<MemoryStore>, Node<MemoryStore>) {
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        (origin, gw_node)
+    }
+
+    async fn body(r: Response) -> Vec<u8> {
+        r.into_body().collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 10)));
+        assert_eq!(parse_range("bytes=-5", 100), Some((95, 5)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 50)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-4", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+        assert_eq!(parse_range("bytes=-0", 100), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_raw_car_and_ranges_fetching_from_the_network() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (origin, gw_node) = origin_and_gateway().await;
+        let root = add_reader(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let app = router(gw_node.clone(), std::sync::Arc::new(CacheStats::default()));
+        let get = |uri: String, hdr: Option<(&'static str, &'static str)>| {
+            let mut b = Request::get(uri);
+            if let Some((k, v)) = hdr {
+                b = b.header(k, v);
+            }
+            app.clone().oneshot(b.body(Body::empty()).unwrap())
+        };
+
+        // A range, as a player seeks: fetched from the origin on the way.
+        let r = get(
+            format!("/ipfs/{root}"),
+            Some(("range", "bytes=300000-300099")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            "bytes 300000-300099/1000000"
+        );
+        assert_eq!(body(r).await, &data[300_000..300_100]);
+        // Only the root and the one leaf under the range came over the network.
+        assert_eq!(gw_node.stats().shards_received, 2);
+        // The whole file.
+        let r = get(format!("/ipfs/{root}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], IMMUTABLE);
+        assert_eq!(body(r).await, data);
+
+        let r = get(format!("/ipfs/{root}"), Some(("range", "bytes=2000000-")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+        // The root block, verifiable by its CID.
+        let r = get(format!("/ipfs/{root}?format=raw"), None).await.unwrap();
+        assert_eq!(r.headers()[header::CONTENT_TYPE], RAW);
+        let raw = body(r).await;
+        streamspace_shard::Block::new(root, raw.into()).expect("block matches its CID");
+
+        // The whole DAG as a CAR, by Accept header; read back with verification.
+        let r = get(format!("/ipfs/{root}"), Some(("accept", CAR)))
+            .await
+            .unwrap();
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(CAR)
+        );
+        let car = body(r).await;
+        let check = MemoryStore::new();
+        read_car(std::io::Cursor::new(car), &check).await.unwrap();
+        let back: Vec<bytes::Bytes> = cat(&check, root, ByteRange::new(0, None))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(back.concat(), data);
+
+        // Bad input.
+        let r = get("/ipfs/not-a-cid".into(), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = get(format!("/ipfs/{root}?format=tar"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = get(format!("/ipfs/{root}/no/such/path"), None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn play_decrypts_ranges_fetching_only_their_shards() {
+        let data: Vec<u8> = (0..(3 * PLAIN_CHUNK + 100) as u32)
+            .map(|i| (i * 13 % 251) as u8)
+            .collect();
+        let (origin, gw_node) = origin_and_gateway().await;
+        let key = ContentKey::generate();
+        let root = streamspace_shard::store::add_encrypted(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(data.clone()),
+            key.clone(),
+            ImportOptions::default().with_cid_version(1).unwrap(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let keys = Arc::new(Keyring::from([(root, key)]));
+        let app = router_with_keys(gw_node.clone(), Arc::new(CacheStats::default()), keys);
+        let get = |uri: String, range: Option<String>| {
+            let mut b = Request::get(uri).header("host", "127.0.0.1:8080");
+            if let Some(r) = range {
+                b = b.header("range", r);
+            }
+            app.clone().oneshot(b.body(Body::empty()).unwrap())
+        };
+        // Across the boundary of the first two shards: the root and those two are fetched.
+        let (a, b) = (PLAIN_CHUNK - 10, PLAIN_CHUNK + 20);
+        let r = get(format!("/play/{root}"), Some(format!("bytes={a}-{b}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "private, no-store");
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            format!("bytes {a}-{b}/{}", data.len()).as_str()
+        );
+        assert_eq!(body(r).await, &data[a..=b]);
+        assert_eq!(gw_node.stats().shards_received, 3);
+        // The whole item.
+        let r = get(format!("/play/{root}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(body(r).await, data);
+        // The last byte; past the end.
+        let r = get(format!("/play/{root}"), Some("bytes=-1".into()))
+            .await
+            .unwrap();
+        assert_eq!(body(r).await, &data[data.len() - 1..]);
+        let r = get(
+            format!("/play/{root}"),
+            Some(format!("bytes={}-", data.len())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        // An item this viewer holds no key for; a bad CID.
+        let other = streamspace_shard::Cid::try_from(
+            "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
+        )
+        .unwrap();
+        let r = get(format!("/play/{other}"), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = get("/play/nonsense".into(), None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        // Only for programs on this machine: not through another host name (DNS rebinding),
+        // not for a page from elsewhere.
+        for (name, value) in [("host", "evil.example"), ("origin", "http://evil.example")] {
+            let mut b = Request::get(format!("/play/{root}"));
+            if name == "origin" {
+                b = b.header("host", "127.0.0.1:8080");
+            }
+            let r = app
+                .clone()
+                .oneshot(b.header(name, value).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+        }
+        // A key that does not open the item: refused before any byte.
+        let wrong = router_with_keys(
+            gw_node.clone(),
+            Arc::new(CacheStats::default()),
+            Arc::new(Keyring::from([(root, ContentKey::generate())])),
+        );
+        let r = wrong
+            .oneshot(
+                Request::get(format!("/play/{root}"))
+                    .header("host", "localhost:8080")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn car_scopes_carry_the_path_and_only_what_they_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("site");
+        std::fs::create_dir(&site).unwrap();
+        let a: Vec<u8> = (0..600_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(site.join("a.bin"), &a).unwrap();
+        std::fs::write(site.join("b.txt"), b"bee").unwrap();
+        let (origin, gw_node) = origin_and_gateway().await;
+        let root = streamspace_shard::store::add_path(
+            Some(origin.store().as_ref()),
+            site,
+            ImportOptions::default(),
+            false,
+            |_, _| {},
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
+        // Each CAR is read back with every block verified; it is rooted at the requested root.
+        let car = |uri: String| {
+            let app = app.clone();
+            async move {
+                let r = app
+                    .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                if r.status() != StatusCode::OK {
+                    return Err(r.status());
+                }
+                let bytes = body(r).await;
+                let check = MemoryStore::new();
+                let summary = read_car(std::io::Cursor::new(bytes), &check).await.unwrap();
+                assert_eq!(summary.roots, [root]);
+                Ok((summary.blocks, check))
+            }
+        };
+        // The file's root block, behind the directory that names it.
+        let (n, _) = car(format!("/ipfs/{root}/a.bin?format=car&dag-scope=block"))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        // A byte range of the file: the path, the file root and the one leaf under it.
+        let (n, got) = car(format!(
+            "/ipfs/{root}/a.bin?format=car&dag-scope=entity&entity-bytes=300000:300099"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        let file = resolve(&got, &root, "a.bin").await.unwrap();
+        let part: Vec<bytes::Bytes> = cat(&got, file, ByteRange::new(300_000, Some(100)))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), &a[300_000..300_100]);
+        // The last 10 bytes, counted from the end.
+        let (n, _) = car(format!("/ipfs/{root}/a.bin?format=car&entity-bytes=-10:*"))
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        // A range beyond the file answers as dag-scope=block.
+        let (n, _) = car(format!(
+            "/ipfs/{root}/a.bin?format=car&entity-bytes=700000:*"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(n, 2);
+        // A directory as an entity: its node alone; everything: the directory, the file's
+        // root and its 3 leaves, and the small file.
+        let (n, _) = car(format!("/ipfs/{root}?format=car&dag-scope=entity"))
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        let (n, all) = car(format!("/ipfs/{root}?format=car")).await.unwrap();
+        assert_eq!(n, 6);
+        let whole: Vec<bytes::Bytes> = cat(&all, file, ByteRange::ALL).try_collect().await.unwrap();
+        assert_eq!(whole.concat(), a);
+        // Bad scopes and ranges.
+        for (q, status) in [
+            ("dag-scope=some", StatusCode::BAD_REQUEST),
+            ("dag-scope=block&entity-bytes=0:1", StatusCode::BAD_REQUEST),
+            ("entity-bytes=1-2", StatusCode::BAD_REQUEST),
+        ] {
+            assert_eq!(
+                car(format!("/ipfs/{root}/a.bin?format=car&{q}"))
+                    .await
+                    .err(),
+                Some(status),
+                "{q}"
+            );
+        }
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    #[test]
+    fn entity_ranges() {
+        assert_eq!(entity_range((0, None), 100), Some((0, 100)));
+        assert_eq!(entity_range((10, Some(19)), 100), Some((10, 10)));
+        assert_eq!(entity_range((-10, None), 100), Some((90, 10)));
+        assert_eq!(entity_range((0, Some(-1)), 100), Some((0, 100)));
+        assert_eq!(entity_range((50, Some(500)), 100), Some((50, 50)));
+        assert_eq!(entity_range((100, None), 100), None);
+        assert_eq!(entity_range((20, Some(10)), 100), None);
+        assert_eq!(entity_range((0, None), 0), Some((0, 0)));
+    }
+}
