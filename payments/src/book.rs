@@ -256,6 +256,9 @@ pub enum BookError {
         /// Credit for the period.
         credit: u64,
     },
+    /// Serving one more shard would take the payer's shard or byte count past `u64::MAX`.
+    #[error("payer {0}'s shard or byte count would overflow")]
+    Overflow(AccountId),
     /// Service paused: the payer is `max_ahead` shards ahead of its newest receipt.
     #[error("payer {payer} owes a receipt for {unpaid} shards before more are served")]
     ReceiptDue {
@@ -270,7 +273,7 @@ impl BookError {
     /// The admitted payer the error is about, where there is one.
     pub fn payer(&self) -> Option<AccountId> {
         match self {
-            Self::KeyMismatch(p) => Some(*p),
+            Self::KeyMismatch(p) | Self::Overflow(p) => Some(*p),
             Self::Stale { payer, .. }
             | Self::Underpaid { payer, .. }
             | Self::BeyondCollateral { payer, .. }
@@ -292,6 +295,7 @@ impl BookError {
             Self::Underpaid { .. } => "underpaid",
             Self::BeyondCollateral { .. } => "beyond_collateral",
             Self::ReceiptDue { .. } => "receipt_due",
+            Self::Overflow(_) => "overflow",
         }
     }
 }
@@ -436,7 +440,8 @@ impl ReceiptBook {
     ///
     /// # Errors
     ///
-    /// [`BookError::UnknownPayer`] or [`BookError::ReceiptDue`]; both are counted.
+    /// [`BookError::UnknownPayer`], [`BookError::ReceiptDue`] or [`BookError::Overflow`]; all
+    /// are counted.
     pub fn serve(&mut self, payer: AccountId, bytes: u64) -> Result<(), BookError> {
         let result = match self.payers.get_mut(&payer) {
             None => Err(BookError::UnknownPayer(payer)),
@@ -445,10 +450,15 @@ impl ReceiptBook {
                 if unpaid >= p.max_ahead {
                     Err(BookError::ReceiptDue { payer, unpaid })
                 } else {
-                    p.served += 1;
-                    p.served_bytes = p.served_bytes.saturating_add(bytes);
-                    p.unpaid_bytes.push_back(p.served_bytes);
-                    Ok(())
+                    match (p.served.checked_add(1), p.served_bytes.checked_add(bytes)) {
+                        (Some(served), Some(served_bytes)) => {
+                            p.served = served;
+                            p.served_bytes = served_bytes;
+                            p.unpaid_bytes.push_back(served_bytes);
+                            Ok(())
+                        }
+                        _ => Err(BookError::Overflow(payer)),
+                    }
                 }
             }
         };
@@ -457,9 +467,10 @@ impl ReceiptBook {
 
     fn count<T>(&mut self, r: Result<T, BookError>) -> Result<T, BookError> {
         if let Err(e) = &r {
-            *self.refusals.entry(e.kind()).or_default() += 1;
+            let n = self.refusals.entry(e.kind()).or_default();
+            *n = n.saturating_add(1);
             if let Some(p) = e.payer().and_then(|p| self.payers.get_mut(&p)) {
-                p.refused += 1;
+                p.refused = p.refused.saturating_add(1);
             }
         }
         r
@@ -608,10 +619,11 @@ impl PayerTab {
         self.received.entry(payee).or_default().price = price;
     }
 
-    /// Records one verified shard of `bytes` bytes received from `payee`.
+    /// Records one verified shard of `bytes` bytes received from `payee`. Counts stop at
+    /// `u64::MAX` (a payee's book refuses to serve past it).
     pub fn received(&mut self, payee: AccountId, bytes: u64) {
         let r = self.received.entry(payee).or_default();
-        r.shards += 1;
+        r.shards = r.shards.saturating_add(1);
         r.bytes = r.bytes.saturating_add(bytes);
     }
 

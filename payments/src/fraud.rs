@@ -63,7 +63,7 @@ impl FraudProof {
         }
         let (payer, period) = (first.body.payer, first.body.period);
         let mut payees = HashSet::new();
-        let mut total: u64 = 0;
+        let mut total: u128 = 0;
         for r in &self.receipts {
             if r.body.payer != payer || r.body.period != period || r.payer_key != *payer_key {
                 return Err(FraudProofError::Mixed(payer));
@@ -71,11 +71,15 @@ impl FraudProof {
             if !payees.insert(r.body.payee) {
                 return Err(FraudProofError::RepeatedPayee(r.body.payee));
             }
-            total = total.saturating_add(r.body.amount);
+            // Fewer than 2^64 amounts below 2^64 each: the sum fits u128.
+            total += u128::from(r.body.amount);
         }
         verify_batch(&self.receipts)?;
-        if total <= collateral {
-            return Err(FraudProofError::WithinCollateral { total, collateral });
+        if total <= u128::from(collateral) {
+            return Err(FraudProofError::WithinCollateral {
+                total: u64::try_from(total).unwrap_or(u64::MAX),
+                collateral,
+            });
         }
         Ok(payer)
     }

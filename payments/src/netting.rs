@@ -35,6 +35,13 @@ pub enum NettingError {
         /// Its collateral.
         collateral: u64,
     },
+    /// A sum does not fit: the collateral of a period beyond what one ledger transfer can
+    /// move (`i64::MAX` tinybars, more than all the hbar there is), or a payout beyond it.
+    #[error("{what} overflows")]
+    Overflow {
+        /// What overflowed.
+        what: &'static str,
+    },
     /// Two receipts for the same payer and payee.
     #[error("two receipts from {payer} to {payee}")]
     Duplicate {
@@ -58,14 +65,34 @@ pub struct Plan {
 
 impl Plan {
     /// The transfers, each as a Hedera transfer list: the clearing account's debit first.
-    pub fn transfers(&self, clearing: AccountId) -> Vec<Vec<(AccountId, i64)>> {
+    ///
+    /// # Errors
+    ///
+    /// [`NettingError::Overflow`] when a transfer would move more than `i64::MAX` tinybars
+    /// (never for a plan made by [`plan`]).
+    pub fn transfers(
+        &self,
+        clearing: AccountId,
+    ) -> Result<Vec<Vec<(AccountId, i64)>>, NettingError> {
+        let tinybars = |v: u64| {
+            i64::try_from(v).map_err(|_| NettingError::Overflow {
+                what: "a settlement transfer",
+            })
+        };
         self.payouts
             .chunks(MAX_RECIPIENTS)
             .map(|chunk| {
-                let total: u64 = chunk.iter().map(|(_, v)| v).sum();
-                let mut list = vec![(clearing, -(total as i64))];
-                list.extend(chunk.iter().map(|(a, v)| (*a, *v as i64)));
-                list
+                let total = chunk
+                    .iter()
+                    .try_fold(0u64, |t, (_, v)| t.checked_add(*v))
+                    .ok_or(NettingError::Overflow {
+                        what: "a settlement transfer",
+                    })?;
+                let mut list = vec![(clearing, -tinybars(total)?)];
+                for (a, v) in chunk {
+                    list.push((*a, tinybars(*v)?));
+                }
+                Ok(list)
             })
             .collect()
     }
@@ -77,7 +104,9 @@ impl Plan {
 ///
 /// # Errors
 ///
-/// [`NettingError`] for a duplicate pair or a payer owing more than its collateral.
+/// [`NettingError`] for a duplicate pair, a payer owing more than its collateral, or a
+/// collateral total beyond what a ledger transfer can move. Every sum is checked: nothing
+/// wraps.
 ///
 /// # Examples
 ///
@@ -100,8 +129,17 @@ pub fn plan(
     receipts: &[SignedReceipt],
     collateral: &BTreeMap<AccountId, u64>,
 ) -> Result<Plan, NettingError> {
+    // Payouts come out of the collateral: a total that fits one transfer bounds every sum
+    // below (net positions are in i128, where no sum of u64 amounts can overflow).
+    let total = collateral
+        .values()
+        .try_fold(0u64, |t, c| t.checked_add(*c))
+        .filter(|t| i64::try_from(*t).is_ok())
+        .ok_or(NettingError::Overflow {
+            what: "the period's collateral",
+        })?;
     let mut net: BTreeMap<AccountId, i128> = BTreeMap::new();
-    let mut owed: BTreeMap<AccountId, u64> = BTreeMap::new();
+    let mut owed: BTreeMap<AccountId, u128> = BTreeMap::new();
     let mut pairs = std::collections::HashSet::new();
     for r in receipts {
         let b = r.body;
@@ -113,14 +151,14 @@ pub fn plan(
         }
         *net.entry(b.payer).or_default() -= i128::from(b.amount);
         *net.entry(b.payee).or_default() += i128::from(b.amount);
-        *owed.entry(b.payer).or_default() += b.amount;
+        *owed.entry(b.payer).or_default() += u128::from(b.amount);
     }
     for (payer, total) in &owed {
         let c = collateral.get(payer).copied().unwrap_or(0);
-        if *total > c {
+        if *total > u128::from(c) {
             return Err(NettingError::OverCollateral {
                 payer: *payer,
-                owed: *total,
+                owed: u64::try_from(*total).unwrap_or(u64::MAX),
                 collateral: c,
             });
         }
@@ -132,11 +170,15 @@ pub fn plan(
     let payouts = accounts
         .into_iter()
         .filter(|(_, v)| *v > 0)
-        .map(|(a, v)| (a, v as u64))
-        .collect();
+        .map(|(a, v)| {
+            u64::try_from(v)
+                .map(|v| (a, v))
+                .map_err(|_| NettingError::Overflow { what: "a payout" })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Plan {
         net,
         payouts,
-        collateral: collateral.values().sum(),
+        collateral: total,
     })
 }

@@ -233,7 +233,8 @@ pub struct Settler<L> {
 ///
 /// # Errors
 ///
-/// The ledger's error.
+/// The ledger's error; `INVALID_ACCOUNT_AMOUNTS` at precheck, with nothing sent, for an amount
+/// beyond what one transfer can move (`i64::MAX` tinybars).
 pub async fn lock_collateral<L: Ledger>(
     ledger: &L,
     payer: &Operator,
@@ -242,7 +243,10 @@ pub async fn lock_collateral<L: Ledger>(
     amount: u64,
 ) -> Result<streamspace_ledger::Receipt, LedgerError> {
     let id = TransactionId::generate(payer.account, ledger.now());
-    let amount = i64::try_from(amount).unwrap_or(i64::MAX);
+    let amount = i64::try_from(amount).map_err(|_| LedgerError::Precheck {
+        status: Status::InvalidAccountAmounts,
+        id,
+    })?;
     let tx = Transaction::new(
         id,
         TxKind::Transfer {
@@ -433,7 +437,14 @@ impl<L: Ledger> Settler<L> {
         let receipts = self.journal.receipts(period)?;
         let netted = plan(&receipts, collateral)?;
         let root = Tree::new(&receipts).root();
-        let transfers = netted.transfers(self.clearing.account);
+        let transfers = netted.transfers(self.clearing.account)?;
+        let paid_out = netted
+            .payouts
+            .iter()
+            .try_fold(0u64, |t, (_, v)| t.checked_add(*v))
+            .ok_or(NettingError::Overflow {
+                what: "the period's payouts",
+            })?;
         let mut steps = self.journal.steps(period)?;
         if steps.is_empty() {
             // Plan once, durably, with the transaction id of every step.
@@ -442,31 +453,31 @@ impl<L: Ledger> Settler<L> {
                 transfers.iter().cloned().map(Action::Transfer).collect();
             actions.push(Action::Anchor(anchor_message(
                 period,
-                receipts.len() as u64,
+                u64::try_from(receipts.len()).unwrap_or(u64::MAX),
                 &root,
             )));
-            steps = actions
-                .into_iter()
-                .enumerate()
+            if u32::try_from(actions.len()).is_err() {
+                return Err(NettingError::Overflow {
+                    what: "the number of settlement steps",
+                }
+                .into());
+            }
+            steps = (0i128..)
+                .zip(actions)
                 .map(|(i, action)| Step {
                     id: TransactionId {
                         payer: self.clearing.account,
-                        valid_start: Timestamp::from_nanos(start + i as i128),
+                        valid_start: Timestamp::from_nanos(start + i),
                     },
                     action,
                     done: None,
                 })
                 .collect();
-            let refs: Vec<_> = steps
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i as u32, s))
-                .collect();
+            let refs: Vec<_> = (0u32..).zip(steps.iter()).collect();
             self.journal.put_steps(period, &refs)?;
         }
-        let mut fees = 0;
-        for (i, step) in steps.iter_mut().enumerate() {
-            let i = i as u32;
+        let mut fees: i64 = 0;
+        for (i, step) in (0u32..).zip(steps.iter_mut()) {
             if step.done.is_some() {
                 continue;
             }
@@ -474,12 +485,14 @@ impl<L: Ledger> Settler<L> {
                 return Err(SettleError::Interrupted(i));
             }
             let consensus = self.send(i, step, period).await?;
-            fees += self
-                .ledger
-                .record(step.id)
-                .await
-                .map(|r| r.fee)
-                .unwrap_or(0);
+            // Fees are reported, not paid from the plan: a sum past i64::MAX stays at it.
+            fees = fees.saturating_add(
+                self.ledger
+                    .record(step.id)
+                    .await
+                    .map(|r| r.fee)
+                    .unwrap_or(0),
+            );
             if fault(i, Phase::AfterSend) {
                 return Err(SettleError::Interrupted(i));
             }
@@ -489,7 +502,7 @@ impl<L: Ledger> Settler<L> {
         Ok(Report {
             receipts: receipts.len(),
             transfers: transfers.len(),
-            paid_out: netted.payouts.iter().map(|(_, v)| v).sum(),
+            paid_out,
             root,
             fees,
         })

@@ -1,11 +1,20 @@
 //! Attacks on payments, each performed through the public API: every test asserts that the
 //! attack is refused and what the honest party ends up with.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use ed25519_dalek::SigningKey;
-use streamspace_ledger::AccountId;
+use streamspace_ledger::local::TREASURY;
+use streamspace_ledger::{
+    AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, Status, SystemClock, TopicId,
+    Transaction, TransactionId, TxKind,
+};
+use streamspace_payments::netting::{NettingError, Plan, plan};
 use streamspace_payments::receipt::{ENCODED_LEN, ReceiptBody, SignedReceipt};
 use streamspace_payments::settle::{
-    RECEIPTS_TAG, ReceiptsMessageError, parse_receipts_message, receipts_messages,
+    Journal, RECEIPTS_TAG, ReceiptsMessageError, SettleError, Settler, lock_collateral,
+    parse_receipts_message, receipts_messages,
 };
 
 fn key(s: u8) -> SigningKey {
@@ -76,4 +85,156 @@ fn receipts_message_cut_at_a_receipt_boundary_is_refused() {
     }
     // The payee's message as posted yields every receipt it holds.
     assert_eq!(parse_receipts_message(full).unwrap(), receipts);
+}
+
+/// A ledger with a clearing account, its settlement topic and funded accounts.
+struct World {
+    _dir: tempfile::TempDir,
+    ledger: LocalLedger,
+    clearing: Operator,
+    topic: TopicId,
+}
+
+const FUNDS: i64 = 10_000_000_000;
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let tk = key(200);
+    let ledger = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&tk),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let treasury = Operator {
+        account: TREASURY,
+        key: tk,
+    };
+    let ck = key(100);
+    let clearing = Operator {
+        account: ledger
+            .create_account(&treasury, PublicKey::from(&ck), FUNDS)
+            .await
+            .unwrap(),
+        key: ck,
+    };
+    let id = TransactionId::generate(clearing.account, ledger.now());
+    let tx = Transaction::new(
+        id,
+        TxKind::CreateTopic {
+            memo: "settlement".into(),
+            submit_key: Some(PublicKey::from(&clearing.key)),
+        },
+    );
+    let topic = ledger
+        .execute(tx, &[&clearing.key])
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    World {
+        _dir: dir,
+        ledger,
+        clearing,
+        topic,
+    }
+}
+
+impl World {
+    async fn account(&self, seed: u8, balance: i64) -> Operator {
+        let treasury = Operator {
+            account: TREASURY,
+            key: key(200),
+        };
+        let k = key(seed);
+        Operator {
+            account: self
+                .ledger
+                .create_account(&treasury, PublicKey::from(&k), balance)
+                .await
+                .unwrap(),
+            key: k,
+        }
+    }
+
+    async fn balance(&self, a: AccountId) -> i64 {
+        self.ledger.balance(a).await.unwrap()
+    }
+}
+
+/// A payer signs two receipts of 2⁶³ tinybars each: in wrapping u64 arithmetic they owe 0, within
+/// any collateral, and the clearing would pay out 2⁶⁴ it never held. Checked sums see the debt.
+#[test]
+fn amounts_that_wrap_are_not_within_collateral() {
+    let cheat = key(1);
+    let half = 1u64 << 63;
+    let rs = [
+        receipt(&cheat, 1001, 2001, half, 1),
+        receipt(&cheat, 1001, 2002, half, 1),
+    ];
+    let collateral = BTreeMap::from([(AccountId::new(1001), 1_000)]);
+    assert!(matches!(
+        plan(&rs, &collateral),
+        Err(NettingError::OverCollateral {
+            owed: u64::MAX,
+            collateral: 1_000,
+            ..
+        })
+    ));
+}
+
+/// A collateral table (as a clearing is handed it) whose total no ledger transfer can move is
+/// refused with a typed error before any step is planned or sent: nothing leaves the clearing
+/// account. A collateral lock beyond `i64::MAX` is refused at precheck rather than capped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collateral_beyond_a_transfer_is_refused_not_wrapped() {
+    let w = world().await;
+    let payer = w.account(1, FUNDS).await;
+    let payee = w.account(2, 0).await;
+    let huge = u64::MAX / 2 + 1;
+    let e = lock_collateral(&w.ledger, &payer, w.clearing.account, 1, huge)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(Status::InvalidAccountAmounts));
+    assert_eq!(
+        w.balance(payer.account).await,
+        FUNDS,
+        "nothing sent, no fee"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    journal
+        .record(&[receipt(
+            &payer.key,
+            payer.account.num(),
+            payee.account.num(),
+            500,
+            5,
+        )])
+        .unwrap();
+    let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+    let collateral = BTreeMap::from([(payer.account, huge), (AccountId::new(4242), huge)]);
+    let before = w.balance(w.clearing.account).await;
+    assert!(matches!(
+        settler.close(1, &collateral).await,
+        Err(SettleError::Netting(NettingError::Overflow { .. }))
+    ));
+    assert_eq!(w.balance(w.clearing.account).await, before);
+    assert_eq!(w.balance(payee.account).await, 0);
+    // Planning directly says the same; a hand-made plan with an impossible payout cannot be
+    // turned into transfers.
+    assert!(matches!(
+        plan(&[], &collateral),
+        Err(NettingError::Overflow { .. })
+    ));
+    let forged = Plan {
+        net: BTreeMap::new(),
+        payouts: vec![(payee.account, u64::MAX)],
+        collateral: u64::MAX,
+    };
+    assert!(matches!(
+        forged.transfers(w.clearing.account),
+        Err(NettingError::Overflow { .. })
+    ));
 }
