@@ -233,6 +233,30 @@ pub enum BookError {
         /// Shards in the receipt held.
         held_shards: u64,
     },
+    /// Acknowledges more shards than this payee has served the payer in the period (a receipt
+    /// signed ahead, to be served on credit that no receipt covers).
+    #[error("receipt of {payer} acknowledges {shards} shards, {served} served")]
+    Unserved {
+        /// The payer.
+        payer: AccountId,
+        /// Shards acknowledged.
+        shards: u64,
+        /// Shards served so far.
+        served: u64,
+    },
+    /// Pays more than the price of the shards it acknowledges (a receipt must state what was
+    /// served at the agreed price, neither less nor more).
+    #[error("receipt of {payer} pays {amount} for {shards} shards, {owed} owed")]
+    Overpaid {
+        /// The payer.
+        payer: AccountId,
+        /// Amount signed.
+        amount: u64,
+        /// Shards acknowledged.
+        shards: u64,
+        /// Amount owed at the agreed price.
+        owed: u64,
+    },
     /// Pays less than the price of the shards it acknowledges.
     #[error("receipt of {payer} pays {amount} for {shards} shards, {owed} owed")]
     Underpaid {
@@ -275,7 +299,9 @@ impl BookError {
         match self {
             Self::KeyMismatch(p) | Self::Overflow(p) => Some(*p),
             Self::Stale { payer, .. }
+            | Self::Unserved { payer, .. }
             | Self::Underpaid { payer, .. }
+            | Self::Overpaid { payer, .. }
             | Self::BeyondCollateral { payer, .. }
             | Self::ReceiptDue { payer, .. } => Some(*payer),
             _ => None,
@@ -292,7 +318,9 @@ impl BookError {
             Self::KeyMismatch(_) => "key_mismatch",
             Self::Receipt(_) => "malformed_or_forged",
             Self::Stale { .. } => "stale",
+            Self::Unserved { .. } => "unserved",
             Self::Underpaid { .. } => "underpaid",
+            Self::Overpaid { .. } => "overpaid",
             Self::BeyondCollateral { .. } => "beyond_collateral",
             Self::ReceiptDue { .. } => "receipt_due",
             Self::Overflow(_) => "overflow",
@@ -322,8 +350,8 @@ impl PayerState {
         self.newest.map_or(0, |r| r.body.shards)
     }
 
-    /// Cumulative bytes of the first `shards` shards served (shards never served count as
-    /// empty: a payer acknowledging more than it got only pays more per shard).
+    /// Cumulative bytes of the first `shards` shards served (`shards` is at most the count
+    /// served: receipts acknowledging more are refused before they are priced).
     fn bytes_at(&self, shards: u64) -> u64 {
         let paid = self.paid_shards();
         if shards <= paid {
@@ -486,6 +514,11 @@ impl ReceiptBook {
 
     /// Takes a receipt from the wire: decodes, verifies and keeps it if it is the newest.
     ///
+    /// A receipt may acknowledge only shards this book served the payer, and must pay exactly
+    /// their price under the book's [`Terms`] (per shard and per byte, on cumulative totals,
+    /// as [`PayerTab::sign`] computes it): a payer cannot sign ahead for shards it has not
+    /// received, so it never holds more than `max_ahead` shards no receipt pays for.
+    ///
     /// # Errors
     ///
     /// A [`BookError`] (counted); the book is unchanged.
@@ -533,9 +566,24 @@ impl ReceiptBook {
                 });
             }
         }
+        if b.shards > p.served {
+            return Err(BookError::Unserved {
+                payer: b.payer,
+                shards: b.shards,
+                served: p.served,
+            });
+        }
         let owed = self.terms.price.owed(b.shards, p.bytes_at(b.shards));
         if b.amount < owed {
             return Err(BookError::Underpaid {
+                payer: b.payer,
+                amount: b.amount,
+                shards: b.shards,
+                owed,
+            });
+        }
+        if b.amount > owed {
+            return Err(BookError::Overpaid {
                 payer: b.payer,
                 amount: b.amount,
                 shards: b.shards,

@@ -10,6 +10,7 @@ use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, Status, SystemClock, TopicId,
     Transaction, TransactionId, TxKind,
 };
+use streamspace_payments::book::{BookError, PayerTab, Price, ReceiptBook, Terms};
 use streamspace_payments::netting::{NettingError, Plan, plan};
 use streamspace_payments::receipt::{ENCODED_LEN, ReceiptBody, SignedReceipt};
 use streamspace_payments::settle::{
@@ -237,4 +238,92 @@ async fn collateral_beyond_a_transfer_is_refused_not_wrapped() {
         forged.transfers(w.clearing.account),
         Err(NettingError::Overflow { .. })
     ));
+}
+
+/// Under a per-byte price a payer signs a receipt far ahead — a million shards for what two
+/// cost, or for nothing — hoping the payee counts them as paid and serves on without limit.
+/// A receipt may acknowledge only what was served, at exactly its price.
+#[test]
+fn receipt_signed_ahead_of_service_is_refused() {
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    const SHARD: u64 = 262_144;
+    let terms = Terms {
+        price: Price::per_gib(1 << 30), // one tinybar per byte, nothing per shard
+        max_ahead: 2,
+        disconnect_after: 100,
+    };
+    let mut book = ReceiptBook::new(me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    let mut tab = PayerTab::new(viewer, key(1), 1);
+    tab.agree(me, terms.price);
+    for _ in 0..2 {
+        book.serve(viewer, SHARD).unwrap();
+        tab.received(me, SHARD);
+    }
+    let ahead = |amount, shards| {
+        ReceiptBody {
+            payer: viewer,
+            payee: me,
+            period: 1,
+            amount,
+            shards,
+        }
+        .sign(&key(1))
+        .encode()
+    };
+    // Far ahead, paying the bytes of the two shards served, or nothing.
+    for (amount, shards) in [
+        (2 * SHARD, 1_000_000),
+        (0, 1_000_000),
+        (0, u64::MAX),
+        (3 * SHARD, 3),
+    ] {
+        assert!(
+            matches!(
+                book.accept(&ahead(amount, shards)),
+                Err(BookError::Unserved { served: 2, .. })
+            ),
+            "{shards} shards for {amount}"
+        );
+    }
+    // The two shards served, paid less or more than their price.
+    assert!(matches!(
+        book.accept(&ahead(0, 2)),
+        Err(BookError::Underpaid { owed, .. }) if owed == 2 * SHARD
+    ));
+    assert!(matches!(
+        book.accept(&ahead(2 * SHARD + 1, 2)),
+        Err(BookError::Overpaid { .. })
+    ));
+    // The payee still holds no receipt and serves no more than max_ahead unpaid.
+    assert_eq!(book.newest().count(), 0);
+    assert!(matches!(
+        book.serve(viewer, SHARD),
+        Err(BookError::ReceiptDue { unpaid: 2, .. })
+    ));
+    assert_eq!(book.refusals().get("unserved"), Some(&4));
+    // The honest receipt for what was received is accepted, and service resumes.
+    let honest = tab.sign(me);
+    assert_eq!((honest.body.amount, honest.body.shards), (2 * SHARD, 2));
+    book.accept(&honest.encode()).unwrap();
+    book.serve(viewer, SHARD).unwrap();
+    // Per shard the same: a receipt paying in advance for shards not served is refused too.
+    let terms = Terms {
+        price: Price::per_shard(100),
+        ..terms
+    };
+    let mut book = ReceiptBook::new(me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    book.serve(viewer, SHARD).unwrap();
+    assert!(matches!(
+        book.accept(&ahead(100 * 50, 50)),
+        Err(BookError::Unserved {
+            shards: 50,
+            served: 1,
+            ..
+        })
+    ));
+    book.accept(&ahead(100, 1)).unwrap();
 }

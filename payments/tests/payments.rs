@@ -141,7 +141,16 @@ fn payee_book_refuses_and_counts_bad_receipts() {
                 ..good.body
             }
             .sign(&key(1)),
-            "beyond_collateral",
+            "overpaid",
+        ),
+        (
+            ReceiptBody {
+                amount: 300,
+                shards: 3,
+                ..good.body
+            }
+            .sign(&key(1)),
+            "unserved",
         ),
     ];
     for (r, kind) in &cases {
@@ -157,7 +166,7 @@ fn payee_book_refuses_and_counts_bad_receipts() {
         "malformed_or_forged"
     );
     book.serve(viewer, 1000).unwrap();
-    // The viewer's refusals so far: receipt due, key mismatch, underpaid, beyond collateral,
+    // The viewer's refusals so far: receipt due, key mismatch, underpaid, overpaid, unserved,
     // stale — enough to be dropped.
     assert!(book.should_disconnect(viewer));
     // The payer will not sign more than it received at the price.
@@ -254,7 +263,7 @@ fn allowlist_and_credit_tiers() {
             capped,
             CreditTier {
                 max_credit: 250,
-                max_ahead: 1,
+                max_ahead: 3,
             },
         ),
     ]);
@@ -274,12 +283,14 @@ fn allowlist_and_credit_tiers() {
         "not_allowed"
     );
     assert_eq!(book.refusals().get("not_allowed"), Some(&2));
-    // The trusted tier is served four shards ahead; the capped one, one.
+    // The trusted tier is served four shards ahead; the capped one, three.
     for _ in 0..4 {
         book.serve(trusted, 10).unwrap();
     }
     assert!(book.serve(trusted, 10).is_err());
-    book.serve(capped, 10).unwrap();
+    for _ in 0..3 {
+        book.serve(capped, 10).unwrap();
+    }
     assert!(book.serve(capped, 10).is_err());
     // Credit is the collateral capped by the tier: 250 of the 10,000 locked.
     let mut tab = PayerTab::new(capped, key(2), 1);
