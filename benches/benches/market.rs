@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use streamspace_ledger::local::TREASURY;
 use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Timestamp,
-    TopicMessage, TransactionId,
+    TopicMessage, Transaction, TransactionId, TxKind,
 };
 use streamspace_market::catalog::Catalog;
 use streamspace_market::message::{License, Listing, ListingId, Message, Share, Signed, Terms};
@@ -172,7 +172,7 @@ fn market(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let (ledger, buyer, l) = rt.block_on(async {
+    let (ledger, buyer, l, topic) = rt.block_on(async {
         let tk = SigningKey::from_bytes(&[200; 32]);
         let ledger = LocalLedger::open(
             dir.path().join("l.redb"),
@@ -197,9 +197,27 @@ fn market(c: &mut Criterion) {
         l.id.seller = ops[0].account;
         l.split[0].account = ops[0].account;
         l.split[1].account = ops[1].account;
-        (ledger, ops.pop().expect("buyer"), l)
+        // The listing on the market topic, published by its seller.
+        let tx = Transaction::new(
+            TransactionId::generate(ops[0].account, ledger.now()),
+            TxKind::CreateTopic {
+                memo: "market".into(),
+                submit_key: None,
+            },
+        );
+        let topic = ledger
+            .execute(tx, &[&ops[0].key])
+            .await
+            .expect("topic")
+            .topic
+            .expect("topic id");
+        let signed = Message::List(l.clone()).sign(&ops[0].key);
+        service::publish(&ledger, &ops[0], topic, &signed)
+            .await
+            .expect("listed");
+        (ledger, ops.pop().expect("buyer"), l, topic)
     });
-    let mut service = KeyService::new(keys.clone());
+    let mut service = KeyService::new(keys.clone(), topic);
     service.add_content(l.id, ContentKey::generate());
     let device = DeviceKey::generate();
     let buyer_key = PublicKey::from(&buyer.key);
@@ -211,15 +229,13 @@ fn market(c: &mut Criterion) {
                 let start = Instant::now();
                 rt.block_on(async {
                     let payment = service::pay(&ledger, &buyer, &l).await.expect("pay");
-                    let license = service
-                        .issue(&ledger, &l, payment, buyer_key)
+                    service
+                        .issue(&ledger, payment, buyer_key)
                         .await
                         .expect("license");
                     let request =
                         KeyRequest::sign(&buyer.key, payment, [1; 16], device.public_bytes());
-                    let wrapped = service
-                        .release(&license.encode(), &request, ledger.now())
-                        .expect("key");
+                    let wrapped = service.release(&request, ledger.now()).expect("key");
                     device.unwrap(&wrapped, &payment).expect("unwrap");
                 });
                 total += start.elapsed();

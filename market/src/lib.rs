@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod message;
 pub mod service;
+mod state;
 
 pub use catalog::{Catalog, MarketError};
 pub use message::{License, Listing, ListingId, Message, Share, Signed, Terms};

@@ -48,6 +48,24 @@ impl std::fmt::Display for ListingId {
     }
 }
 
+/// A string that is not `seller/number` (`0.0.1001/7`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid listing id {0:?}: expected seller/number")]
+pub struct ParseListingIdError(pub String);
+
+impl std::str::FromStr for ListingId {
+    type Err = ParseListingIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseListingIdError(s.to_owned());
+        let (seller, number) = s.split_once('/').ok_or_else(bad)?;
+        Ok(Self {
+            seller: seller.parse().map_err(|_| bad())?,
+            number: number.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
 /// What a license grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {

@@ -4,18 +4,20 @@
 //! with HPKE (RFC 9180: X25519, HKDF-SHA256, ChaCha20-Poly1305) to one of the buyer's devices —
 //! only for a valid, paid, unexpired, unrevoked license and within its device limit.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use streamspace_ledger::{
     AccountId, ChunkInfo, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Receipt,
-    Status, Timestamp, TokenId, TopicId, Transaction, TransactionId, TxKind,
+    Status, Timestamp, TokenId, TopicId, TopicMessage, Transaction, TransactionId, TxKind,
 };
 use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::keywrap::{self, RecipientKey, WrapError};
 
+use crate::catalog::{Applied, Catalog, MarketError};
 use crate::message::{License, Listing, ListingId, Message, Resale, RevokeReason, Signed};
+use crate::state::{Held, State};
 
 const HPKE_INFO: &[u8] = b"streamspace-market content key v1";
 const REQUEST_DOMAIN: &[u8; 16] = b"streamspace-kreq";
@@ -87,6 +89,18 @@ pub enum ServiceError {
     /// The device key is not an X25519 public key, or unwrapping failed.
     #[error("key wrapping: {0}")]
     Wrap(&'static str),
+    /// This service issued no license for that payment.
+    #[error("no license of this service for payment {0:?}")]
+    NotIssued(TransactionId),
+    /// The payment names a listing, or a version of it, not published on the market topic.
+    #[error("listing {0} version {1} is not on the market topic")]
+    UnknownListing(ListingId, u32),
+    /// A rental: only ownership licenses are resold.
+    #[error("license for {0:?} is not an ownership license")]
+    NotOwnership(TransactionId),
+    /// The resale did not move the license's NFT from its holder to the resale's payer.
+    #[error("resale {0:?} did not move the license's NFT from its holder to its payer")]
+    NftNotMoved(TransactionId),
 }
 
 /// Signs a new listing for publication on the market topic, after checking its rules and
@@ -238,10 +252,16 @@ fn check_paid(
     Ok(())
 }
 
-/// The memo of a resale of `license`'s NFT.
-pub fn resale_memo(license: &License) -> String {
-    let nft = license.nft.map_or(0, |n| n.serial);
-    format!("streamspace-market:resale:{}#{}", license.listing, nft)
+/// The memo of a resale of the NFT `nft` of a license of `listing`.
+pub fn resale_memo(listing: ListingId, nft: NftId) -> String {
+    format!("streamspace-market:resale:{listing}#{}", nft.serial)
+}
+
+/// The listing and version a purchase memo ([`memo`]) names.
+fn parse_memo(memo: &str) -> Option<(ListingId, u32)> {
+    let rest = memo.strip_prefix("streamspace-market:")?;
+    let (listing, version) = rest.rsplit_once('@')?;
+    Some((listing.parse().ok()?, version.parse().ok()?))
 }
 
 /// Associates `account` with the key service's NFT class, so it can receive ownership
@@ -306,7 +326,7 @@ pub async fn resell<L: Ledger>(
             }],
         },
     );
-    tx.memo = resale_memo(license);
+    tx.memo = resale_memo(license.listing, nft);
     let r = ledger.execute(tx, &[&buyer.key, &owner.key]).await?;
     if r.status != Status::Success {
         return Err(ServiceError::NotPaid(id, r.status));
@@ -460,34 +480,46 @@ impl NftClass {
 
 /// The service that issues licenses for the listings naming its key, and releases their
 /// content keys to licensed devices.
+///
+/// It follows the market topic as anyone can ([`KeyService::sync`]), so the listings it sells
+/// — their prices, splits, royalties and terms — are the ones published in consensus order, never
+/// a value a caller hands it; and it answers from its own record of the licenses it issued,
+/// looked up by their payment, never from a license a caller shows it.
 pub struct KeyService {
     nft: Option<NftClass>,
     key: SigningKey,
+    topic: TopicId,
     content: HashMap<ListingId, ContentKey>,
-    issued: HashSet<TransactionId>,
-    revoked: HashSet<TransactionId>,
-    devices: HashMap<TransactionId, Vec<[u8; 16]>>,
+    catalog: Catalog,
+    next: u64,
+    state: State,
 }
 
 impl std::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyService")
             .field("public", &self.public())
+            .field("topic", &self.topic)
             .field("listings", &self.content.len())
             .finish_non_exhaustive()
     }
 }
 
+/// Topic messages read per query while following the topic.
+const PAGE: usize = 1000;
+
 impl KeyService {
-    /// A service signing with `key`.
-    pub fn new(key: SigningKey) -> Self {
+    /// A service signing with `key`, selling the listings of the market topic `topic` that name
+    /// it.
+    pub fn new(key: SigningKey, topic: TopicId) -> Self {
         Self {
             nft: None,
             key,
+            topic,
             content: HashMap::new(),
-            issued: HashSet::new(),
-            revoked: HashSet::new(),
-            devices: HashMap::new(),
+            catalog: Catalog::default(),
+            next: 1,
+            state: State::default(),
         }
     }
 
@@ -502,37 +534,130 @@ impl KeyService {
         PublicKey::from(&self.key)
     }
 
+    /// The market topic it follows.
+    pub fn topic(&self) -> TopicId {
+        self.topic
+    }
+
+    /// The catalog as far as it has followed the topic.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
     /// Holds the content key of `listing`.
     pub fn add_content(&mut self, listing: ListingId, key: ContentKey) {
         self.content.insert(listing, key);
     }
 
-    /// Checks `payment` on the ledger against `listing` (status, memo, every share) and issues
-    /// a license bound to `buyer_key`, to publish on the market topic.
+    /// The license issued for `payment`, if this service issued one.
+    pub fn license(&self, payment: &TransactionId) -> Option<&Signed> {
+        self.state.license(payment).map(|h| &h.signed)
+    }
+
+    /// Whether the license for `payment` was revoked.
+    pub fn is_revoked(&self, payment: &TransactionId) -> bool {
+        self.state.revocation(payment).is_some()
+    }
+
+    /// Applies one message of the market topic: to the catalog, and — licenses and
+    /// revocations this service signed — to its own record, which is how it rebuilds that
+    /// record from the topic.
+    pub fn apply(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
+        self.next = self.next.max(message.sequence + 1);
+        let applied = self.catalog.apply(message);
+        let mine = Signed::decode_verified(&message.message)
+            .ok()
+            .filter(|s| s.signer == self.public());
+        match mine {
+            Some(
+                signed @ Signed {
+                    message: Message::License(_),
+                    ..
+                },
+            ) => {
+                if let Some(held) = Held::new(signed) {
+                    self.state.issued(held);
+                }
+            }
+            Some(
+                signed @ Signed {
+                    message: Message::Revoke { payment, .. },
+                    ..
+                },
+            ) => self.state.revoked(payment, signed),
+            _ => {}
+        }
+        applied
+    }
+
+    /// Reads the market topic from where it left off. Returns how many messages it read.
     ///
     /// # Errors
     ///
-    /// [`ServiceError`]: not this service's listing, replayed payment, unpaid, wrong listing,
-    /// underpaid share.
+    /// [`ServiceError::Ledger`].
+    pub async fn sync<L: Ledger>(&mut self, ledger: &L) -> Result<usize, ServiceError> {
+        let mut read = 0;
+        loop {
+            let msgs = ledger.topic_messages(self.topic, self.next, PAGE).await?;
+            for m in &msgs {
+                let _ = self.apply(m);
+            }
+            read += msgs.len();
+            if msgs.len() < PAGE {
+                return Ok(read);
+            }
+        }
+    }
+
+    /// The listing version `id@version` as published, following the topic further if it is
+    /// not known yet.
+    async fn terms<L: Ledger>(
+        &mut self,
+        ledger: &L,
+        id: ListingId,
+        version: u32,
+    ) -> Result<Listing, ServiceError> {
+        let known = |c: &Catalog| {
+            c.listing(id)
+                .and_then(|e| e.versions.get(&version))
+                .cloned()
+        };
+        if let Some(l) = known(&self.catalog) {
+            return Ok(l);
+        }
+        self.sync(ledger).await?;
+        known(&self.catalog).ok_or(ServiceError::UnknownListing(id, version))
+    }
+
+    /// Checks `payment` on the ledger — it succeeded, its memo names a listing of this service
+    /// as published on the topic, and it pays every rights holder its share — and issues a
+    /// license bound to `buyer_key`, to publish on the market topic. Asked again for the same
+    /// payment and key, it answers with the same license.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError`]: unpaid, a memo naming no listing of the topic, not this service's
+    /// listing, underpaid share, a license for the payment bound to another key.
     pub async fn issue<L: Ledger>(
         &mut self,
         ledger: &L,
-        listing: &Listing,
         payment: TransactionId,
         buyer_key: PublicKey,
     ) -> Result<Signed, ServiceError> {
-        if listing.key_service != self.public() {
-            return Err(ServiceError::NotMine(listing.id));
-        }
-        if self.issued.contains(&payment) {
+        if let Some(held) = self.state.license(&payment) {
+            if held.license.buyer_key == buyer_key && held.license.resale.is_none() {
+                return Ok(held.signed.clone());
+            }
             return Err(ServiceError::Replayed(payment));
         }
         let record = ledger.record(payment).await?;
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(payment, record.receipt.status));
         }
-        if record.memo != memo(listing.id, listing.version) {
-            return Err(ServiceError::WrongListing(payment));
+        let (id, version) = parse_memo(&record.memo).ok_or(ServiceError::WrongListing(payment))?;
+        let listing = self.terms(ledger, id, version).await?;
+        if listing.key_service != self.public() {
+            return Err(ServiceError::NotMine(listing.id));
         }
         check_paid(&record, payment, &listing.payouts())?;
         let nft = if listing.terms.rental_secs.is_none() {
@@ -545,8 +670,7 @@ impl KeyService {
             .terms
             .rental_secs
             .map(|s| start.plus_secs(i64::try_from(s).unwrap_or(i64::MAX)));
-        self.issued.insert(payment);
-        Ok(Message::License(License {
+        let signed = Message::License(License {
             listing: listing.id,
             version: listing.version,
             buyer: payment.payer,
@@ -559,7 +683,10 @@ impl KeyService {
             nft,
             resale: None,
         })
-        .sign(&self.key))
+        .sign(&self.key);
+        let held = Held::new(signed.clone()).ok_or(ServiceError::Replayed(payment))?;
+        self.state.issued(held);
+        Ok(signed)
     }
 
     /// Mints the NFT of an ownership license and hands it to the buyer.
@@ -605,46 +732,61 @@ impl KeyService {
         Ok(nft)
     }
 
-    /// Checks a resale on the ledger — the license's NFT moved from its holder to the payer of
-    /// `resale` in the same transfer that paid every rights holder its royalty — and issues
-    /// the new holder's license. Returns the revocation of the old license and the new
-    /// license, both to publish.
+    /// Checks a resale on the ledger and issues the new holder's license. The license resold
+    /// is the one this service issued for the payment `old` and still holds (not revoked);
+    /// the resale transfer `resale` must name that license's listing and NFT serial in its memo,
+    /// move that NFT from the license's holder to the resale's payer, and pay every rights
+    /// holder its royalty at the rate of the listing version the license was bought at.
+    /// Returns the revocation of the old license and the new license, both to publish. Asked
+    /// again for the same resale and key, it answers with the same pair.
     ///
     /// # Errors
     ///
-    /// [`ServiceError`]: the NFT did not move so, a royalty is short, or the old license is not
-    /// an ownership license of this service.
+    /// [`ServiceError`]: no license of this service for `old`, revoked, not an ownership
+    /// license, the memo names another listing or NFT, the NFT did not move so, a royalty is
+    /// short, the resale licensed already.
     pub async fn reissue<L: Ledger>(
         &mut self,
         ledger: &L,
-        listing: &Listing,
-        old: &License,
+        old: TransactionId,
         resale: TransactionId,
         buyer_key: PublicKey,
     ) -> Result<(Signed, Signed), ServiceError> {
-        if listing.key_service != self.public() || old.listing != listing.id {
+        let held = self
+            .state
+            .license(&old)
+            .ok_or(ServiceError::NotIssued(old))?
+            .license
+            .clone();
+        if let Some(again) = self.state.license(&resale) {
+            let same = again.license.resale.is_some_and(|r| r.previous == old)
+                && again.license.buyer_key == buyer_key;
+            return match (same, self.state.revocation(&old)) {
+                (true, Some(revocation)) => Ok((revocation.clone(), again.signed.clone())),
+                _ => Err(ServiceError::Replayed(resale)),
+            };
+        }
+        if self.state.revocation(&old).is_some() {
+            return Err(ServiceError::Revoked(old));
+        }
+        let nft = held.nft.ok_or(ServiceError::NotOwnership(old))?;
+        let listing = self.terms(ledger, held.listing, held.version).await?;
+        if listing.key_service != self.public() {
             return Err(ServiceError::NotMine(listing.id));
-        }
-        let nft = old.nft.ok_or(ServiceError::WrongListing(resale))?;
-        if self.issued.contains(&resale) {
-            return Err(ServiceError::Replayed(resale));
-        }
-        if self.revoked.contains(&old.payment) {
-            return Err(ServiceError::Revoked(old.payment));
         }
         let record = ledger.record(resale).await?;
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(resale, record.receipt.status));
         }
-        if record.memo != resale_memo(old) {
+        if record.memo != resale_memo(held.listing, nft) {
             return Err(ServiceError::WrongListing(resale));
         }
         let moved = record
             .nft_transfers
             .iter()
-            .any(|t| t.nft == nft && t.from == old.buyer && t.to == resale.payer);
+            .any(|t| t.nft == nft && t.from == held.buyer && t.to == resale.payer);
         if !moved {
-            return Err(ServiceError::WrongListing(resale));
+            return Err(ServiceError::NftNotMoved(resale));
         }
         let spent = record
             .transfers
@@ -654,53 +796,67 @@ impl KeyService {
             .sum::<i64>();
         let price = u64::try_from(-spent - record.fee).unwrap_or(0);
         check_paid(&record, resale, &listing.royalties(price))?;
-        self.issued.insert(resale);
-        let revoke = self.revoke(old.payment, RevokeReason::Resold(resale));
+        let revocation = Message::Revoke {
+            payment: old,
+            reason: RevokeReason::Resold(resale),
+        }
+        .sign(&self.key);
         let license = Message::License(License {
-            listing: listing.id,
-            version: old.version,
+            listing: held.listing,
+            version: held.version,
             buyer: resale.payer,
             buyer_key,
             payment: resale,
             start: record.receipt.consensus,
             expiry: None,
-            devices: old.devices,
-            regions: old.regions.clone(),
+            devices: held.devices,
+            regions: held.regions.clone(),
             nft: Some(nft),
             resale: Some(Resale {
-                previous: old.payment,
+                previous: old,
                 price,
             }),
         })
         .sign(&self.key);
-        Ok((revoke, license))
+        let new = Held::new(license.clone()).ok_or(ServiceError::Replayed(resale))?;
+        self.state.resold(old, revocation.clone(), new);
+        Ok((revocation, license))
     }
 
-    /// Releases the content key for a licensed device, wrapped to it.
+    /// Releases the content key of the license issued for `request.payment` to the device the
+    /// request names, wrapped to its key.
     ///
     /// # Errors
     ///
-    /// [`ServiceError`]: not a license of this service, revoked, expired at `now`, request
-    /// not signed by the buyer, too many devices, no content key.
+    /// [`ServiceError`]: no license of this service for the payment, revoked, expired at
+    /// `now`, request not signed by the buyer, out of region, too many devices, no content
+    /// key.
     pub fn release(
         &mut self,
-        license: &[u8],
         request: &KeyRequest,
         now: Timestamp,
     ) -> Result<WrappedKey, ServiceError> {
-        let l = check_license(license, &self.public(), now)?;
-        if self.revoked.contains(&l.payment) {
-            return Err(ServiceError::Revoked(l.payment));
+        let payment = request.payment;
+        let l = &self
+            .state
+            .license(&payment)
+            .ok_or(ServiceError::NotIssued(payment))?
+            .license;
+        if self.state.revocation(&payment).is_some() {
+            return Err(ServiceError::Revoked(payment));
         }
-        if request.payment != l.payment || !request.verify(&l.buyer_key) {
-            return Err(ServiceError::NotTheBuyer(l.payment));
+        if now < l.start || l.expiry.is_some_and(|e| now >= e) {
+            return Err(ServiceError::Expired(payment));
+        }
+        if !request.verify(&l.buyer_key) {
+            return Err(ServiceError::NotTheBuyer(payment));
         }
         let in_region = l.regions.is_empty()
             || request
                 .region
                 .is_some_and(|r| l.regions.iter().any(|x| x.as_bytes() == r));
         if !in_region {
-            return Err(ServiceError::OutOfRegion(l.payment));
+            return Err(ServiceError::OutOfRegion(payment));
         }
         let key = self
             .content
@@ -709,51 +865,78 @@ impl KeyService {
         if !keywrap::is_public_key(&request.device_key) {
             return Err(ServiceError::Wrap("malformed device key"));
         }
-        let devices = self.devices.entry(l.payment).or_default();
+        let limit = l.devices;
+        let devices = self.state.devices(&payment);
         if !devices.contains(&request.device) {
-            if devices.len() >= usize::from(l.devices) {
-                return Err(ServiceError::TooManyDevices(l.payment, l.devices));
+            if devices.len() >= usize::from(limit) {
+                return Err(ServiceError::TooManyDevices(payment, limit));
             }
-            devices.push(request.device);
+            self.state.add_device(payment, request.device);
         }
-        let aad = postcard::to_allocvec(&l.payment).unwrap_or_default();
+        let aad = postcard::to_allocvec(&payment).unwrap_or_default();
         keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)
             .map_err(|_| ServiceError::Wrap("sealing failed"))
     }
 
-    /// Revokes a license (after a refund or an upheld dispute): no key is released for it any
-    /// more. Returns the message to publish on the market topic.
-    pub fn revoke(&mut self, payment: TransactionId, reason: RevokeReason) -> Signed {
-        self.revoked.insert(payment);
-        Message::Revoke { payment, reason }.sign(&self.key)
-    }
-
-    /// Refunds a buyer from `from` (a rights holder or the seller) and revokes its license.
+    /// Revokes the license issued for `payment` (after an upheld dispute, say): no key is
+    /// released for it any more. Returns the message to publish on the market topic.
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Ledger`] if the refund transfer fails; nothing is revoked then.
+    /// [`ServiceError::NotIssued`], or [`ServiceError::Revoked`] if it was already.
+    pub fn revoke(
+        &mut self,
+        payment: TransactionId,
+        reason: RevokeReason,
+    ) -> Result<Signed, ServiceError> {
+        if self.state.license(&payment).is_none() {
+            return Err(ServiceError::NotIssued(payment));
+        }
+        if self.state.revocation(&payment).is_some() {
+            return Err(ServiceError::Revoked(payment));
+        }
+        let signed = Message::Revoke { payment, reason }.sign(&self.key);
+        self.state.revoked(payment, signed.clone());
+        Ok(signed)
+    }
+
+    /// Refunds the buyer of the license issued for `payment` from `from` (a rights holder or
+    /// the seller) and revokes the license. A revoked license is not refunded.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::NotIssued`], [`ServiceError::Revoked`], or [`ServiceError::Ledger`] if
+    /// the refund transfer fails; nothing is revoked then.
     pub async fn refund<L: Ledger>(
         &mut self,
         ledger: &L,
         from: &Operator,
-        license: &License,
+        payment: TransactionId,
         amount: u64,
     ) -> Result<Signed, ServiceError> {
+        let license = &self
+            .state
+            .license(&payment)
+            .ok_or(ServiceError::NotIssued(payment))?
+            .license;
+        if self.state.revocation(&payment).is_some() {
+            return Err(ServiceError::Revoked(payment));
+        }
+        let (buyer, listing) = (license.buyer, license.listing);
         let amount = i64::try_from(amount).map_err(|_| LedgerError::Transport("amount".into()))?;
         let id = TransactionId::generate(from.account, ledger.now());
         let mut tx = Transaction::new(
             id,
             TxKind::Transfer {
-                hbar: vec![(from.account, -amount), (license.buyer, amount)],
+                hbar: vec![(from.account, -amount), (buyer, amount)],
                 nfts: Vec::new(),
             },
         );
-        tx.memo = format!("streamspace-market:refund:{}", license.listing);
+        tx.memo = format!("streamspace-market:refund:{listing}");
         let receipt = ledger.execute(tx, &[&from.key]).await?;
         if receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(id, receipt.status));
         }
-        Ok(self.revoke(license.payment, RevokeReason::Refunded(id)))
+        self.revoke(payment, RevokeReason::Refunded(id))
     }
 }

@@ -8,12 +8,17 @@ use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use streamspace_ledger::local::TREASURY;
 use streamspace_ledger::{
-    Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, TopicId, TopicMessage,
-    Transaction, TransactionId, TxKind,
+    Ledger, LedgerExt, LocalLedger, NftTransfer, Operator, PublicKey, SystemClock, TopicId,
+    TopicMessage, Transaction, TransactionId, TxKind,
 };
 use streamspace_market::catalog::{Applied, Catalog, MarketError};
-use streamspace_market::message::{DecodeError, Listing, ListingId, Message, Share, Terms};
-use streamspace_market::service;
+use streamspace_market::message::{
+    DecodeError, License, Listing, ListingId, Message, Share, Terms,
+};
+use streamspace_market::service::{
+    self, DeviceKey, KeyRequest, KeyService, NftClass, ServiceError,
+};
+use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{MemoryStore, add_reader};
 
@@ -306,5 +311,227 @@ async fn a_content_root_belongs_to_its_first_publication() {
             listing: rivals.id,
             publisher: None
         })
+    );
+}
+
+/// Free keys by resale: the buyer of the cheapest ownership listing forges an "old" license
+/// naming the most expensive one (it cannot sign as the key service, so it publishes its own
+/// signature), resells its NFT to its second account for nothing with a memo naming the
+/// expensive listing, and asks for the new holder's license against its own license, against
+/// an honest buyer's license of the expensive listing, and against a payment never licensed.
+/// Every one is refused: the service reissues only licenses it issued and holds, for the
+/// listing and NFT they name. The honest holder keeps its license and key, and its honest
+/// resale still pays the expensive listing's royalty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_keys_by_resale_are_refused() {
+    let w = world(6).await;
+    let (seller, cowriter) = (&w.ops[0], &w.ops[1]);
+    let (attacker, attacker2) = (&w.ops[2], &w.ops[3]);
+    let (honest, honest2) = (&w.ops[4], &w.ops[5]);
+    let class = NftClass::create(&w.ledger, seller.clone()).await.unwrap();
+    let token = class.token;
+    let mut keys = KeyService::new(key(9), w.topic).with_nft_class(class);
+    for op in [attacker, attacker2, honest, honest2] {
+        service::associate(&w.ledger, op, token).await.unwrap();
+    }
+    let mut cheap = listing(seller, cowriter, 1, w.content(b"a short").await);
+    cheap.price = 1_000_000;
+    cheap.terms.rental_secs = None;
+    cheap.royalty_bps = 1_000;
+    let mut dear = listing(seller, cowriter, 2, w.content(b"the epic").await);
+    dear.price = 2_000_000_000;
+    dear.terms.rental_secs = None;
+    dear.royalty_bps = 2_000;
+    let dear_key = ContentKey::generate();
+    keys.add_content(cheap.id, ContentKey::generate());
+    keys.add_content(dear.id, dear_key.clone());
+    for l in [&cheap, &dear] {
+        let signed = service::list(&w.store, &seller.key, l.clone())
+            .await
+            .unwrap();
+        service::publish(&w.ledger, seller, w.topic, &signed)
+            .await
+            .unwrap();
+    }
+    // The attacker buys the cheap one, an honest viewer the dear one.
+    let buy = async |keys: &mut KeyService, op: &Operator, l: &Listing| {
+        let payment = service::pay(&w.ledger, op, l).await.unwrap();
+        let signed = keys
+            .issue(&w.ledger, payment, PublicKey::from(&op.key))
+            .await
+            .unwrap();
+        service::publish(&w.ledger, op, w.topic, &signed)
+            .await
+            .unwrap();
+        let Message::License(license) = signed.message else {
+            panic!("not a license")
+        };
+        license
+    };
+    let mine = buy(&mut keys, attacker, &cheap).await;
+    let theirs = buy(&mut keys, honest, &dear).await;
+    let (cheap_nft, dear_nft) = (mine.nft.unwrap(), theirs.nft.unwrap());
+
+    // The forged "old" license: the attacker's payment and NFT, the dear listing.
+    let forged = License {
+        listing: dear.id,
+        devices: 9,
+        ..mine.clone()
+    };
+    let forged_signed = Message::License(forged.clone()).sign(&attacker.key);
+    w.publish(attacker, &forged_signed.encode()).await;
+    // Resold to the attacker's second account for nothing, the memo naming the dear listing.
+    let resale = service::resell(&w.ledger, attacker, attacker2, &dear, &forged, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ledger.nft_info(cheap_nft).await.unwrap().owner,
+        attacker2.account
+    );
+    let key2 = PublicKey::from(&attacker2.key);
+    // Against the attacker's own license: it is a license of the cheap listing.
+    assert!(matches!(
+        keys.reissue(&w.ledger, mine.payment, resale, key2).await,
+        Err(ServiceError::WrongListing(_))
+    ));
+    // Against the honest buyer's license of the dear listing: the memo names another NFT.
+    assert!(matches!(
+        keys.reissue(&w.ledger, theirs.payment, resale, key2).await,
+        Err(ServiceError::WrongListing(_))
+    ));
+    // Moving its own NFT under a memo naming the honest buyer's: that NFT did not move.
+    let id = TransactionId::generate(attacker.account, w.ledger.now());
+    let mut tx = Transaction::new(
+        id,
+        TxKind::Transfer {
+            hbar: Vec::new(),
+            nfts: vec![NftTransfer {
+                nft: cheap_nft,
+                from: attacker2.account,
+                to: attacker.account,
+            }],
+        },
+    );
+    tx.memo = service::resale_memo(dear.id, dear_nft);
+    w.ledger
+        .execute(tx, &[&attacker.key, &attacker2.key])
+        .await
+        .unwrap();
+    assert!(matches!(
+        keys.reissue(
+            &w.ledger,
+            theirs.payment,
+            id,
+            PublicKey::from(&attacker.key)
+        )
+        .await,
+        Err(ServiceError::NftNotMoved(_))
+    ));
+    // Against a payment the service never licensed (the forged license's own id, anew).
+    let never = TransactionId::generate(attacker.account, w.ledger.now());
+    assert!(matches!(
+        keys.reissue(&w.ledger, never, resale, key2).await,
+        Err(ServiceError::NotIssued(_))
+    ));
+    keys.sync(&w.ledger).await.unwrap();
+    assert!(matches!(
+        keys.reissue(&w.ledger, mine.payment, resale, key2).await,
+        Err(ServiceError::WrongListing(_))
+    ));
+
+    // What the attacker has: no license for either resale, no key of the dear listing.
+    let now = w.ledger.now();
+    let device = DeviceKey::generate();
+    for (op, payment) in [(attacker2, resale), (attacker, id)] {
+        assert!(keys.license(&payment).is_none());
+        assert!(matches!(
+            keys.release(
+                &KeyRequest::sign(&op.key, payment, [1; 16], device.public_bytes()),
+                now
+            ),
+            Err(ServiceError::NotIssued(_))
+        ));
+    }
+    // The audit refuses the forged license and records no sale of it.
+    let (catalog, applied) = w.catalog().await;
+    assert!(applied.contains(&Err(MarketError::WrongSigner {
+        what: "license",
+        listing: dear.id
+    })));
+    assert_eq!(catalog.sales().count(), 2);
+
+    // What the honest holder keeps: its license and the dear listing's key.
+    let phone = DeviceKey::generate();
+    let wrapped = keys
+        .release(
+            &KeyRequest::sign(&honest.key, theirs.payment, [1; 16], phone.public_bytes()),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        phone.unwrap(&wrapped, &theirs.payment).unwrap().key_bytes(),
+        dear_key.key_bytes()
+    );
+    // Its honest resale pays the dear listing's 20% royalty, split 80/20, and licenses the
+    // new holder.
+    let before = [
+        w.ledger.balance(seller.account).await.unwrap(),
+        w.ledger.balance(cowriter.account).await.unwrap(),
+        w.ledger.balance(honest.account).await.unwrap(),
+    ];
+    let sold = service::resell(&w.ledger, honest, honest2, &dear, &theirs, 1_000_000_000)
+        .await
+        .unwrap();
+    let (revocation, license) = keys
+        .reissue(
+            &w.ledger,
+            theirs.payment,
+            sold,
+            PublicKey::from(&honest2.key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        [
+            w.ledger.balance(seller.account).await.unwrap() - before[0],
+            w.ledger.balance(cowriter.account).await.unwrap() - before[1],
+            w.ledger.balance(honest.account).await.unwrap() - before[2],
+        ],
+        [160_000_000, 40_000_000, 800_000_000]
+    );
+    service::publish(&w.ledger, honest, w.topic, &revocation)
+        .await
+        .unwrap();
+    service::publish(&w.ledger, honest2, w.topic, &license)
+        .await
+        .unwrap();
+    let now = w.ledger.now();
+    let tv = DeviceKey::generate();
+    let wrapped = keys
+        .release(
+            &KeyRequest::sign(&honest2.key, sold, [1; 16], tv.public_bytes()),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        tv.unwrap(&wrapped, &sold).unwrap().key_bytes(),
+        dear_key.key_bytes()
+    );
+    assert!(matches!(
+        keys.release(
+            &KeyRequest::sign(&honest.key, theirs.payment, [1; 16], phone.public_bytes()),
+            now
+        ),
+        Err(ServiceError::Revoked(_))
+    ));
+    let (catalog, _) = w.catalog().await;
+    let income = catalog.income();
+    assert_eq!(
+        income[&seller.account].earned,
+        800_000 + 1_600_000_000 + 160_000_000
+    );
+    assert_eq!(
+        income[&cowriter.account].earned,
+        200_000 + 400_000_000 + 40_000_000
     );
 }

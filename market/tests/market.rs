@@ -158,7 +158,7 @@ async fn list_buy_license_release_and_watch() {
     .await
     .unwrap()
     .cid;
-    let mut keys = KeyService::new(key(9));
+    let mut keys = KeyService::new(key(9), w.topic);
     let l = listing(&w, keys.public(), root);
     keys.add_content(l.id, content_key);
     let listed = service::list(&store, &w.seller.key, l.clone())
@@ -190,13 +190,19 @@ async fn list_buy_license_release_and_watch() {
         75_000_000
     );
     let license = keys
-        .issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+        .issue(&w.ledger, payment, PublicKey::from(&w.buyer.key))
         .await
         .unwrap();
     publish(&w, &license).await;
-    // Issuing twice for one payment is refused.
+    // Asked twice for one payment, the service answers with the same license; bound to
+    // another key, with none.
+    let again = keys
+        .issue(&w.ledger, payment, PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
+    assert_eq!(again.encode(), license.encode());
     assert!(matches!(
-        keys.issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+        keys.issue(&w.ledger, payment, PublicKey::from(&key(66)))
             .await,
         Err(ServiceError::Replayed(_))
     ));
@@ -211,7 +217,7 @@ async fn list_buy_license_release_and_watch() {
         Some(*b"PT"),
     );
     let now = w.ledger.now();
-    let wrapped = keys.release(&license.encode(), &request, now).unwrap();
+    let wrapped = keys.release(&request, now).unwrap();
     let content_key = phone.unwrap(&wrapped, &payment).unwrap();
     let watched: Vec<Bytes> = cat_decrypted(&store, root, &content_key, ByteRange::ALL)
         .try_collect()
@@ -222,7 +228,6 @@ async fn list_buy_license_release_and_watch() {
     for region in [Some(*b"FR"), None] {
         assert!(matches!(
             keys.release(
-                &license.encode(),
                 &KeyRequest::sign_in(&w.buyer.key, payment, [1; 16], phone.public_bytes(), region),
                 now
             ),
@@ -235,7 +240,6 @@ async fn list_buy_license_release_and_watch() {
     // A second device is within the limit; a third is not; the phone again is fine.
     let tv = DeviceKey::generate();
     keys.release(
-        &license.encode(),
         &KeyRequest::sign_in(
             &w.buyer.key,
             payment,
@@ -249,7 +253,6 @@ async fn list_buy_license_release_and_watch() {
     let laptop = DeviceKey::generate();
     assert!(matches!(
         keys.release(
-            &license.encode(),
             &KeyRequest::sign_in(
                 &w.buyer.key,
                 payment,
@@ -261,11 +264,10 @@ async fn list_buy_license_release_and_watch() {
         ),
         Err(ServiceError::TooManyDevices(_, 2))
     ));
-    keys.release(&license.encode(), &request, now).unwrap();
+    keys.release(&request, now).unwrap();
     // Someone else holding the license bytes cannot ask for the key.
     assert!(matches!(
         keys.release(
-            &license.encode(),
             &KeyRequest::sign_in(
                 &key(66),
                 payment,
@@ -279,17 +281,38 @@ async fn list_buy_license_release_and_watch() {
     ));
     // The rental ends after 48 hours.
     assert!(matches!(
-        keys.release(&license.encode(), &request, now.plus_secs(48 * 3600 + 1)),
+        keys.release(&request, now.plus_secs(48 * 3600 + 1)),
         Err(ServiceError::Expired(_))
     ));
-    // A license signed by anyone else is not honoured.
+    // A license signed by anyone else is not honoured, nor a payment the service did not
+    // license.
     let Message::License(lic) = &license.message else {
         panic!()
     };
-    let forged = Message::License(lic.clone()).sign(&key(66));
+    let other = TransactionId::generate(w.buyer.account, now);
+    let forged = Message::License(License {
+        payment: other,
+        ..lic.clone()
+    })
+    .sign(&key(66));
     assert!(matches!(
-        keys.release(&forged.encode(), &request, now),
+        service::check_license(&forged.encode(), &keys.public(), now),
         Err(ServiceError::BadLicense(_))
+    ));
+    publish(&w, &forged).await;
+    keys.sync(&w.ledger).await.unwrap();
+    assert!(matches!(
+        keys.release(
+            &KeyRequest::sign_in(
+                &w.buyer.key,
+                other,
+                [1; 16],
+                phone.public_bytes(),
+                Some(*b"PT")
+            ),
+            now
+        ),
+        Err(ServiceError::NotIssued(_))
     ));
 
     // The audit view, rebuilt by anyone: one sale, each holder's income.
@@ -301,14 +324,24 @@ async fn list_buy_license_release_and_watch() {
 
     // A refund revokes the license: no more keys, the audit shows it.
     let revoke = keys
-        .refund(&w.ledger, &w.seller, lic, l.price)
+        .refund(&w.ledger, &w.seller, payment, l.price)
         .await
         .unwrap();
     publish(&w, &revoke).await;
     assert!(matches!(
-        keys.release(&license.encode(), &request, now),
+        keys.release(&request, now),
         Err(ServiceError::Revoked(_))
     ));
+    // A revoked license is not refunded twice.
+    let buyer_before = w.ledger.balance(w.buyer.account).await.unwrap();
+    assert!(matches!(
+        keys.refund(&w.ledger, &w.seller, payment, l.price).await,
+        Err(ServiceError::Revoked(_))
+    ));
+    assert_eq!(
+        w.ledger.balance(w.buyer.account).await.unwrap(),
+        buyer_before
+    );
     let (catalog, _) = replay(&w).await;
     assert!(matches!(
         catalog.sale(&payment).unwrap().revoked,
@@ -329,8 +362,15 @@ async fn bad_payments_get_no_license() {
     .await
     .unwrap()
     .cid;
-    let mut keys = KeyService::new(key(9));
+    let mut keys = KeyService::new(key(9), w.topic);
     let l = listing(&w, keys.public(), root);
+    publish(
+        &w,
+        &service::list(&store, &w.seller.key, l.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
     let buyer_key = PublicKey::from(&w.buyer.key);
     let transfer = |hbar: Vec<(AccountId, i64)>, memo: String| {
         let id = TransactionId::generate(w.buyer.account, w.ledger.now());
@@ -355,7 +395,7 @@ async fn bad_payments_get_no_license() {
     );
     w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
     assert!(matches!(
-        keys.issue(&w.ledger, &l, id, buyer_key).await,
+        keys.issue(&w.ledger, id, buyer_key).await,
         Err(ServiceError::Underpaid { .. })
     ));
     // The wrong split: everything to the seller.
@@ -368,10 +408,10 @@ async fn bad_payments_get_no_license() {
     );
     w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
     assert!(matches!(
-        keys.issue(&w.ledger, &l, id, buyer_key).await,
+        keys.issue(&w.ledger, id, buyer_key).await,
         Err(ServiceError::Underpaid { .. })
     ));
-    // A payment for another listing.
+    // A payment for a listing never published, and for a version never published.
     let other = Listing {
         id: ListingId {
             seller: w.seller.account,
@@ -381,19 +421,58 @@ async fn bad_payments_get_no_license() {
     };
     let paid_other = service::pay(&w.ledger, &w.buyer, &other).await.unwrap();
     assert!(matches!(
-        keys.issue(&w.ledger, &l, paid_other, buyer_key).await,
+        keys.issue(&w.ledger, paid_other, buyer_key).await,
+        Err(ServiceError::UnknownListing(_, 1))
+    ));
+    let v2 = Listing {
+        version: 2,
+        ..l.clone()
+    };
+    let paid_v2 = service::pay(&w.ledger, &w.buyer, &v2).await.unwrap();
+    assert!(matches!(
+        keys.issue(&w.ledger, paid_v2, buyer_key).await,
+        Err(ServiceError::UnknownListing(_, 2))
+    ));
+    // A transfer whose memo names no listing.
+    let (id, tx) = transfer(
+        vec![
+            (w.buyer.account, -250_000_001),
+            (w.seller.account, 175_000_001),
+            (w.cowriter.account, 75_000_000),
+        ],
+        "for the film".into(),
+    );
+    w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
+    assert!(matches!(
+        keys.issue(&w.ledger, id, buyer_key).await,
         Err(ServiceError::WrongListing(_))
     ));
     // A listing of another key service.
     let foreign = Listing {
-        royalty_bps: 0,
+        id: ListingId {
+            seller: w.seller.account,
+            number: 9,
+        },
         key_service: PublicKey::from(&key(77)),
         ..l.clone()
     };
+    publish(
+        &w,
+        &service::list(&store, &w.seller.key, foreign.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let paid_foreign = service::pay(&w.ledger, &w.buyer, &foreign).await.unwrap();
     assert!(matches!(
-        keys.issue(&w.ledger, &foreign, paid_other, buyer_key).await,
+        keys.issue(&w.ledger, paid_foreign, buyer_key).await,
         Err(ServiceError::NotMine(_))
     ));
+    // None of these payments was licensed.
+    assert_eq!(keys.catalog().sales().count(), 0);
+    for p in [paid_other, paid_v2, paid_foreign] {
+        assert!(keys.license(&p).is_none());
+    }
     // A buyer who cannot pay moves nothing.
     let poor = Listing {
         price: 1 << 62,
@@ -710,7 +789,7 @@ async fn ownership_is_an_nft_resold_with_royalties() {
     .cid;
     let class = NftClass::create(&w.ledger, w.seller.clone()).await.unwrap();
     let token = class.token;
-    let mut keys = KeyService::new(key(9)).with_nft_class(class);
+    let mut keys = KeyService::new(key(9), w.topic).with_nft_class(class);
     let mut l = listing(&w, keys.public(), root);
     l.terms.rental_secs = None;
     l.royalty_bps = 1_000;
@@ -729,7 +808,7 @@ async fn ownership_is_an_nft_resold_with_royalties() {
         .unwrap();
     let payment = service::pay(&w.ledger, &w.buyer, &l).await.unwrap();
     let first = keys
-        .issue(&w.ledger, &l, payment, PublicKey::from(&w.buyer.key))
+        .issue(&w.ledger, payment, PublicKey::from(&w.buyer.key))
         .await
         .unwrap();
     publish(&w, &first).await;
@@ -769,15 +848,24 @@ async fn ownership_is_an_nft_resold_with_royalties() {
         w.buyer2.account
     );
     let (revoke, second) = keys
-        .reissue(&w.ledger, &l, &lic, resale, PublicKey::from(&w.buyer2.key))
+        .reissue(&w.ledger, payment, resale, PublicKey::from(&w.buyer2.key))
         .await
         .unwrap();
     publish(&w, &revoke).await;
     publish(&w, &second).await;
+    // Asked again, the same answer; for another key, none.
+    let (revoke_again, second_again) = keys
+        .reissue(&w.ledger, payment, resale, PublicKey::from(&w.buyer2.key))
+        .await
+        .unwrap();
+    assert_eq!(
+        (revoke_again.encode(), second_again.encode()),
+        (revoke.encode(), second.encode())
+    );
     assert!(matches!(
-        keys.reissue(&w.ledger, &l, &lic, resale, PublicKey::from(&w.buyer2.key))
+        keys.reissue(&w.ledger, payment, resale, PublicKey::from(&key(66)))
             .await,
-        Err(ServiceError::Replayed(_) | ServiceError::Revoked(_))
+        Err(ServiceError::Replayed(_))
     ));
 
     // The old holder's license no longer releases keys; the new one's does.
@@ -785,7 +873,6 @@ async fn ownership_is_an_nft_resold_with_royalties() {
     let now = w.ledger.now();
     assert!(matches!(
         keys.release(
-            &first.encode(),
             &KeyRequest::sign_in(
                 &w.buyer.key,
                 payment,
@@ -798,7 +885,6 @@ async fn ownership_is_an_nft_resold_with_royalties() {
         Err(ServiceError::Revoked(_))
     ));
     keys.release(
-        &second.encode(),
         &KeyRequest::sign_in(
             &w.buyer2.key,
             resale,
@@ -840,25 +926,32 @@ async fn ownership_is_an_nft_resold_with_royalties() {
             }],
         },
     );
-    tx.memo = service::resale_memo(&lic2);
+    tx.memo = service::resale_memo(lic2.listing, nft);
     w.ledger
         .execute(tx, &[&w.buyer.key, &w.buyer2.key])
         .await
         .unwrap();
     assert!(matches!(
-        keys.reissue(&w.ledger, &l, &lic2, id, PublicKey::from(&w.buyer.key))
+        keys.reissue(&w.ledger, resale, id, PublicKey::from(&w.buyer.key))
             .await,
         Err(ServiceError::Underpaid { .. })
     ));
-    // A rental cannot be resold, and an ownership listing needs an NFT class.
-    let mut no_class = KeyService::new(key(10));
+    // An ownership listing needs an NFT class.
+    let mut no_class = KeyService::new(key(10), w.topic);
     let mut own = listing(&w, no_class.public(), root);
     own.terms.rental_secs = None;
     own.id.number = 99;
+    publish(
+        &w,
+        &service::list(&store, &w.seller.key, own.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
     let paid = service::pay(&w.ledger, &w.buyer, &own).await.unwrap();
     assert!(matches!(
         no_class
-            .issue(&w.ledger, &own, paid, PublicKey::from(&w.buyer.key))
+            .issue(&w.ledger, paid, PublicKey::from(&w.buyer.key))
             .await,
         Err(ServiceError::NoNftClass)
     ));

@@ -265,7 +265,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     .await?;
     bar.finish_and_clear();
     publisher.node.provide(root.cid).await?;
-    let mut keys_service = KeyService::new(publisher.op.key.clone());
+    let mut keys_service = KeyService::new(publisher.op.key.clone(), market_topic);
     let listing = Listing {
         id: ListingId {
             seller: publisher.op.account,
@@ -357,7 +357,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     for viewer in &members[11..] {
         let payment = service::pay(&ledger, &viewer.op, &offer).await?;
         let license = keys_service
-            .issue(&ledger, &offer, payment, PublicKey::from(&viewer.op.key))
+            .issue(&ledger, payment, PublicKey::from(&viewer.op.key))
             .await?;
         ledger
             .submit_message(
@@ -369,7 +369,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             .await?;
         let device = DeviceKey::generate();
         let request = KeyRequest::sign(&viewer.op.key, payment, [7; 16], device.public_bytes());
-        let wrapped = keys_service.release(&license.encode(), &request, ledger.now())?;
+        let wrapped = keys_service.release(&request, ledger.now())?;
         let key = device.unwrap(&wrapped, &payment)?;
         let t = Instant::now();
         let report = viewer
