@@ -13,6 +13,12 @@
 //! its `deadline` is also asked of another peer (the first verified copy wins); a request that
 //! fails is asked elsewhere; a peer that sends a bad block is reported to the node, which bans
 //! it past a threshold, and the fetch goes on with the others.
+//!
+//! What a DAG can make a fetch do is bounded, whatever its peers send: every block is queued
+//! once (a block linked many times is fetched once), links deeper than [`MAX_DEPTH`] are
+//! refused, and every fetch has a [`Budget`] of blocks and bytes, by default derived from the
+//! size the root declares ([`Budget::for_root`]). A DAG over its budget ends the fetch with
+//! [`FetchError::OverBudget`] before more than the budget is queued or stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -26,7 +32,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
 use streamspace_shard::block::{Block, DAG_PB, verify};
-use streamspace_shard::pb::{PbNode, UnixFsData};
+use streamspace_shard::dag::MAX_DEPTH;
+use streamspace_shard::pb::{DataType, PbNode, UnixFsData};
 use streamspace_shard::store::{BlockStore, StoreError};
 
 use crate::message::{MAX_WANT, RefusalReason, Request, Response, Tier};
@@ -76,6 +83,9 @@ pub struct FetchOptions {
     pub max_failures: u32,
     /// The fetch fails when no block arrives for this long.
     pub stall: Duration,
+    /// The most blocks and bytes the fetch may take in; `None` (the default) for the budget
+    /// the root declares ([`Budget::for_root`]).
+    pub budget: Option<Budget>,
 }
 
 impl Default for FetchOptions {
@@ -97,6 +107,91 @@ impl Default for FetchOptions {
             rediscover: Duration::from_secs(2),
             max_failures: 3,
             stall: Duration::from_secs(30),
+            budget: None,
+        }
+    }
+}
+
+/// The most one fetch may take in: blocks queued (each distinct block once, the root
+/// included) and bytes of blocks stored or found in the store.
+///
+/// # Examples
+///
+/// ```
+/// use streamspace_transport::fetch::Budget;
+/// // A 1 GiB file: room for chunks down to 1 KiB in a tree of fanout 2 or more.
+/// let b = Budget::for_size(1 << 30);
+/// assert_eq!(b.blocks, 2 * (1 << 20) + 64);
+/// assert_eq!(b.bytes, (1 << 30) + (1 << 28) + (2 << 20));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Distinct blocks queued.
+    pub blocks: u64,
+    /// Bytes of blocks taken in.
+    pub bytes: u64,
+}
+
+impl Budget {
+    /// The budget of a root that declares no size (a directory, a HAMT shard, a raw block,
+    /// a node that is not UnixFS): 65,536 blocks, 16 GiB (that many 256 KiB shards).
+    pub const UNDECLARED: Self = Self {
+        blocks: 65_536,
+        bytes: 16 << 30,
+    };
+
+    /// The budget of a file of `size` bytes: its bytes and a quarter more for the dag-pb
+    /// nodes around and above them, plus 2 MiB; two blocks per KiB of content (leaves of
+    /// 1 KiB or more, in a tree of fanout 2 or more), plus 64.
+    pub const fn for_size(size: u64) -> Self {
+        Self {
+            blocks: size.div_ceil(1024).saturating_mul(2).saturating_add(64),
+            bytes: size.saturating_add(size / 4).saturating_add(2 << 20),
+        }
+    }
+
+    /// The budget `root`'s block (`data`) declares: [`Budget::for_size`] of a UnixFS file's
+    /// `filesize` (or, without one, the sum of its `blocksizes` and inline data), and
+    /// [`Budget::UNDECLARED`] for anything else, an undecodable block included.
+    pub fn for_root(root: &Cid, data: &Bytes) -> Self {
+        if root.codec() != DAG_PB {
+            return Self::UNDECLARED;
+        }
+        let declared = PbNode::decode(data.clone())
+            .ok()
+            .and_then(|node| node.data)
+            .and_then(|d| UnixFsData::decode(&d).ok())
+            .filter(|u| matches!(u.kind, DataType::File | DataType::Raw))
+            .and_then(|u| {
+                u.filesize.or_else(|| {
+                    (!u.blocksizes.is_empty() || u.data.is_some()).then(|| {
+                        u.blocksizes
+                            .iter()
+                            .fold(u.data.as_ref().map_or(0, |d| d.len() as u64), |a, b| {
+                                a.saturating_add(*b)
+                            })
+                    })
+                })
+            });
+        declared.map_or(Self::UNDECLARED, Self::for_size)
+    }
+}
+
+/// The part of a fetch's [`Budget`] a DAG would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Exceeded {
+    /// The DAG has more distinct blocks than this.
+    Blocks(u64),
+    /// Its blocks hold more bytes than this.
+    Bytes(u64),
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Blocks(n) => write!(f, "{n} blocks"),
+            Self::Bytes(n) => write!(f, "{n} bytes"),
         }
     }
 }
@@ -104,7 +199,7 @@ impl Default for FetchOptions {
 /// What a fetch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FetchReport {
-    /// Blocks the DAG (or range) needed.
+    /// Distinct blocks the DAG (or range) needed.
     pub blocks: u64,
     /// Of those, fetched from peers (the rest were in the store already).
     pub fetched: u64,
@@ -152,6 +247,19 @@ pub enum FetchError {
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The DAG holds more blocks or bytes than the fetch's [`Budget`]; nothing beyond the
+    /// budget was queued or stored.
+    #[error("fetching {root} would take in more than {exceeded}")]
+    OverBudget {
+        /// The root fetched.
+        root: Cid,
+        /// The limit it would pass.
+        exceeded: Exceeded,
+    },
+    /// A block links deeper than [`MAX_DEPTH`] levels below the root (the linked block is
+    /// not fetched).
+    #[error("DAG deeper than {MAX_DEPTH} levels at {0}")]
+    TooDeep(Cid),
     /// The fetched content could not be read back as a file.
     #[error(transparent)]
     Export(#[from] streamspace_shard::dag::ExportError),
@@ -280,6 +388,16 @@ struct Session {
     dht_running: bool,
     dht_answered: bool,
     last_progress: Instant,
+    /// Every block ever queued, with its offset in the file for a range fetch (where the
+    /// same block at another offset may need other children).
+    queued: HashSet<(Cid, u64)>,
+    /// For a range fetch, blocks queued and not yet at hand, with the other places in the
+    /// file where they were queued since: those wait for the one copy.
+    outstanding: HashMap<Cid, Vec<(Key, Need)>>,
+    /// The budget, once known (from the options, or from the root once it is at hand).
+    budget: Option<Budget>,
+    /// Bytes of blocks taken in so far.
+    taken: u64,
 }
 
 impl Session {
@@ -415,6 +533,9 @@ impl<S: BlockStore + 'static> Node<S> {
     /// # Errors
     ///
     /// [`FetchError`]; blocks verified so far stay in the store, so fetching again resumes.
+    /// [`FetchError::OverBudget`] when the DAG holds more than [`FetchOptions::budget`] (by
+    /// default, what the root declares) and [`FetchError::TooDeep`] when it links deeper
+    /// than 64 levels.
     pub async fn fetch(&self, root: Cid, options: FetchOptions) -> Result<FetchReport, FetchError> {
         let store = self.store().clone();
         self.fetch_into(store.as_ref(), root, options).await
@@ -433,6 +554,7 @@ impl<S: BlockStore + 'static> Node<S> {
         options: FetchOptions,
     ) -> Result<FetchReport, FetchError> {
         let start = Instant::now();
+        let options_budget = options.budget;
         let mut s = Session {
             root,
             me: self.peer_id(),
@@ -453,6 +575,10 @@ impl<S: BlockStore + 'static> Node<S> {
             dht_running: false,
             dht_answered: false,
             last_progress: start,
+            queued: HashSet::from([(root, 0)]),
+            outstanding: HashMap::new(),
+            budget: options_budget,
+            taken: 0,
         };
         if s.options.ask_tier1 {
             for (p, (tier, _)) in self.peer_tiers().await.map_err(|_| FetchError::Closed)? {
@@ -806,6 +932,7 @@ impl<S: BlockStore + 'static> Node<S> {
                 s.last_progress = Instant::now();
                 let start = s.start;
                 s.report.first_block.get_or_insert_with(|| start.elapsed());
+                s.take_in(bytes)?;
                 let blocks: Vec<Block> = got
                     .iter()
                     .map(|(_, n, d)| Block::new(n.cid, d.clone()))
@@ -827,7 +954,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     self.shared.meter.received(&peer, &need.cid, data.len());
                     s.report.blocks += 1;
                     s.report.fetched += 1;
-                    expand(&key, &need, data, &s.options, &mut s.pending)?;
+                    s.arrived(&key, &need, data)?;
                 }
             }
             Ok(Response::Refused {
@@ -882,49 +1009,110 @@ async fn expand_local<T: BlockStore>(target: &T, s: &mut Session) -> Result<(), 
         for (key, data) in local {
             if let Some(need) = s.pending.remove(&key) {
                 s.report.blocks += 1;
-                expand(&key, &need, data, &s.options, &mut s.pending)?;
+                s.take_in(data.len() as u64)?;
+                s.arrived(&key, &need, data)?;
             }
         }
     }
 }
 
-/// Queues the children of a verified block that the fetch needs, keyed so that the queue's
-/// order is playback order.
-fn expand(
-    key: &Key,
-    need: &Need,
-    data: Bytes,
-    options: &FetchOptions,
-    pending: &mut BTreeMap<Key, Need>,
-) -> Result<(), FetchError> {
-    if need.cid.codec() != DAG_PB || matches!(options.range, Some((_, 0))) {
-        return Ok(());
-    }
-    let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {
-        cid: need.cid,
-        reason: e.to_string(),
-    };
-    let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
-    // With a range, follow only the children of a file node whose bytes overlap it.
-    let sizes = match (&options.range, &node.data) {
-        (Some(_), Some(d)) => UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes,
-        _ => Vec::new(),
-    };
-    let mut offset = need.offset;
-    for (i, link) in node.links.iter().enumerate() {
-        let size = sizes.get(i).copied();
-        let wanted = match (options.range, size) {
-            (Some((start, len)), Some(size)) => {
-                offset < start.saturating_add(len) && offset.saturating_add(size) > start
-            }
-            _ => true,
-        };
-        if wanted {
-            let mut child = key.clone();
-            child.push(u32::try_from(i).unwrap_or(u32::MAX));
-            pending.insert(child, Need::new(link.cid, offset));
+impl Session {
+    /// Counts `bytes` more taken in, unless that passes the budget.
+    fn take_in(&mut self, bytes: u64) -> Result<(), FetchError> {
+        let taken = self.taken.saturating_add(bytes);
+        // Before the root is at hand, with no budget given, only the root (one block of at
+        // most 2 MiB) is taken in, within any budget.
+        if let Some(budget) = self.budget
+            && taken > budget.bytes
+        {
+            return Err(FetchError::OverBudget {
+                root: self.root,
+                exceeded: Exceeded::Bytes(budget.bytes),
+            });
         }
-        offset = offset.saturating_add(size.unwrap_or(0));
+        self.taken = taken;
+        Ok(())
     }
-    Ok(())
+
+    /// A verified block at hand (fetched, or found in the store): its children are queued,
+    /// and those of every other place in the range where it was queued.
+    fn arrived(&mut self, key: &Key, need: &Need, data: Bytes) -> Result<(), FetchError> {
+        self.expand(key, need, data.clone())?;
+        for (key, need) in self.outstanding.remove(&need.cid).unwrap_or_default() {
+            self.expand(&key, &need, data.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Queues the children of a verified block that the fetch needs, keyed so that the
+    /// queue's order is playback order: each block once (once per offset, for a range),
+    /// none deeper than [`MAX_DEPTH`], and no more than the budget allows. The root's block
+    /// sets the budget when the options did not.
+    fn expand(&mut self, key: &Key, need: &Need, data: Bytes) -> Result<(), FetchError> {
+        if key.len() == 1 && self.budget.is_none() {
+            let budget = Budget::for_root(&need.cid, &data);
+            if self.taken > budget.bytes {
+                return Err(FetchError::OverBudget {
+                    root: self.root,
+                    exceeded: Exceeded::Bytes(budget.bytes),
+                });
+            }
+            self.budget = Some(budget);
+        }
+        let budget = self.budget.unwrap_or(Budget::UNDECLARED);
+        let options = &self.options;
+        if need.cid.codec() != DAG_PB || matches!(options.range, Some((_, 0))) {
+            return Ok(());
+        }
+        let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {
+            cid: need.cid,
+            reason: e.to_string(),
+        };
+        let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
+        // With a range, follow only the children of a file node whose bytes overlap it.
+        let sizes = match (&options.range, &node.data) {
+            (Some(_), Some(d)) => UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes,
+            _ => Vec::new(),
+        };
+        let ranged = options.range.is_some();
+        let mut offset = need.offset;
+        for (i, link) in node.links.iter().enumerate() {
+            let size = sizes.get(i).copied();
+            let wanted = match (options.range, size) {
+                (Some((start, len)), Some(size)) => {
+                    offset < start.saturating_add(len) && offset.saturating_add(size) > start
+                }
+                _ => true,
+            };
+            let mark = (link.cid, if ranged { offset } else { 0 });
+            if wanted && !self.queued.contains(&mark) {
+                // The root's key is one long: its children are at depth `key.len()`.
+                if key.len() > MAX_DEPTH {
+                    return Err(FetchError::TooDeep(link.cid));
+                }
+                if self.queued.len() as u64 >= budget.blocks {
+                    return Err(FetchError::OverBudget {
+                        root: self.root,
+                        exceeded: Exceeded::Blocks(budget.blocks),
+                    });
+                }
+                self.queued.insert(mark);
+                let mut child = key.clone();
+                child.push(u32::try_from(i).unwrap_or(u32::MAX));
+                let child_need = Need::new(link.cid, offset);
+                match self.outstanding.get_mut(&link.cid) {
+                    // Queued elsewhere in the range and on its way: wait for that copy.
+                    Some(elsewhere) => elsewhere.push((child, child_need)),
+                    None => {
+                        if ranged {
+                            self.outstanding.insert(link.cid, Vec::new());
+                        }
+                        self.pending.insert(child, child_need);
+                    }
+                }
+            }
+            offset = offset.saturating_add(size.unwrap_or(0));
+        }
+        Ok(())
+    }
 }

@@ -9,7 +9,9 @@
 //! - [`Node::fetch`] downloads a DAG, or only the blocks a byte range of a file needs, from many
 //!   peers at once: in playback order within a window, each block verified against its CID,
 //!   failed requests asked elsewhere, late ones also asked of another peer and cancelled at the
-//!   first once a copy arrives, peers that send bad blocks reported and banned.
+//!   first once a copy arrives, peers that send bad blocks reported and banned. Whatever the
+//!   DAG, each block is queued once, no deeper than 64 levels, and within a [`Budget`] of
+//!   blocks and bytes derived from the size its root declares.
 //! - A closed network admits only the peers on a list its operator signed
 //!   ([`allowlist::SignedAllowlist`]); others are refused when they connect, and counted.
 //! - Every shard sent or received goes through a [`meter::Meter`], which may pause or refuse
@@ -31,7 +33,7 @@ pub mod meter;
 pub mod node;
 
 pub use cache::View;
-pub use fetch::{FetchError, FetchOptions, FetchReport};
+pub use fetch::{Budget, Exceeded, FetchError, FetchOptions, FetchReport};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, identity::ed25519};
 pub use message::Tier;
 pub use node::{
