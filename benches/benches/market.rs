@@ -228,7 +228,9 @@ fn market(c: &mut Criterion) {
             for _ in 0..iters {
                 let start = Instant::now();
                 rt.block_on(async {
-                    let payment = service::pay(&ledger, &buyer, &l).await.expect("pay");
+                    let payment = service::pay(&ledger, &buyer, &l, &buyer_key)
+                        .await
+                        .expect("pay");
                     service
                         .issue(&ledger, payment, buyer_key)
                         .await

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
 use streamspace_ledger::{
     AccountId, ChunkInfo, Ledger, LedgerError, NftId, NftTransfer, Operator, PublicKey, Receipt,
     Status, Timestamp, TokenId, TopicId, TopicMessage, Transaction, TransactionId, TxKind,
@@ -89,6 +90,9 @@ pub enum ServiceError {
     /// The device key is not an X25519 public key, or unwrapping failed.
     #[error("key wrapping: {0}")]
     Wrap(&'static str),
+    /// The key asked for is not the one the paying transaction's memo commits to.
+    #[error("transaction {0:?} commits to another license key")]
+    NotCommitted(TransactionId),
     /// This service issued no license for that payment.
     #[error("no license of this service for payment {0:?}")]
     NotIssued(TransactionId),
@@ -165,13 +169,53 @@ pub async fn publish<L: Ledger>(
     Ok(out)
 }
 
-/// The memo a purchase carries: names the listing and the version bought.
-pub fn memo(listing: ListingId, version: u32) -> String {
-    format!("streamspace-market:{listing}@{version}")
+const COMMITMENT_DOMAIN: &[u8] = b"streamspace-market buyer key v1";
+
+/// The commitment to a license key that a purchase or resale carries in its memo: the first
+/// 16 bytes of `SHA-256("streamspace-market buyer key v1" || key)`. The key service binds the
+/// license to a key only if it matches, so nobody who merely sees the payment can claim its
+/// license with a key of its own.
+pub fn key_commitment(key: &PublicKey) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(COMMITMENT_DOMAIN);
+    h.update(key.0);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize()[..16]);
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The memo a purchase carries: the listing and the version bought, and the commitment to the
+/// key the license is to be bound to ([`key_commitment`]), as
+/// `streamspace-market:<seller>/<number>@<version>~<32 hex digits>`.
+///
+/// # Examples
+///
+/// ```
+/// use streamspace_ledger::{AccountId, PublicKey};
+/// use streamspace_market::message::ListingId;
+/// let listing = ListingId { seller: AccountId::new(1001), number: 7 };
+/// let memo = streamspace_market::service::memo(listing, 1, &PublicKey([3; 32]));
+/// assert!(memo.starts_with("streamspace-market:0.0.1001/7@1~"));
+/// assert!(memo.len() <= 100, "Hedera's memo limit");
+/// ```
+pub fn memo(listing: ListingId, version: u32, buyer_key: &PublicKey) -> String {
+    format!(
+        "streamspace-market:{listing}@{version}~{}",
+        hex(&key_commitment(buyer_key))
+    )
 }
 
 /// Pays for `listing`: one atomic transfer from the buyer to every rights holder, its share
-/// each, with the listing named in the memo.
+/// each, with the listing named in the memo and the buyer's commitment to `buyer_key`, the
+/// key its license is to be bound to (see [`memo`]).
 ///
 /// # Errors
 ///
@@ -180,6 +224,7 @@ pub async fn pay<L: Ledger>(
     ledger: &L,
     buyer: &Operator,
     listing: &Listing,
+    buyer_key: &PublicKey,
 ) -> Result<TransactionId, ServiceError> {
     let price = i64::try_from(listing.price).map_err(|_| LedgerError::Transport("price".into()))?;
     let mut hbar = vec![(buyer.account, -price)];
@@ -194,7 +239,7 @@ pub async fn pay<L: Ledger>(
             nfts: Vec::new(),
         },
     );
-    tx.memo = memo(listing.id, listing.version);
+    tx.memo = memo(listing.id, listing.version, buyer_key);
     let receipt = ledger.execute(tx, &[&buyer.key]).await?;
     if receipt.status != Status::Success {
         return Err(ServiceError::NotPaid(id, receipt.status));
@@ -252,16 +297,32 @@ fn check_paid(
     Ok(())
 }
 
-/// The memo of a resale of the NFT `nft` of a license of `listing`.
-pub fn resale_memo(listing: ListingId, nft: NftId) -> String {
+/// The memo of a resale of the NFT `nft` of a license of `listing`, with the new holder's
+/// commitment to `buyer_key` ([`key_commitment`]), as
+/// `streamspace-market:resale:<seller>/<number>#<serial>~<32 hex digits>`.
+pub fn resale_memo(listing: ListingId, nft: NftId, buyer_key: &PublicKey) -> String {
+    format!(
+        "{}~{}",
+        resale_head(listing, nft),
+        hex(&key_commitment(buyer_key))
+    )
+}
+
+fn resale_head(listing: ListingId, nft: NftId) -> String {
     format!("streamspace-market:resale:{listing}#{}", nft.serial)
 }
 
-/// The listing and version a purchase memo ([`memo`]) names.
-fn parse_memo(memo: &str) -> Option<(ListingId, u32)> {
-    let rest = memo.strip_prefix("streamspace-market:")?;
+/// A memo split into what it names and the key commitment it carries.
+fn split_commitment(memo: &str) -> Option<(&str, &str)> {
+    memo.rsplit_once('~')
+}
+
+/// The listing and version a purchase memo ([`memo`]) names, and its key commitment.
+fn parse_memo(memo: &str) -> Option<(ListingId, u32, &str)> {
+    let (head, commitment) = split_commitment(memo)?;
+    let rest = head.strip_prefix("streamspace-market:")?;
     let (listing, version) = rest.rsplit_once('@')?;
-    Some((listing.parse().ok()?, version.parse().ok()?))
+    Some((listing.parse().ok()?, version.parse().ok()?, commitment))
 }
 
 /// Associates `account` with the key service's NFT class, so it can receive ownership
@@ -291,6 +352,8 @@ pub async fn associate<L: Ledger>(
 
 /// Resells an ownership license: one atomic transfer moves its NFT from `owner` to `buyer`,
 /// pays `owner` the price less royalties, and pays every rights holder its royalty. Both sign.
+/// The memo commits to `buyer_key`, the key the new holder's license is to be bound to
+/// ([`resale_memo`]).
 ///
 /// # Errors
 ///
@@ -302,6 +365,7 @@ pub async fn resell<L: Ledger>(
     listing: &Listing,
     license: &License,
     price: u64,
+    buyer_key: &PublicKey,
 ) -> Result<TransactionId, ServiceError> {
     let nft = license
         .nft
@@ -326,7 +390,7 @@ pub async fn resell<L: Ledger>(
             }],
         },
     );
-    tx.memo = resale_memo(license.listing, nft);
+    tx.memo = resale_memo(license.listing, nft, buyer_key);
     let r = ledger.execute(tx, &[&buyer.key, &owner.key]).await?;
     if r.status != Status::Success {
         return Err(ServiceError::NotPaid(id, r.status));
@@ -636,8 +700,8 @@ impl KeyService {
     ///
     /// # Errors
     ///
-    /// [`ServiceError`]: unpaid, a memo naming no listing of the topic, not this service's
-    /// listing, underpaid share, a license for the payment bound to another key.
+    /// [`ServiceError`]: unpaid, a memo naming no listing of the topic, a key other than the
+    /// one the memo commits to, not this service's listing, underpaid share.
     pub async fn issue<L: Ledger>(
         &mut self,
         ledger: &L,
@@ -645,16 +709,22 @@ impl KeyService {
         buyer_key: PublicKey,
     ) -> Result<Signed, ServiceError> {
         if let Some(held) = self.state.license(&payment) {
-            if held.license.buyer_key == buyer_key && held.license.resale.is_none() {
-                return Ok(held.signed.clone());
-            }
-            return Err(ServiceError::Replayed(payment));
+            // Issued to the key the payer committed to; anyone asking with another is refused.
+            return match held.license.resale {
+                None if held.license.buyer_key == buyer_key => Ok(held.signed.clone()),
+                None => Err(ServiceError::NotCommitted(payment)),
+                Some(_) => Err(ServiceError::Replayed(payment)),
+            };
         }
         let record = ledger.record(payment).await?;
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(payment, record.receipt.status));
         }
-        let (id, version) = parse_memo(&record.memo).ok_or(ServiceError::WrongListing(payment))?;
+        let (id, version, commitment) =
+            parse_memo(&record.memo).ok_or(ServiceError::WrongListing(payment))?;
+        if commitment != hex(&key_commitment(&buyer_key)) {
+            return Err(ServiceError::NotCommitted(payment));
+        }
         let listing = self.terms(ledger, id, version).await?;
         if listing.key_service != self.public() {
             return Err(ServiceError::NotMine(listing.id));
@@ -736,15 +806,16 @@ impl KeyService {
     /// is the one this service issued for the payment `old` and still holds (not revoked);
     /// the resale transfer `resale` must name that license's listing and NFT serial in its memo,
     /// move that NFT from the license's holder to the resale's payer, and pay every rights
-    /// holder its royalty at the rate of the listing version the license was bought at.
+    /// holder its royalty at the rate of the listing version the license was bought at; the new
+    /// license is bound to `buyer_key` only if the memo commits to it ([`resale_memo`]).
     /// Returns the revocation of the old license and the new license, both to publish. Asked
     /// again for the same resale and key, it answers with the same pair.
     ///
     /// # Errors
     ///
     /// [`ServiceError`]: no license of this service for `old`, revoked, not an ownership
-    /// license, the memo names another listing or NFT, the NFT did not move so, a royalty is
-    /// short, the resale licensed already.
+    /// license, the memo names another listing or NFT or commits to another key, the NFT did
+    /// not move so, a royalty is short, the resale licensed already.
     pub async fn reissue<L: Ledger>(
         &mut self,
         ledger: &L,
@@ -759,9 +830,11 @@ impl KeyService {
             .license
             .clone();
         if let Some(again) = self.state.license(&resale) {
-            let same = again.license.resale.is_some_and(|r| r.previous == old)
-                && again.license.buyer_key == buyer_key;
-            return match (same, self.state.revocation(&old)) {
+            let of_old = again.license.resale.is_some_and(|r| r.previous == old);
+            return match (of_old, self.state.revocation(&old)) {
+                (true, Some(_)) if again.license.buyer_key != buyer_key => {
+                    Err(ServiceError::NotCommitted(resale))
+                }
                 (true, Some(revocation)) => Ok((revocation.clone(), again.signed.clone())),
                 _ => Err(ServiceError::Replayed(resale)),
             };
@@ -778,8 +851,13 @@ impl KeyService {
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(resale, record.receipt.status));
         }
-        if record.memo != resale_memo(held.listing, nft) {
+        let (head, commitment) =
+            split_commitment(&record.memo).ok_or(ServiceError::WrongListing(resale))?;
+        if head != resale_head(held.listing, nft) {
             return Err(ServiceError::WrongListing(resale));
+        }
+        if commitment != hex(&key_commitment(&buyer_key)) {
+            return Err(ServiceError::NotCommitted(resale));
         }
         let moved = record
             .nft_transfers

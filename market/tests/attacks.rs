@@ -355,7 +355,9 @@ async fn free_keys_by_resale_are_refused() {
     }
     // The attacker buys the cheap one, an honest viewer the dear one.
     let buy = async |keys: &mut KeyService, op: &Operator, l: &Listing| {
-        let payment = service::pay(&w.ledger, op, l).await.unwrap();
+        let payment = service::pay(&w.ledger, op, l, &PublicKey::from(&op.key))
+            .await
+            .unwrap();
         let signed = keys
             .issue(&w.ledger, payment, PublicKey::from(&op.key))
             .await
@@ -381,14 +383,14 @@ async fn free_keys_by_resale_are_refused() {
     let forged_signed = Message::License(forged.clone()).sign(&attacker.key);
     w.publish(attacker, &forged_signed.encode()).await;
     // Resold to the attacker's second account for nothing, the memo naming the dear listing.
-    let resale = service::resell(&w.ledger, attacker, attacker2, &dear, &forged, 0)
+    let key2 = PublicKey::from(&attacker2.key);
+    let resale = service::resell(&w.ledger, attacker, attacker2, &dear, &forged, 0, &key2)
         .await
         .unwrap();
     assert_eq!(
         w.ledger.nft_info(cheap_nft).await.unwrap().owner,
         attacker2.account
     );
-    let key2 = PublicKey::from(&attacker2.key);
     // Against the attacker's own license: it is a license of the cheap listing.
     assert!(matches!(
         keys.reissue(&w.ledger, mine.payment, resale, key2).await,
@@ -412,7 +414,7 @@ async fn free_keys_by_resale_are_refused() {
             }],
         },
     );
-    tx.memo = service::resale_memo(dear.id, dear_nft);
+    tx.memo = service::resale_memo(dear.id, dear_nft, &PublicKey::from(&attacker.key));
     w.ledger
         .execute(tx, &[&attacker.key, &attacker2.key])
         .await
@@ -479,9 +481,17 @@ async fn free_keys_by_resale_are_refused() {
         w.ledger.balance(cowriter.account).await.unwrap(),
         w.ledger.balance(honest.account).await.unwrap(),
     ];
-    let sold = service::resell(&w.ledger, honest, honest2, &dear, &theirs, 1_000_000_000)
-        .await
-        .unwrap();
+    let sold = service::resell(
+        &w.ledger,
+        honest,
+        honest2,
+        &dear,
+        &theirs,
+        1_000_000_000,
+        &PublicKey::from(&honest2.key),
+    )
+    .await
+    .unwrap();
     let (revocation, license) = keys
         .reissue(
             &w.ledger,
@@ -534,4 +544,133 @@ async fn free_keys_by_resale_are_refused() {
         income[&cowriter.account].earned,
         200_000 + 400_000_000 + 40_000_000
     );
+}
+
+/// License front-running: an observer sees a purchase's transaction on the ledger (records are
+/// public) and asks for its license first, with its own key, and with the buyer's ledger key;
+/// later it claims a second purchase with the very key the buyer committed to, and a resale
+/// with its own. It gets no license bound to a key of its own, the buyer still gets its
+/// license, bound to the key its payment committed to, and the key is released only to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn license_front_running_is_refused() {
+    let w = world(5).await;
+    let (seller, cowriter, buyer, observer, heir) =
+        (&w.ops[0], &w.ops[1], &w.ops[2], &w.ops[3], &w.ops[4]);
+    let class = NftClass::create(&w.ledger, seller.clone()).await.unwrap();
+    let mut keys = KeyService::new(key(9), w.topic).with_nft_class(class.clone());
+    for op in [buyer, heir] {
+        service::associate(&w.ledger, op, class.token)
+            .await
+            .unwrap();
+    }
+    let mut l = listing(seller, cowriter, 1, w.content(b"harbour lights").await);
+    l.terms.rental_secs = None;
+    l.royalty_bps = 500;
+    let content_key = ContentKey::generate();
+    keys.add_content(l.id, content_key.clone());
+    let signed = service::list(&w.store, &seller.key, l.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+
+    // The buyer's license key is not its ledger key; its payment commits to it.
+    let license_key = key(50);
+    let committed = PublicKey::from(&license_key);
+    let payment = service::pay(&w.ledger, buyer, &l, &committed)
+        .await
+        .unwrap();
+    let seen = w.ledger.record(payment).await.unwrap();
+    assert!(
+        seen.memo
+            .ends_with(&hex(&service::key_commitment(&committed)))
+    );
+    for stranger in [PublicKey::from(&observer.key), PublicKey::from(&buyer.key)] {
+        assert!(matches!(
+            keys.issue(&w.ledger, payment, stranger).await,
+            Err(ServiceError::NotCommitted(p)) if p == payment
+        ));
+    }
+    assert!(keys.license(&payment).is_none(), "nothing issued");
+    // The buyer then gets its license, bound to the committed key, and the key.
+    let license = keys.issue(&w.ledger, payment, committed).await.unwrap();
+    let Message::License(issued) = &license.message else {
+        panic!("not a license")
+    };
+    assert_eq!(issued.buyer_key, committed);
+    assert_eq!(issued.buyer, buyer.account);
+    service::publish(&w.ledger, buyer, w.topic, &license)
+        .await
+        .unwrap();
+    let now = w.ledger.now();
+    let device = DeviceKey::generate();
+    let wrapped = keys
+        .release(
+            &KeyRequest::sign(&license_key, payment, [1; 16], device.public_bytes()),
+            now,
+        )
+        .unwrap();
+    assert_eq!(
+        device.unwrap(&wrapped, &payment).unwrap().key_bytes(),
+        content_key.key_bytes()
+    );
+    // The observer, with the license bytes it saw on the topic, gets no key.
+    let its_device = DeviceKey::generate();
+    assert!(matches!(
+        keys.release(
+            &KeyRequest::sign(&observer.key, payment, [1; 16], its_device.public_bytes()),
+            now
+        ),
+        Err(ServiceError::NotTheBuyer(_))
+    ));
+
+    // A second purchase, claimed first with the very key committed to (public once the first
+    // license was published): the license is bound to the buyer's key all the same, and the
+    // buyer asking after the observer gets that same license.
+    let again = service::pay(&w.ledger, buyer, &l, &committed)
+        .await
+        .unwrap();
+    let claimed = keys.issue(&w.ledger, again, committed).await.unwrap();
+    let for_buyer = keys.issue(&w.ledger, again, committed).await.unwrap();
+    assert_eq!(claimed.encode(), for_buyer.encode());
+    assert!(matches!(
+        &for_buyer.message,
+        Message::License(l) if l.buyer_key == committed && l.buyer == buyer.account
+    ));
+
+    // A resale: the new holder's transfer commits to its key; the observer claims it first.
+    let heir_key = PublicKey::from(&heir.key);
+    let resale = service::resell(&w.ledger, buyer, heir, &l, issued, 10_000_000, &heir_key)
+        .await
+        .unwrap();
+    assert!(matches!(
+        keys.reissue(&w.ledger, payment, resale, PublicKey::from(&observer.key))
+            .await,
+        Err(ServiceError::NotCommitted(p)) if p == resale
+    ));
+    assert!(keys.license(&resale).is_none());
+    assert!(!keys.is_revoked(&payment), "the holder's license stands");
+    let (_, new) = keys
+        .reissue(&w.ledger, payment, resale, heir_key)
+        .await
+        .unwrap();
+    assert!(matches!(
+        &new.message,
+        Message::License(l) if l.buyer_key == heir_key && l.buyer == heir.account
+    ));
+    let wrapped = keys
+        .release(
+            &KeyRequest::sign(&heir.key, resale, [1; 16], device.public_bytes()),
+            w.ledger.now(),
+        )
+        .unwrap();
+    assert_eq!(
+        device.unwrap(&wrapped, &resale).unwrap().key_bytes(),
+        content_key.key_bytes()
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -179,7 +179,9 @@ async fn list_buy_license_release_and_watch() {
         w.ledger.balance(w.seller.account).await.unwrap(),
         w.ledger.balance(w.cowriter.account).await.unwrap(),
     );
-    let payment = service::pay(&w.ledger, &w.buyer, &l).await.unwrap();
+    let payment = service::pay(&w.ledger, &w.buyer, &l, &PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
     assert_eq!(
         w.ledger.balance(w.seller.account).await.unwrap() - before.0,
         175_000_001,
@@ -204,7 +206,7 @@ async fn list_buy_license_release_and_watch() {
     assert!(matches!(
         keys.issue(&w.ledger, payment, PublicKey::from(&key(66)))
             .await,
-        Err(ServiceError::Replayed(_))
+        Err(ServiceError::NotCommitted(_))
     ));
 
     // The key, wrapped to the buyer's device, decrypts the film fetched from anyone.
@@ -391,7 +393,7 @@ async fn bad_payments_get_no_license() {
             (w.seller.account, 175_000_001),
             (w.cowriter.account, 74_999_999),
         ],
-        service::memo(l.id, 1),
+        service::memo(l.id, 1, &buyer_key),
     );
     w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
     assert!(matches!(
@@ -404,7 +406,7 @@ async fn bad_payments_get_no_license() {
             (w.buyer.account, -250_000_001),
             (w.seller.account, 250_000_001),
         ],
-        service::memo(l.id, 1),
+        service::memo(l.id, 1, &buyer_key),
     );
     w.ledger.execute(tx, &[&w.buyer.key]).await.unwrap();
     assert!(matches!(
@@ -419,7 +421,9 @@ async fn bad_payments_get_no_license() {
         },
         ..l.clone()
     };
-    let paid_other = service::pay(&w.ledger, &w.buyer, &other).await.unwrap();
+    let paid_other = service::pay(&w.ledger, &w.buyer, &other, &PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
     assert!(matches!(
         keys.issue(&w.ledger, paid_other, buyer_key).await,
         Err(ServiceError::UnknownListing(_, 1))
@@ -428,7 +432,9 @@ async fn bad_payments_get_no_license() {
         version: 2,
         ..l.clone()
     };
-    let paid_v2 = service::pay(&w.ledger, &w.buyer, &v2).await.unwrap();
+    let paid_v2 = service::pay(&w.ledger, &w.buyer, &v2, &PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
     assert!(matches!(
         keys.issue(&w.ledger, paid_v2, buyer_key).await,
         Err(ServiceError::UnknownListing(_, 2))
@@ -463,7 +469,14 @@ async fn bad_payments_get_no_license() {
             .unwrap(),
     )
     .await;
-    let paid_foreign = service::pay(&w.ledger, &w.buyer, &foreign).await.unwrap();
+    let paid_foreign = service::pay(
+        &w.ledger,
+        &w.buyer,
+        &foreign,
+        &PublicKey::from(&w.buyer.key),
+    )
+    .await
+    .unwrap();
     assert!(matches!(
         keys.issue(&w.ledger, paid_foreign, buyer_key).await,
         Err(ServiceError::NotMine(_))
@@ -479,7 +492,11 @@ async fn bad_payments_get_no_license() {
         ..l.clone()
     };
     let before = w.ledger.balance(w.buyer.account).await.unwrap();
-    assert!(service::pay(&w.ledger, &w.buyer, &poor).await.is_err());
+    assert!(
+        service::pay(&w.ledger, &w.buyer, &poor, &PublicKey::from(&w.buyer.key))
+            .await
+            .is_err()
+    );
     assert!(w.ledger.balance(w.buyer.account).await.unwrap() >= before - 200_000);
     // Content that is not in the store cannot be listed.
     let missing = Listing {
@@ -806,7 +823,9 @@ async fn ownership_is_an_nft_resold_with_royalties() {
     service::associate(&w.ledger, &w.buyer, token)
         .await
         .unwrap();
-    let payment = service::pay(&w.ledger, &w.buyer, &l).await.unwrap();
+    let payment = service::pay(&w.ledger, &w.buyer, &l, &PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
     let first = keys
         .issue(&w.ledger, payment, PublicKey::from(&w.buyer.key))
         .await
@@ -828,9 +847,17 @@ async fn ownership_is_an_nft_resold_with_royalties() {
         w.ledger.balance(w.seller.account).await.unwrap(),
         w.ledger.balance(w.cowriter.account).await.unwrap(),
     ];
-    let resale = service::resell(&w.ledger, &w.buyer, &w.buyer2, &l, &lic, 100_000_000)
-        .await
-        .unwrap();
+    let resale = service::resell(
+        &w.ledger,
+        &w.buyer,
+        &w.buyer2,
+        &l,
+        &lic,
+        100_000_000,
+        &PublicKey::from(&w.buyer2.key),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         w.ledger.balance(w.buyer.account).await.unwrap() - before[0],
         90_000_000
@@ -865,7 +892,7 @@ async fn ownership_is_an_nft_resold_with_royalties() {
     assert!(matches!(
         keys.reissue(&w.ledger, payment, resale, PublicKey::from(&key(66)))
             .await,
-        Err(ServiceError::Replayed(_))
+        Err(ServiceError::NotCommitted(_))
     ));
 
     // The old holder's license no longer releases keys; the new one's does.
@@ -926,7 +953,7 @@ async fn ownership_is_an_nft_resold_with_royalties() {
             }],
         },
     );
-    tx.memo = service::resale_memo(lic2.listing, nft);
+    tx.memo = service::resale_memo(lic2.listing, nft, &PublicKey::from(&w.buyer.key));
     w.ledger
         .execute(tx, &[&w.buyer.key, &w.buyer2.key])
         .await
@@ -948,7 +975,9 @@ async fn ownership_is_an_nft_resold_with_royalties() {
             .unwrap(),
     )
     .await;
-    let paid = service::pay(&w.ledger, &w.buyer, &own).await.unwrap();
+    let paid = service::pay(&w.ledger, &w.buyer, &own, &PublicKey::from(&w.buyer.key))
+        .await
+        .unwrap();
     assert!(matches!(
         no_class
             .issue(&w.ledger, paid, PublicKey::from(&w.buyer.key))

@@ -355,10 +355,10 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     };
     let mut startups = Vec::new();
     for viewer in &members[11..] {
-        let payment = service::pay(&ledger, &viewer.op, &offer).await?;
-        let license = keys_service
-            .issue(&ledger, payment, PublicKey::from(&viewer.op.key))
-            .await?;
+        // The payment commits to the key the viewer's license is to be bound to.
+        let license_key = PublicKey::from(&viewer.op.key);
+        let payment = service::pay(&ledger, &viewer.op, &offer, &license_key).await?;
+        let license = keys_service.issue(&ledger, payment, license_key).await?;
         ledger
             .submit_message(
                 &viewer.op,
