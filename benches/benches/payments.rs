@@ -12,13 +12,16 @@ use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Transaction,
     TransactionId, TxKind,
 };
-use streamspace_payments::receipt::{ReceiptBody, ReceiptSigner, SignedReceipt, verify_batch};
+use streamspace_payments::receipt::{
+    Domain, DomainId, ENCODED_LEN, ReceiptBody, ReceiptSigner, SignedReceipt, verify_batch,
+};
 use streamspace_payments::settle::{Journal, Settler, lock_collateral};
 
 fn receipts(c: &mut Criterion) {
     let key = SigningKey::from_bytes(&[1; 32]);
     let bodies: Vec<ReceiptBody> = (0..1024u64)
         .map(|i| ReceiptBody {
+            domain: DomainId([7; 32]),
             payer: AccountId::new(1001),
             payee: AccountId::new(2000 + i),
             period: 1,
@@ -43,7 +46,7 @@ fn receipts(c: &mut Criterion) {
         b.iter(|| verify_batch(&signed).expect("valid"))
     });
     g.bench_function("decode_and_verify_batch", |b| {
-        let wire: Vec<[u8; 185]> = signed.iter().map(SignedReceipt::encode).collect();
+        let wire: Vec<[u8; ENCODED_LEN]> = signed.iter().map(SignedReceipt::encode).collect();
         b.iter(|| {
             let rs: Vec<SignedReceipt> = wire
                 .iter()
@@ -112,6 +115,7 @@ fn settlement(c: &mut Criterion) {
         }
         (clearing, topic, payers, payees)
     });
+    let domain = Domain::new("bench", "private", clearing.account, topic);
     let mut period = 0u64;
     let mut g = c.benchmark_group("settlement");
     g.sample_size(10);
@@ -123,7 +127,7 @@ fn settlement(c: &mut Criterion) {
             for _ in 0..iters {
                 period += 1;
                 let jdir = tempfile::tempdir().expect("tempdir");
-                let journal = Journal::open(jdir.path().join("j.redb")).expect("journal");
+                let journal = Journal::open(jdir.path().join("j.redb"), domain.id()).expect("journal");
                 let mut collateral = BTreeMap::new();
                 let mut rs = Vec::with_capacity(10_000);
                 rt.block_on(async {
@@ -135,11 +139,11 @@ fn settlement(c: &mut Criterion) {
                 for (i, p) in payers.iter().enumerate() {
                     for (j, q) in payees.iter().enumerate() {
                         let shards = (i + j + 1) as u64;
-                        rs.push(ReceiptBody { payer: p.account, payee: q.account, period, amount: shards * 10_000, shards }.sign(&p.key));
+                        rs.push(ReceiptBody { domain: domain.id(), payer: p.account, payee: q.account, period, amount: shards * 10_000, shards }.sign(&p.key));
                     }
                 }
                 journal.record(&rs).expect("record");
-                let settler = Settler::new(ledger.clone(), journal, clearing.clone(), topic);
+                let settler = Settler::new(ledger.clone(), journal, clearing.clone(), &domain).expect("settler");
                 let start = Instant::now();
                 let report = rt.block_on(settler.close(period, &collateral)).expect("settle");
                 total += start.elapsed();

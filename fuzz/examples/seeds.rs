@@ -8,7 +8,7 @@ use std::path::Path;
 use ed25519_dalek::SigningKey;
 use streamspace_ledger::AccountId;
 use streamspace_payments::fraud::FraudProof;
-use streamspace_payments::receipt::ReceiptBody;
+use streamspace_payments::receipt::{DomainId, ReceiptBody};
 
 fn main() -> std::io::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/receipt");
@@ -18,6 +18,8 @@ fn main() -> std::io::Result<()> {
         .into_iter()
         .enumerate()
         .map(|(i, (amount, shards))| ReceiptBody {
+            // The domain `fuzz_targets/receipt.rs` parses receipts messages in.
+            domain: DomainId([0x5a; 32]),
             payer: AccountId::new(1001),
             payee: AccountId::new(2000 + i as u64),
             period: i as u64,

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use ed25519_dalek::SigningKey;
 use streamspace_ledger::{AccountId, PublicKey};
 
-use crate::receipt::{ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt};
+use crate::receipt::{DomainId, ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt};
 
 /// A price set by a payee: a part per shard and a part per byte, the latter in tinybars per
 /// GiB because one byte is worth far less than a tinybar.
@@ -202,6 +202,10 @@ impl Allowlist {
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BookError {
+    /// A receipt of another deployment (another network, ledger, clearing account or
+    /// settlement topic), naming this payer.
+    #[error("receipt of {0} is for another domain")]
+    ForeignDomain(AccountId),
     /// Not addressed to this payee.
     #[error("receipt is for payee {0}, not this node")]
     WrongPayee(AccountId),
@@ -297,7 +301,7 @@ impl BookError {
     /// The admitted payer the error is about, where there is one.
     pub fn payer(&self) -> Option<AccountId> {
         match self {
-            Self::KeyMismatch(p) | Self::Overflow(p) => Some(*p),
+            Self::KeyMismatch(p) | Self::Overflow(p) | Self::ForeignDomain(p) => Some(*p),
             Self::Stale { payer, .. }
             | Self::Unserved { payer, .. }
             | Self::Underpaid { payer, .. }
@@ -311,6 +315,7 @@ impl BookError {
     /// A short name for counters.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::ForeignDomain(_) => "foreign_domain",
             Self::WrongPayee(_) => "wrong_payee",
             Self::WrongPeriod { .. } => "wrong_period",
             Self::UnknownPayer(_) => "unknown_payer",
@@ -370,14 +375,16 @@ impl PayerState {
 /// # Examples
 ///
 /// ```
-/// use streamspace_ledger::{AccountId, PublicKey};
+/// use streamspace_ledger::{AccountId, PublicKey, TopicId};
 /// use streamspace_payments::book::{PayerTab, Price, ReceiptBook, Terms};
+/// use streamspace_payments::receipt::Domain;
 /// let (me, viewer) = (AccountId::new(1002), AccountId::new(1001));
+/// let domain = Domain::new("main", "hedera:testnet", AccountId::new(5005), TopicId::new(6006)).id();
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
-/// let terms = Terms { price: Price::per_shard(100), ..Terms::default() };
-/// let mut book = ReceiptBook::new(me, 1, terms);
+/// let terms = Terms { price: Price::per_shard(100), max_ahead: 1, ..Terms::default() };
+/// let mut book = ReceiptBook::new(domain, me, 1, terms);
 /// book.admit(viewer, PublicKey::from(&key), 1_000_000)?;
-/// let mut tab = PayerTab::new(viewer, key, 1);
+/// let mut tab = PayerTab::new(domain, viewer, key, 1);
 /// tab.agree(me, terms.price);
 ///
 /// book.serve(viewer, 262_144)?;                  // one shard ahead is allowed…
@@ -391,6 +398,7 @@ impl PayerState {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ReceiptBook {
+    domain: DomainId,
     me: AccountId,
     period: u64,
     terms: Terms,
@@ -400,14 +408,23 @@ pub struct ReceiptBook {
 }
 
 impl ReceiptBook {
-    /// An empty book for `period`, admitting any payer with collateral.
-    pub fn new(me: AccountId, period: u64, terms: Terms) -> Self {
-        Self::with_allowlist(me, period, terms, Allowlist::open())
+    /// An empty book of payee `me` for `period` in `domain`, admitting any payer with
+    /// collateral.
+    pub fn new(domain: DomainId, me: AccountId, period: u64, terms: Terms) -> Self {
+        Self::with_allowlist(domain, me, period, terms, Allowlist::open())
     }
 
-    /// An empty book for `period` that admits payers as `allowlist` says.
-    pub fn with_allowlist(me: AccountId, period: u64, terms: Terms, allowlist: Allowlist) -> Self {
+    /// An empty book of payee `me` for `period` in `domain` that admits payers as `allowlist`
+    /// says.
+    pub fn with_allowlist(
+        domain: DomainId,
+        me: AccountId,
+        period: u64,
+        terms: Terms,
+        allowlist: Allowlist,
+    ) -> Self {
         Self {
+            domain,
             me,
             period,
             terms,
@@ -538,6 +555,9 @@ impl ReceiptBook {
     fn check(&self, bytes: &[u8]) -> Result<SignedReceipt, BookError> {
         let r = SignedReceipt::decode(bytes)?;
         let b = r.body;
+        if b.domain != self.domain {
+            return Err(BookError::ForeignDomain(b.payer));
+        }
         if b.payee != self.me {
             return Err(BookError::WrongPayee(b.payee));
         }
@@ -628,6 +648,7 @@ impl Received {
 /// never for more than was received at the agreed price.
 #[derive(Debug)]
 pub struct PayerTab {
+    domain: DomainId,
     account: AccountId,
     signer: ReceiptSigner,
     period: u64,
@@ -651,9 +672,10 @@ pub struct Overcharged {
 }
 
 impl PayerTab {
-    /// A tab for `period`.
-    pub fn new(account: AccountId, key: SigningKey, period: u64) -> Self {
+    /// The tab of payer `account` (signing with `key`) for `period` in `domain`.
+    pub fn new(domain: DomainId, account: AccountId, key: SigningKey, period: u64) -> Self {
         Self {
+            domain,
             account,
             signer: ReceiptSigner::new(&key),
             period,
@@ -703,6 +725,7 @@ impl PayerTab {
 
     fn body(&self, payee: AccountId, amount: u64, shards: u64) -> SignedReceipt {
         self.signer.sign(&ReceiptBody {
+            domain: self.domain,
             payer: self.account,
             payee,
             period: self.period,

@@ -11,6 +11,7 @@
 //! use streamspace_ledger::{Ledger, LocalLedger, SystemClock, Operator, PublicKey};
 //! use streamspace_ledger::{Transaction, TransactionId, TxKind};
 //! use streamspace_payments::clearing::{Clearing, Member};
+//! use streamspace_payments::receipt::Domain;
 //! use streamspace_payments::settle::Journal;
 //!
 //! let dir = tempfile::tempdir()?;
@@ -26,8 +27,9 @@
 //!     TxKind::CreateTopic { memo: "settlement".into(), submit_key: None },
 //! );
 //! let topic = ledger.execute(tx, &[&clearing.key]).await?.topic.expect("a topic");
-//! let journal = Journal::open(dir.path().join("clearing.redb"))?;
-//! let mut c = Clearing::new(ledger, clearing, topic, journal, Vec::<Member>::new(), 3600);
+//! let domain = Domain::new("main", "private", clearing.account, topic);
+//! let journal = Journal::open(dir.path().join("clearing.redb"), domain.id())?;
+//! let mut c = Clearing::new(ledger, clearing, &domain, journal, Vec::<Member>::new(), 3600)?;
 //! // Once a second or so: read what was posted, settle what ended.
 //! let outcome = c.poll(1_700_000_000).await;
 //! assert_eq!(outcome.kept, 0);
@@ -42,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use streamspace_ledger::{AccountId, Ledger, Operator, PublicKey, TopicId};
 
-use crate::receipt::SignedReceipt;
+use crate::receipt::{Domain, DomainId, SignedReceipt};
 use crate::settle::{Journal, RECEIPTS_TAG, Report, SettleError, Settler, parse_receipts_message};
 
 /// At most this many topic messages are read per [`Clearing::poll`].
@@ -81,6 +83,7 @@ pub struct Poll {
 pub struct Clearing<L> {
     ledger: L,
     topic: TopicId,
+    domain: DomainId,
     settler: Settler<L>,
     journal: Journal,
     collateral: BTreeMap<AccountId, u64>,
@@ -91,28 +94,34 @@ pub struct Clearing<L> {
 }
 
 impl<L: Ledger + Clone> Clearing<L> {
-    /// The clearing of `members`, settling from `clearing`'s account, reading receipts from
-    /// `topic`, journaling in `journal`, with periods of `period_secs` seconds.
+    /// The clearing of `members` in `domain`, settling from `clearing`'s account (the
+    /// domain's), reading receipts from the domain's topic, journaling in `journal`, with
+    /// periods of `period_secs` seconds.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::NotTheDomain`] as [`Settler::new`].
     pub fn new(
         ledger: L,
         clearing: Operator,
-        topic: TopicId,
+        domain: &Domain,
         journal: Journal,
         members: impl IntoIterator<Item = Member>,
         period_secs: u64,
-    ) -> Self {
+    ) -> Result<Self, SettleError> {
         let members: Vec<Member> = members.into_iter().collect();
-        Self {
-            settler: Settler::new(ledger.clone(), journal.clone(), clearing, topic),
+        Ok(Self {
+            settler: Settler::new(ledger.clone(), journal.clone(), clearing, domain)?,
             ledger,
-            topic,
+            topic: domain.topic,
+            domain: domain.id(),
             journal,
             collateral: members.iter().map(|m| (m.account, m.collateral)).collect(),
             keys: members.iter().map(|m| (m.account, m.key)).collect(),
             next_sequence: 1,
             closed: BTreeSet::new(),
             period_secs: period_secs.max(1),
-        }
+        })
     }
 
     /// How long after a period's end it is settled, so that members can post late receipts:
@@ -138,7 +147,7 @@ impl<L: Ledger + Clone> Clearing<L> {
                     if !m.message.starts_with(RECEIPTS_TAG) {
                         continue;
                     }
-                    match parse_receipts_message(&m.message) {
+                    match parse_receipts_message(&m.message, &self.domain) {
                         Ok(rs) => {
                             let known: Vec<SignedReceipt> = rs
                                 .into_iter()

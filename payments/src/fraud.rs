@@ -10,7 +10,7 @@ use std::collections::HashSet;
 
 use streamspace_ledger::{AccountId, PublicKey};
 
-use crate::receipt::{ENCODED_LEN, ReceiptError, SignedReceipt, verify_batch};
+use crate::receipt::{DomainId, ENCODED_LEN, ReceiptError, SignedReceipt, verify_batch};
 
 /// Receipts proving a payer promised more than its collateral.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +29,10 @@ pub enum FraudProofError {
     /// Receipts of different payers or periods, or by another key than the payer's.
     #[error("receipts are not all of payer {0} in one period with its key")]
     Mixed(AccountId),
+    /// Receipts of another deployment: what a payer promised there says nothing of the
+    /// collateral it locked here.
+    #[error("receipts of payer {0} are of another domain")]
+    ForeignDomain(AccountId),
     /// Two receipts to the same payee (only the newer counts).
     #[error("two receipts to payee {0}")]
     RepeatedPayee(AccountId),
@@ -46,14 +50,16 @@ pub enum FraudProofError {
 }
 
 impl FraudProof {
-    /// Checks the proof against the payer's key and collateral (both public: the key from the
-    /// ledger or allowlist, the collateral from the period's escrow transfer).
+    /// Checks the proof against this deployment's `domain` and the payer's key and collateral
+    /// (all public: the key from the ledger or allowlist, the collateral from the period's
+    /// escrow transfer).
     ///
     /// # Errors
     ///
     /// [`FraudProofError`] when it proves nothing.
     pub fn verify(
         &self,
+        domain: &DomainId,
         payer_key: &PublicKey,
         collateral: u64,
     ) -> Result<AccountId, FraudProofError> {
@@ -67,6 +73,9 @@ impl FraudProof {
         for r in &self.receipts {
             if r.body.payer != payer || r.body.period != period || r.payer_key != *payer_key {
                 return Err(FraudProofError::Mixed(payer));
+            }
+            if r.body.domain != *domain {
+                return Err(FraudProofError::ForeignDomain(payer));
             }
             if !payees.insert(r.body.payee) {
                 return Err(FraudProofError::RepeatedPayee(r.body.payee));

@@ -47,10 +47,10 @@ impl Tree {
     /// # Examples
     ///
     /// ```
-    /// use streamspace_payments::{merkle::{verify, Tree}, receipt::ReceiptBody};
+    /// use streamspace_payments::{merkle::{verify, Tree}, receipt::{DomainId, ReceiptBody}};
     /// use streamspace_ledger::AccountId;
     /// let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
-    /// let rs: Vec<_> = (0..5).map(|i| ReceiptBody { payer: AccountId::new(1), payee: AccountId::new(10 + i), period: 1, amount: 5, shards: 1 }.sign(&key)).collect();
+    /// let rs: Vec<_> = (0..5).map(|i| ReceiptBody { domain: DomainId([7; 32]), payer: AccountId::new(1), payee: AccountId::new(10 + i), period: 1, amount: 5, shards: 1 }.sign(&key)).collect();
     /// let tree = Tree::new(&rs);
     /// assert!(verify(&tree.root(), &rs[3], &tree.proof(3).unwrap()));
     /// assert!(!verify(&tree.root(), &rs[2], &tree.proof(3).unwrap()));

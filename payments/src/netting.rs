@@ -113,12 +113,12 @@ impl Plan {
 /// ```
 /// use std::collections::BTreeMap;
 /// use streamspace_ledger::AccountId;
-/// use streamspace_payments::{netting::plan, receipt::ReceiptBody};
+/// use streamspace_payments::{netting::plan, receipt::{DomainId, ReceiptBody}};
 /// let key = |s| ed25519_dalek::SigningKey::from_bytes(&[s; 32]);
 /// let (a, b) = (AccountId::new(1001), AccountId::new(1002));
 /// // a and b serve each other: a owes b 700, b owes a 500.
-/// let r1 = ReceiptBody { payer: a, payee: b, period: 1, amount: 700, shards: 7 }.sign(&key(1));
-/// let r2 = ReceiptBody { payer: b, payee: a, period: 1, amount: 500, shards: 5 }.sign(&key(2));
+/// let r1 = ReceiptBody { domain: DomainId([7; 32]), payer: a, payee: b, period: 1, amount: 700, shards: 7 }.sign(&key(1));
+/// let r2 = ReceiptBody { domain: DomainId([7; 32]), payer: b, payee: a, period: 1, amount: 500, shards: 5 }.sign(&key(2));
 /// let collateral = BTreeMap::from([(a, 1_000), (b, 1_000)]);
 /// let p = plan(&[r1, r2], &collateral)?;
 /// assert_eq!(p.net[&a], -200);

@@ -22,10 +22,13 @@ use streamspace_ledger::{
 
 use crate::merkle::{Hash, Tree};
 use crate::netting::{NettingError, plan};
-use crate::receipt::SignedReceipt;
+use crate::receipt::{Domain, DomainId, SignedReceipt};
 
-/// (period, payer, payee) → newest receipt.
-const RECEIPTS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("receipts");
+/// (period, payer, payee) → newest receipt (layout 2; a journal of layout 1 kept them in
+/// `receipts`, which is not read).
+const RECEIPTS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("receipts-v2");
+/// "domain" → the [`DomainId`] the journal belongs to.
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// (period, step) → planned or done step.
 const STEPS: TableDefinition<'_, (u64, u32), &[u8]> = TableDefinition::new("steps");
 
@@ -46,6 +49,27 @@ pub enum SettleError {
         step: u32,
         /// The ledger's error.
         source: LedgerError,
+    },
+    /// A receipt of another deployment was offered to the journal (nothing was recorded).
+    #[error("receipt of {payer} to {payee} is for another domain")]
+    ForeignDomain {
+        /// The payer it names.
+        payer: AccountId,
+        /// The payee it names.
+        payee: AccountId,
+    },
+    /// The journal file belongs to another deployment.
+    #[error("the journal belongs to another domain")]
+    JournalDomain,
+    /// The settler's clearing account, journal or topic is not the domain's.
+    #[error(
+        "operator {operator} or the journal is not of the domain (clearing account {clearing})"
+    )]
+    NotTheDomain {
+        /// The account of the operator given.
+        operator: AccountId,
+        /// The domain's clearing account.
+        clearing: AccountId,
     },
     /// Stopped by fault injection (tests): the journal holds everything done so far.
     #[error("interrupted before step {0}")]
@@ -69,10 +93,11 @@ struct Step {
     done: Option<Timestamp>,
 }
 
-/// The durable record of receipts and settlement steps.
+/// The durable record of receipts and settlement steps of one [`Domain`].
 #[derive(Clone)]
 pub struct Journal {
     db: Arc<Database>,
+    domain: DomainId,
 }
 
 impl std::fmt::Debug for Journal {
@@ -82,18 +107,41 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Opens or creates the journal file.
+    /// Opens or creates the journal file of `domain`'s receipts.
     ///
     /// # Errors
     ///
-    /// [`SettleError::Journal`].
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, SettleError> {
+    /// [`SettleError::Journal`]; [`SettleError::JournalDomain`] for a journal created for
+    /// another domain.
+    pub fn open(path: impl AsRef<Path>, domain: DomainId) -> Result<Self, SettleError> {
         let db = Database::create(path.as_ref()).map_err(journal_err)?;
         let txn = db.begin_write().map_err(journal_err)?;
         txn.open_table(RECEIPTS).map_err(journal_err)?;
         txn.open_table(STEPS).map_err(journal_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(journal_err)?;
+            let held = meta
+                .get("domain")
+                .map_err(journal_err)?
+                .map(|v| v.value().to_vec());
+            match held {
+                Some(d) if d != domain.0 => return Err(SettleError::JournalDomain),
+                Some(_) => {}
+                None => {
+                    meta.insert("domain", &domain.0[..]).map_err(journal_err)?;
+                }
+            }
+        }
         txn.commit().map_err(journal_err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            domain,
+        })
+    }
+
+    /// The domain whose receipts the journal holds.
+    pub fn domain(&self) -> DomainId {
+        self.domain
     }
 
     /// Records receipts durably, keeping the newest per (period, payer, payee). Receipts must
@@ -101,8 +149,15 @@ impl Journal {
     ///
     /// # Errors
     ///
-    /// [`SettleError::Journal`].
+    /// [`SettleError::ForeignDomain`] (and nothing recorded) when a receipt is of another
+    /// domain; [`SettleError::Journal`].
     pub fn record(&self, receipts: &[SignedReceipt]) -> Result<(), SettleError> {
+        if let Some(r) = receipts.iter().find(|r| r.body.domain != self.domain) {
+            return Err(SettleError::ForeignDomain {
+                payer: r.body.payer,
+                payee: r.body.payee,
+            });
+        }
         let txn = self.db.begin_write().map_err(journal_err)?;
         {
             let mut t = txn.open_table(RECEIPTS).map_err(journal_err)?;
@@ -279,8 +334,9 @@ pub async fn publish_fraud_proof<L: Ledger>(
 
 /// Tag opening a settlement-topic message that carries receipts.
 pub const RECEIPTS_TAG: &[u8; 23] = b"streamspace-receipts-v2";
-/// Receipts per settlement-topic message: a message stays within one 1,024-byte chunk.
-pub const RECEIPTS_PER_MESSAGE: usize = 5;
+/// Receipts per settlement-topic message: a message (23-byte tag, count, 4 × 217 bytes) stays
+/// within one 1,024-byte chunk.
+pub const RECEIPTS_PER_MESSAGE: usize = 4;
 
 /// A settlement-topic message that is not a valid receipts message.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -317,20 +373,21 @@ pub enum ReceiptsMessageError {
 /// detectable: it no longer holds the receipts it declares.
 ///
 /// ```
-/// use streamspace_ledger::AccountId;
-/// use streamspace_payments::receipt::ReceiptBody;
+/// use streamspace_ledger::{AccountId, TopicId};
+/// use streamspace_payments::receipt::{Domain, ReceiptBody};
 /// use streamspace_payments::settle::{parse_receipts_message, receipts_messages};
 /// let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+/// let domain = Domain::new("main", "hedera:testnet", AccountId::new(5005), TopicId::new(6006)).id();
 /// let receipts: Vec<_> = (0..7)
-///     .map(|i| ReceiptBody { payer: AccountId::new(1001), payee: AccountId::new(2000 + i), period: 1, amount: 10, shards: 1 }.sign(&key))
+///     .map(|i| ReceiptBody { domain, payer: AccountId::new(1001), payee: AccountId::new(2000 + i), period: 1, amount: 10, shards: 1 }.sign(&key))
 ///     .collect();
 /// let messages = receipts_messages(&receipts);
 /// assert_eq!(messages.len(), 2);
-/// let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m).unwrap()).collect();
+/// let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m, &domain).unwrap()).collect();
 /// assert_eq!(back, receipts);
 /// // Cut at a receipt boundary, the first message no longer holds what it declares.
 /// let cut = &messages[0][..messages[0].len() - streamspace_payments::receipt::ENCODED_LEN];
-/// assert!(parse_receipts_message(cut).is_err());
+/// assert!(parse_receipts_message(cut, &domain).is_err());
 /// ```
 pub fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
     use crate::receipt::ENCODED_LEN;
@@ -339,7 +396,7 @@ pub fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
         .map(|c| {
             let mut m = Vec::with_capacity(RECEIPTS_TAG.len() + 1 + c.len() * ENCODED_LEN);
             m.extend_from_slice(RECEIPTS_TAG);
-            // At most RECEIPTS_PER_MESSAGE (5) receipts per chunk: the count fits a byte.
+            // At most RECEIPTS_PER_MESSAGE (4) receipts per chunk: the count fits a byte.
             m.push(u8::try_from(c.len()).unwrap_or(u8::MAX));
             for r in c {
                 m.extend_from_slice(&r.encode());
@@ -349,13 +406,18 @@ pub fn receipts_messages(receipts: &[SignedReceipt]) -> Vec<Bytes> {
         .collect()
 }
 
-/// Decodes a receipts message and verifies every receipt's signature (not who signed: check
-/// the payer's key against the ledger's or the member list).
+/// Decodes a receipts message and verifies that every receipt is of `domain` and its
+/// signature verifies (not who signed: check the payer's key against the ledger's or the
+/// member list).
 ///
 /// # Errors
 ///
-/// [`ReceiptsMessageError`] naming what is wrong, and which receipt.
-pub fn parse_receipts_message(message: &[u8]) -> Result<Vec<SignedReceipt>, ReceiptsMessageError> {
+/// [`ReceiptsMessageError`] naming what is wrong, and which receipt; a receipt of another
+/// domain is [`crate::receipt::ReceiptError::ForeignDomain`].
+pub fn parse_receipts_message(
+    message: &[u8],
+    domain: &DomainId,
+) -> Result<Vec<SignedReceipt>, ReceiptsMessageError> {
     use crate::receipt::ENCODED_LEN;
     let body = message
         .strip_prefix(&RECEIPTS_TAG[..])
@@ -381,7 +443,7 @@ pub fn parse_receipts_message(message: &[u8]) -> Result<Vec<SignedReceipt>, Rece
         .map(|(index, c)| {
             let r = SignedReceipt::decode(c)
                 .map_err(|source| ReceiptsMessageError::Receipt { index, source })?;
-            r.verify()
+            r.verify_in(domain)
                 .map_err(|source| ReceiptsMessageError::Receipt { index, source })?;
             Ok(r)
         })
@@ -398,14 +460,31 @@ pub fn anchor_message(period: u64, count: u64, root: &Hash) -> Vec<u8> {
 }
 
 impl<L: Ledger> Settler<L> {
-    /// A settler paying from `clearing` and anchoring on `topic`.
-    pub fn new(ledger: L, journal: Journal, clearing: Operator, topic: TopicId) -> Self {
-        Self {
+    /// A settler of `domain`'s periods, paying from its clearing account (whose operator is
+    /// `clearing`) and anchoring on its settlement topic.
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::NotTheDomain`] when `clearing` is not the domain's clearing account or
+    /// `journal` is of another domain.
+    pub fn new(
+        ledger: L,
+        journal: Journal,
+        clearing: Operator,
+        domain: &Domain,
+    ) -> Result<Self, SettleError> {
+        if clearing.account != domain.clearing || journal.domain() != domain.id() {
+            return Err(SettleError::NotTheDomain {
+                operator: clearing.account,
+                clearing: domain.clearing,
+            });
+        }
+        Ok(Self {
             ledger,
             journal,
             clearing,
-            topic,
-        }
+            topic: domain.topic,
+        })
     }
 
     /// Closes `period`: nets its journaled receipts against `collateral`, pays out and anchors

@@ -11,15 +11,29 @@ use streamspace_ledger::{
     Transaction, TransactionId, TxKind,
 };
 use streamspace_payments::book::{BookError, PayerTab, Price, ReceiptBook, Terms};
+use streamspace_payments::clearing::{Clearing, Member};
+use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::netting::{NettingError, Plan, plan};
-use streamspace_payments::receipt::{ENCODED_LEN, ReceiptBody, SignedReceipt};
+use streamspace_payments::receipt::{
+    Domain, ENCODED_LEN, ReceiptBody, ReceiptError, SignedReceipt,
+};
 use streamspace_payments::settle::{
-    Journal, RECEIPTS_TAG, ReceiptsMessageError, SettleError, Settler, lock_collateral,
-    parse_receipts_message, receipts_messages,
+    Journal, RECEIPTS_PER_MESSAGE, RECEIPTS_TAG, ReceiptsMessageError, SettleError, Settler,
+    lock_collateral, parse_receipts_message, receipts_messages,
 };
 
 fn key(s: u8) -> SigningKey {
     SigningKey::from_bytes(&[s; 32])
+}
+
+/// The deployment of the tests that settle on no ledger.
+fn domain() -> Domain {
+    Domain::new(
+        "main",
+        "private",
+        AccountId::new(98_000),
+        TopicId::new(98_001),
+    )
 }
 
 fn receipt(
@@ -29,7 +43,19 @@ fn receipt(
     amount: u64,
     shards: u64,
 ) -> SignedReceipt {
+    receipt_in(&domain(), payer, payer_id, payee, amount, shards)
+}
+
+fn receipt_in(
+    domain: &Domain,
+    payer: &SigningKey,
+    payer_id: u64,
+    payee: u64,
+    amount: u64,
+    shards: u64,
+) -> SignedReceipt {
     ReceiptBody {
+        domain: domain.id(),
         payer: AccountId::new(payer_id),
         payee: AccountId::new(payee),
         period: 1,
@@ -45,47 +71,49 @@ fn receipt(
 #[test]
 fn receipts_message_cut_at_a_receipt_boundary_is_refused() {
     let payer = key(1);
-    let receipts: Vec<_> = (0..5)
+    let d = domain().id();
+    const N: usize = RECEIPTS_PER_MESSAGE;
+    let receipts: Vec<_> = (0..N as u64)
         .map(|i| receipt(&payer, 1001, 2000 + i, 10_000 * (i + 1), i + 1))
         .collect();
     let messages = receipts_messages(&receipts);
     assert_eq!(messages.len(), 1);
     let full = &messages[0];
-    for kept in 0..5 {
+    for kept in 0..N {
         let cut = &full[..RECEIPTS_TAG.len() + 1 + kept * ENCODED_LEN];
         assert_eq!(
-            parse_receipts_message(cut),
+            parse_receipts_message(cut, &d),
             Err(ReceiptsMessageError::Length {
-                declared: 5,
+                declared: N as u8,
                 bytes: kept * ENCODED_LEN
             }),
-            "{kept} of 5 receipts kept"
+            "{kept} of {N} receipts kept"
         );
     }
     // Lowering the count to match the cut is refused as well: the count is checked against
     // the bytes both ways, and a message padded with a receipt is refused too.
-    let mut relabelled = full[..RECEIPTS_TAG.len() + 1 + 3 * ENCODED_LEN].to_vec();
-    relabelled[RECEIPTS_TAG.len()] = 4;
+    let mut relabelled = full[..RECEIPTS_TAG.len() + 1 + 2 * ENCODED_LEN].to_vec();
+    relabelled[RECEIPTS_TAG.len()] = 3;
     assert!(matches!(
-        parse_receipts_message(&relabelled),
-        Err(ReceiptsMessageError::Length { declared: 4, .. })
+        parse_receipts_message(&relabelled, &d),
+        Err(ReceiptsMessageError::Length { declared: 3, .. })
     ));
     let mut padded = full.to_vec();
     padded.extend_from_slice(&receipts[0].encode());
     assert!(matches!(
-        parse_receipts_message(&padded),
-        Err(ReceiptsMessageError::Length { declared: 5, .. })
+        parse_receipts_message(&padded, &d),
+        Err(ReceiptsMessageError::Length { .. })
     ));
-    for count in [0u8, 6, 255] {
+    for count in [0u8, N as u8 + 1, 255] {
         let mut m = full.to_vec();
         m[RECEIPTS_TAG.len()] = count;
         assert_eq!(
-            parse_receipts_message(&m),
+            parse_receipts_message(&m, &d),
             Err(ReceiptsMessageError::Count(count))
         );
     }
     // The payee's message as posted yields every receipt it holds.
-    assert_eq!(parse_receipts_message(full).unwrap(), receipts);
+    assert_eq!(parse_receipts_message(full, &d).unwrap(), receipts);
 }
 
 /// A ledger with a clearing account, its settlement topic and funded accounts.
@@ -94,6 +122,7 @@ struct World {
     ledger: LocalLedger,
     clearing: Operator,
     topic: TopicId,
+    domain: Domain,
 }
 
 const FUNDS: i64 = 10_000_000_000;
@@ -124,7 +153,8 @@ async fn world() -> World {
         id,
         TxKind::CreateTopic {
             memo: "settlement".into(),
-            submit_key: Some(PublicKey::from(&clearing.key)),
+            // Anyone may post, as on the node's settlement topic.
+            submit_key: None,
         },
     );
     let topic = ledger
@@ -136,6 +166,7 @@ async fn world() -> World {
     World {
         _dir: dir,
         ledger,
+        domain: Domain::new("main", "private", clearing.account, topic),
         clearing,
         topic,
     }
@@ -204,9 +235,10 @@ async fn collateral_beyond_a_transfer_is_refused_not_wrapped() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), w.domain.id()).unwrap();
     journal
-        .record(&[receipt(
+        .record(&[receipt_in(
+            &w.domain,
             &payer.key,
             payer.account.num(),
             payee.account.num(),
@@ -214,7 +246,7 @@ async fn collateral_beyond_a_transfer_is_refused_not_wrapped() {
             5,
         )])
         .unwrap();
-    let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+    let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), &w.domain).unwrap();
     let collateral = BTreeMap::from([(payer.account, huge), (AccountId::new(4242), huge)]);
     let before = w.balance(w.clearing.account).await;
     assert!(matches!(
@@ -252,10 +284,10 @@ fn receipt_signed_ahead_of_service_is_refused() {
         max_ahead: 2,
         disconnect_after: 100,
     };
-    let mut book = ReceiptBook::new(me, 1, terms);
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
     book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
         .unwrap();
-    let mut tab = PayerTab::new(viewer, key(1), 1);
+    let mut tab = PayerTab::new(domain().id(), viewer, key(1), 1);
     tab.agree(me, terms.price);
     for _ in 0..2 {
         book.serve(viewer, SHARD).unwrap();
@@ -263,6 +295,7 @@ fn receipt_signed_ahead_of_service_is_refused() {
     }
     let ahead = |amount, shards| {
         ReceiptBody {
+            domain: domain().id(),
             payer: viewer,
             payee: me,
             period: 1,
@@ -313,7 +346,7 @@ fn receipt_signed_ahead_of_service_is_refused() {
         price: Price::per_shard(100),
         ..terms
     };
-    let mut book = ReceiptBook::new(me, 1, terms);
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
     book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
         .unwrap();
     book.serve(viewer, SHARD).unwrap();
@@ -326,4 +359,197 @@ fn receipt_signed_ahead_of_service_is_refused() {
         })
     ));
     book.accept(&ahead(100, 1)).unwrap();
+}
+
+/// A payer's receipts from another deployment — another StreamSpace network, another ledger,
+/// another clearing account or settlement topic on the same ledger — replayed here, where the
+/// same accounts and key exist. Every party refuses them: the payee's book, the receipts
+/// message, the journal, the settler and the fraud-proof check.
+#[test]
+fn receipts_of_another_deployment_are_refused_everywhere() {
+    let ours = domain();
+    let elsewhere = [
+        Domain {
+            network: "other".into(),
+            ..ours.clone()
+        },
+        Domain {
+            ledger: "hedera:testnet".into(),
+            ..ours.clone()
+        },
+        Domain {
+            clearing: AccountId::new(98_002),
+            ..ours.clone()
+        },
+        Domain {
+            topic: TopicId::new(98_003),
+            ..ours.clone()
+        },
+    ];
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let terms = Terms {
+        price: Price::per_shard(100),
+        max_ahead: 2,
+        disconnect_after: 100,
+    };
+    let mut book = ReceiptBook::new(ours.id(), me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1_000_000)
+        .unwrap();
+    book.serve(viewer, 1).unwrap();
+    book.serve(viewer, 1).unwrap();
+    for theirs in &elsewhere {
+        assert_ne!(theirs.id(), ours.id());
+        let foreign = receipt_in(theirs, &key(1), 1001, 2000, 200, 2);
+        assert_eq!(
+            book.accept(&foreign.encode()),
+            Err(BookError::ForeignDomain(viewer))
+        );
+        // Signed in their domain, the receipt verifies there and nowhere else.
+        foreign.verify_in(&theirs.id()).unwrap();
+        assert_eq!(
+            foreign.verify_in(&ours.id()),
+            Err(ReceiptError::ForeignDomain)
+        );
+        // Relabelling it breaks the signature.
+        let mut relabelled = foreign;
+        relabelled.body.domain = ours.id();
+        assert_eq!(
+            relabelled.verify_in(&ours.id()),
+            Err(ReceiptError::BadSignature)
+        );
+        assert_eq!(
+            book.accept(&relabelled.encode()).unwrap_err().kind(),
+            "malformed_or_forged"
+        );
+    }
+    // The book holds nothing and still serves no further; the receipt of this deployment is
+    // taken.
+    assert_eq!(book.newest().count(), 0);
+    assert!(book.serve(viewer, 1).is_err());
+    book.accept(&receipt(&key(1), 1001, 2000, 200, 2).encode())
+        .unwrap();
+
+    // A receipts message carrying a foreign receipt is refused, naming it.
+    let mixed = receipts_messages(&[
+        receipt(&key(1), 1001, 2000, 200, 2),
+        receipt_in(&elsewhere[0], &key(1), 1001, 2001, 900, 9),
+    ]);
+    assert!(matches!(
+        parse_receipts_message(&mixed[0], &ours.id()),
+        Err(ReceiptsMessageError::Receipt {
+            index: 1,
+            source: ReceiptError::ForeignDomain
+        })
+    ));
+
+    // The journal of this deployment records none of a batch holding a foreign receipt, and a
+    // journal file of another deployment is not opened as this one's.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), ours.id()).unwrap();
+    let honest = receipt(&key(1), 1001, 2000, 200, 2);
+    assert!(matches!(
+        journal.record(&[
+            honest,
+            receipt_in(&elsewhere[2], &key(1), 1001, 2000, 900, 9)
+        ]),
+        Err(SettleError::ForeignDomain { .. })
+    ));
+    assert!(journal.receipts(1).unwrap().is_empty());
+    journal.record(&[honest]).unwrap();
+    assert_eq!(journal.receipts(1).unwrap(), [honest]);
+    drop(journal);
+    assert!(matches!(
+        Journal::open(dir.path().join("j.redb"), elsewhere[3].id()),
+        Err(SettleError::JournalDomain)
+    ));
+
+    // Over-promising elsewhere proves nothing here: the payer is not struck off for it.
+    let proof = FraudProof {
+        receipts: vec![
+            receipt_in(&elsewhere[1], &key(1), 1001, 2001, 800, 8),
+            receipt_in(&elsewhere[1], &key(1), 1001, 2002, 800, 8),
+        ],
+    };
+    assert_eq!(
+        proof.verify(&elsewhere[1].id(), &PublicKey::from(&key(1)), 1_000),
+        Ok(viewer)
+    );
+    assert_eq!(
+        proof.verify(&ours.id(), &PublicKey::from(&key(1)), 1_000),
+        Err(FraudProofError::ForeignDomain(viewer))
+    );
+}
+
+/// A payee replays on this deployment's settlement topic the larger receipts a payer signed
+/// it in another deployment. The clearing refuses the message; the period settles on this
+/// deployment's receipt, and the payer keeps the rest of its collateral.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_receipts_posted_for_settlement_are_not_paid() {
+    let w = world().await;
+    let payer = w.account(1, FUNDS).await;
+    let payee = w.account(2, FUNDS).await;
+    const COLLATERAL: u64 = 1_000_000;
+    lock_collateral(&w.ledger, &payer, w.clearing.account, 1, COLLATERAL)
+        .await
+        .unwrap();
+    let (p, q) = (payer.account.num(), payee.account.num());
+    let theirs = Domain {
+        network: "other".into(),
+        ..w.domain.clone()
+    };
+    let replay = receipts_messages(&[receipt_in(&theirs, &payer.key, p, q, 900_000, 90)]);
+    let honest = receipts_messages(&[receipt_in(&w.domain, &payer.key, p, q, 300_000, 30)]);
+    for m in [&replay[0], &honest[0]] {
+        w.ledger
+            .submit_message(&payee, w.topic, m.clone(), None)
+            .await
+            .unwrap();
+    }
+    let payee_before = w.balance(payee.account).await; // after its posting fees
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("c.redb"), w.domain.id()).unwrap();
+    let members = [
+        Member {
+            account: payer.account,
+            key: PublicKey::from(&payer.key),
+            collateral: COLLATERAL,
+        },
+        Member {
+            account: payee.account,
+            key: PublicKey::from(&payee.key),
+            collateral: 0,
+        },
+    ];
+    let mut clearing = Clearing::new(
+        w.ledger.clone(),
+        w.clearing.clone(),
+        &w.domain,
+        journal,
+        members,
+        1,
+    )
+    .unwrap();
+    // Long after period 1 ended.
+    let poll = clearing.poll(1_000).await;
+    assert_eq!(poll.refused, [1], "the replayed message");
+    assert_eq!(poll.kept, 1);
+    assert_eq!(poll.settled.len(), 1, "{:?}", poll.failed);
+    assert_eq!(w.balance(payee.account).await - payee_before, 300_000);
+    let fee = 100_000; // the collateral deposit
+    assert_eq!(
+        w.balance(payer.account).await,
+        FUNDS - fee - 300_000,
+        "the payer gets back all but what it owes here"
+    );
+    // A settler is not built for another deployment's clearing account or journal.
+    let other_journal = Journal::open(dir.path().join("o.redb"), theirs.id()).unwrap();
+    assert!(matches!(
+        Settler::new(
+            w.ledger.clone(),
+            other_journal,
+            w.clearing.clone(),
+            &w.domain
+        ),
+        Err(SettleError::NotTheDomain { .. })
+    ));
 }

@@ -8,8 +8,8 @@ use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use streamspace_ledger::local::TREASURY;
 use streamspace_ledger::{
-    AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Transaction,
-    TransactionId, TxKind,
+    AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, TopicId,
+    Transaction, TransactionId, TxKind,
 };
 use streamspace_payments::book::{
     Allowlist, BookError, CreditTier, PayerTab, Price, PriceList, ReceiptBook, ServiceTier, Terms,
@@ -18,7 +18,7 @@ use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::merkle::{Tree, verify};
 use streamspace_payments::netting::{MAX_RECIPIENTS, NettingError, plan};
 use streamspace_payments::receipt::{
-    ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt, verify_batch,
+    Domain, DomainId, ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt, verify_batch,
 };
 use streamspace_payments::settle::{
     Journal, Phase, RECEIPTS_PER_MESSAGE, SettleError, Settler, anchor_message, lock_collateral,
@@ -29,8 +29,20 @@ fn key(s: u8) -> SigningKey {
     SigningKey::from_bytes(&[s; 32])
 }
 
+/// The domain of the tests that settle on no ledger.
+fn domain() -> DomainId {
+    Domain::new(
+        "test",
+        "private",
+        AccountId::new(98_000),
+        TopicId::new(98_001),
+    )
+    .id()
+}
+
 fn body(payer: u64, payee: u64, amount: u64, shards: u64) -> ReceiptBody {
     ReceiptBody {
+        domain: domain(),
         payer: AccountId::new(payer),
         payee: AccountId::new(payee),
         period: 1,
@@ -55,7 +67,7 @@ fn forged_truncated_and_tampered_receipts_are_refused() {
     assert_eq!(SignedReceipt::decode(&v), Err(ReceiptError::Domain));
     // Raising the amount breaks the signature.
     let mut v = bytes;
-    v[80] ^= 1;
+    v[112] ^= 1;
     assert_eq!(
         SignedReceipt::decode(&v).unwrap().verify(),
         Err(ReceiptError::BadSignature)
@@ -81,9 +93,9 @@ fn payee_book_refuses_and_counts_bad_receipts() {
         max_ahead: 2,
         disconnect_after: 5,
     };
-    let mut book = ReceiptBook::new(me, 1, terms);
+    let mut book = ReceiptBook::new(domain(), me, 1, terms);
     book.admit(viewer, PublicKey::from(&key(1)), 1_000).unwrap();
-    let mut tab = PayerTab::new(viewer, key(1), 1);
+    let mut tab = PayerTab::new(domain(), viewer, key(1), 1);
     tab.agree(me, terms.price);
     for _ in 0..2 {
         book.serve(viewer, 1000).unwrap();
@@ -189,10 +201,10 @@ fn per_byte_and_per_tier_prices() {
         max_ahead: 3,
         ..Terms::for_tier(&prices, ServiceTier::Tier1)
     };
-    let mut book = ReceiptBook::new(me, 1, terms);
+    let mut book = ReceiptBook::new(domain(), me, 1, terms);
     book.admit(viewer, PublicKey::from(&key(1)), 1_000_000)
         .unwrap();
-    let mut tab = PayerTab::new(viewer, key(1), 1);
+    let mut tab = PayerTab::new(domain(), viewer, key(1), 1);
     tab.agree(me, terms.price);
     // Shards of 100, 7 and 250 bytes: 1,000 per shard plus one tinybar per byte.
     for size in [100, 7, 250] {
@@ -201,6 +213,7 @@ fn per_byte_and_per_tier_prices() {
     }
     // A receipt for the first two shards is priced on their bytes, not on the last one's.
     let two = ReceiptBody {
+        domain: domain(),
         payer: viewer,
         payee: me,
         period: 1,
@@ -267,7 +280,7 @@ fn allowlist_and_credit_tiers() {
             },
         ),
     ]);
-    let mut book = ReceiptBook::with_allowlist(me, 1, terms, list);
+    let mut book = ReceiptBook::with_allowlist(domain(), me, 1, terms, list);
     book.admit(trusted, PublicKey::from(&key(1)), 10_000)
         .unwrap();
     book.admit(capped, PublicKey::from(&key(2)), 10_000)
@@ -293,7 +306,7 @@ fn allowlist_and_credit_tiers() {
     }
     assert!(book.serve(capped, 10).is_err());
     // Credit is the collateral capped by the tier: 250 of the 10,000 locked.
-    let mut tab = PayerTab::new(capped, key(2), 1);
+    let mut tab = PayerTab::new(domain(), capped, key(2), 1);
     tab.agree(me, terms.price);
     for _ in 0..3 {
         tab.received(me, 10);
@@ -303,7 +316,7 @@ fn allowlist_and_credit_tiers() {
         Err(BookError::BeyondCollateral { credit: 250, .. })
     ));
     // An open list admits strangers at the book's default terms, with credit = collateral.
-    let mut open = ReceiptBook::new(me, 1, terms);
+    let mut open = ReceiptBook::new(domain(), me, 1, terms);
     open.admit(stranger, PublicKey::from(&key(3)), 100).unwrap();
     open.serve(stranger, 10).unwrap();
     assert!(open.serve(stranger, 10).is_err());
@@ -333,21 +346,24 @@ fn fraud_proofs() {
     let proof = FraudProof {
         receipts: vec![a, b],
     };
-    assert_eq!(proof.verify(&pk, 1_000), Ok(AccountId::new(1001)));
+    assert_eq!(
+        proof.verify(&domain(), &pk, 1_000),
+        Ok(AccountId::new(1001))
+    );
     assert_eq!(FraudProof::decode(&proof.encode()).unwrap(), proof);
     assert!(matches!(
-        proof.verify(&pk, 1_200),
+        proof.verify(&domain(), &pk, 1_200),
         Err(FraudProofError::WithinCollateral { .. })
     ));
     assert!(matches!(
-        FraudProof { receipts: vec![a] }.verify(&pk, 0),
+        FraudProof { receipts: vec![a] }.verify(&domain(), &pk, 0),
         Err(FraudProofError::TooFew)
     ));
     assert!(matches!(
         FraudProof {
             receipts: vec![a, a]
         }
-        .verify(&pk, 0),
+        .verify(&domain(), &pk, 0),
         Err(FraudProofError::RepeatedPayee(_))
     ));
     let forged = body(1001, 2003, 900, 9).sign(&key(2));
@@ -355,7 +371,7 @@ fn fraud_proofs() {
         FraudProof {
             receipts: vec![a, forged]
         }
-        .verify(&pk, 0),
+        .verify(&domain(), &pk, 0),
         Err(FraudProofError::Mixed(_))
     ));
     let mut tampered = b;
@@ -364,7 +380,7 @@ fn fraud_proofs() {
         FraudProof {
             receipts: vec![a, tampered]
         }
-        .verify(&pk, 0),
+        .verify(&domain(), &pk, 0),
         Err(FraudProofError::Receipt(_))
     ));
     assert!(FraudProof::decode(&[3, 1, 2]).is_err());
@@ -438,6 +454,7 @@ struct World {
     ledger: LocalLedger,
     clearing: Operator,
     topic: streamspace_ledger::TopicId,
+    domain: Domain,
     payers: Vec<Operator>,
     payees: Vec<Operator>,
     collateral: BTreeMap<AccountId, u64>,
@@ -487,6 +504,7 @@ async fn world() -> World {
         .unwrap()
         .topic
         .unwrap();
+    let domain = Domain::new("test", "private", clearing.account, topic);
     let mut payers = Vec::new();
     for i in 0..3 {
         payers.push(mk(10 + i, 10_000_000_000).await);
@@ -508,6 +526,7 @@ async fn world() -> World {
             let shards = (i * 7 + j * 3 + 1) as u64;
             receipts.push(
                 ReceiptBody {
+                    domain: domain.id(),
                     payer: p.account,
                     payee: q.account,
                     period: 1,
@@ -523,6 +542,7 @@ async fn world() -> World {
         ledger,
         clearing,
         topic,
+        domain,
         payers,
         payees,
         collateral,
@@ -534,7 +554,7 @@ async fn world() -> World {
 async fn settlement_pays_the_plan_and_anchors_the_root() {
     let w = world().await;
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), w.domain.id()).unwrap();
     journal.record(&w.receipts).unwrap();
     // An older receipt arriving late changes nothing.
     journal
@@ -550,8 +570,9 @@ async fn settlement_pays_the_plan_and_anchors_the_root() {
         w.ledger.clone(),
         journal.clone(),
         w.clearing.clone(),
-        w.topic,
-    );
+        &w.domain,
+    )
+    .unwrap();
     let report = settler.close(1, &w.collateral).await.unwrap();
     assert_eq!(report.receipts, 36);
     assert_eq!(report.transfers, 15usize.div_ceil(9)); // 12 payees + 3 refunds
@@ -592,9 +613,10 @@ async fn a_crash_at_any_step_neither_loses_nor_repeats_a_payment() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("j.redb");
             {
-                let journal = Journal::open(&path).unwrap();
+                let journal = Journal::open(&path, w.domain.id()).unwrap();
                 journal.record(&w.receipts).unwrap();
-                let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+                let settler =
+                    Settler::new(w.ledger.clone(), journal, w.clearing.clone(), &w.domain).unwrap();
                 let r = settler
                     .close_with_faults(1, &w.collateral, |i, p| i == crash_at && p == phase)
                     .await;
@@ -604,8 +626,9 @@ async fn a_crash_at_any_step_neither_loses_nor_repeats_a_payment() {
                 );
             }
             // Restart from the journal alone.
-            let journal = Journal::open(&path).unwrap();
-            let settler = Settler::new(w.ledger.clone(), journal, w.clearing.clone(), w.topic);
+            let journal = Journal::open(&path, w.domain.id()).unwrap();
+            let settler =
+                Settler::new(w.ledger.clone(), journal, w.clearing.clone(), &w.domain).unwrap();
             settler.close(1, &w.collateral).await.unwrap();
             for q in &w.payees {
                 let earned: u64 = w
@@ -669,11 +692,15 @@ async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
         .unwrap();
     let read = FraudProof::decode(bytes).unwrap();
     assert_eq!(
-        read.verify(&PublicKey::from(&cheat.key), w.collateral[&cheat.account]),
+        read.verify(
+            &domain(),
+            &PublicKey::from(&cheat.key),
+            w.collateral[&cheat.account]
+        ),
         Ok(cheat.account)
     );
     // The payee expels the payer.
-    let mut book = ReceiptBook::new(AccountId::new(2001), 1, Terms::default());
+    let mut book = ReceiptBook::new(w.domain.id(), AccountId::new(2001), 1, Terms::default());
     book.admit(cheat.account, PublicKey::from(&cheat.key), 1_000_000_000)
         .unwrap();
     book.expel(cheat.account);
@@ -689,11 +716,12 @@ async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
 #[test]
 fn journal_lists_the_periods_it_holds() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Journal::open(dir.path().join("j.redb")).unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), domain()).unwrap();
     assert!(journal.periods().unwrap().is_empty());
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
     let receipt = |period, payee| {
         ReceiptBody {
+            domain: domain(),
             payer: AccountId::new(1001),
             payee: AccountId::new(payee),
             period,
@@ -732,6 +760,7 @@ proptest! {
         let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
         let receipts: Vec<_> = (0..n as u64)
             .map(|i| ReceiptBody {
+                domain: domain(),
                 payer: AccountId::new(1001),
                 payee: AccountId::new(2000 + i),
                 period: 4,
@@ -742,15 +771,15 @@ proptest! {
         let messages = receipts_messages(&receipts);
         prop_assert_eq!(messages.len(), n.div_ceil(RECEIPTS_PER_MESSAGE));
         prop_assert!(messages.iter().all(|m| m.len() <= 1024));
-        let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m).unwrap()).collect();
+        let back: Vec<_> = messages.iter().flat_map(|m| parse_receipts_message(m, &domain()).unwrap()).collect();
         prop_assert_eq!(&back, &receipts);
         let m = &messages[pick.index(messages.len())];
         let mut bad = m.to_vec();
         let i = flip.index(bad.len());
         bad[i] ^= 1 << bit;
-        prop_assert!(parse_receipts_message(&bad).is_err(), "bit {} of byte {} flipped", bit, i);
+        prop_assert!(parse_receipts_message(&bad, &domain()).is_err(), "bit {} of byte {} flipped", bit, i);
         let short = &m[..cut.index(m.len())];
-        prop_assert!(parse_receipts_message(short).is_err(), "cut at {}", short.len());
-        prop_assert_eq!(parse_receipts_message(b"streamspace-period-v1"), Err(ReceiptsMessageError::NotReceipts));
+        prop_assert!(parse_receipts_message(short, &domain()).is_err(), "cut at {}", short.len());
+        prop_assert_eq!(parse_receipts_message(b"streamspace-period-v1", &domain()), Err(ReceiptsMessageError::NotReceipts));
     }
 }
