@@ -3,6 +3,11 @@
 //! ledger, issues a license bound to the buyer's key, and releases the content key — wrapped
 //! with HPKE (RFC 9180: X25519, HKDF-SHA256, ChaCha20-Poly1305) to one of the buyer's devices —
 //! only for a valid, paid, unexpired, unrevoked license and within its device limit.
+//!
+//! The service enforces a license only when it releases a key: once a device holds the
+//! content key, neither expiry nor revocation takes it back, the device limit counts distinct
+//! device keys (not devices), and a request's region is declared by the buyer, not verified.
+//! The crate's README says what each term can and cannot mean.
 
 use std::collections::HashMap;
 
@@ -69,7 +74,8 @@ pub enum ServiceError {
     /// The device is not in a region the license covers.
     #[error("license for {0:?} does not cover the device's region")]
     OutOfRegion(TransactionId),
-    /// Every device the license allows has its key already.
+    /// The license's device limit is reached: that many distinct device keys have the
+    /// content key already.
     #[error("license for {0:?} allows {1} devices, all in use")]
     TooManyDevices(TransactionId, u16),
     /// The service holds no key for the listing's content.
@@ -404,9 +410,11 @@ pub async fn resell<L: Ledger>(
 pub struct KeyRequest {
     /// The license (its payment).
     pub payment: TransactionId,
-    /// The device, as the buyer names it.
+    /// A label for the device, as the buyer names it; for the buyer's records only. The
+    /// service counts devices by their keys.
     pub device: [u8; 16],
-    /// The device's X25519 public key, to wrap the content key to.
+    /// The device's X25519 public key, to wrap the content key to. It is what the service
+    /// counts against the license's device limit.
     pub device_key: [u8; 32],
     /// The region the device is in (ISO 3166 alpha-2), as the buyer declares it.
     pub region: Option<[u8; 2]>,
@@ -902,7 +910,9 @@ impl KeyService {
     }
 
     /// Releases the content key of the license issued for `request.payment` to the device the
-    /// request names, wrapped to its key.
+    /// request names, wrapped to its key. Distinct device keys count against the license's
+    /// device limit; a key released to before is released to again. What this can and cannot
+    /// enforce once a key is out is in the crate's README.
     ///
     /// # Errors
     ///
@@ -943,13 +953,15 @@ impl KeyService {
         if !keywrap::is_public_key(&request.device_key) {
             return Err(ServiceError::Wrap("malformed device key"));
         }
+        // A device is its key: the label is the buyer's to choose, so a known label with a new
+        // key is a new device.
         let limit = l.devices;
         let devices = self.state.devices(&payment);
-        if !devices.contains(&request.device) {
+        if !devices.contains(&request.device_key) {
             if devices.len() >= usize::from(limit) {
                 return Err(ServiceError::TooManyDevices(payment, limit));
             }
-            self.state.add_device(payment, request.device);
+            self.state.add_device(payment, request.device_key);
         }
         let aad = postcard::to_allocvec(&payment).unwrap_or_default();
         keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)

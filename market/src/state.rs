@@ -31,7 +31,7 @@ impl Held {
 pub(crate) struct State {
     licenses: HashMap<TransactionId, Held>,
     revoked: HashMap<TransactionId, Signed>,
-    devices: HashMap<TransactionId, Vec<[u8; 16]>>,
+    devices: HashMap<TransactionId, Vec<[u8; 32]>>,
 }
 
 impl State {
@@ -43,7 +43,7 @@ impl State {
         self.revoked.get(payment)
     }
 
-    pub(crate) fn devices(&self, payment: &TransactionId) -> &[[u8; 16]] {
+    pub(crate) fn devices(&self, payment: &TransactionId) -> &[[u8; 32]] {
         self.devices.get(payment).map_or(&[], Vec::as_slice)
     }
 
@@ -63,8 +63,8 @@ impl State {
         self.issued(new);
     }
 
-    /// Records a device key the content key was released to.
-    pub(crate) fn add_device(&mut self, payment: TransactionId, device: [u8; 16]) {
+    /// Records a device key (X25519) the content key was released to.
+    pub(crate) fn add_device(&mut self, payment: TransactionId, device: [u8; 32]) {
         let d = self.devices.entry(payment).or_default();
         if !d.contains(&device) {
             d.push(device);

@@ -674,3 +674,52 @@ async fn license_front_running_is_refused() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// The device limit counts keys, not labels: a buyer with a two-device rental names a third
+/// device after the first (or the second), with a new key each time. Refused: a known label
+/// with a new key is a new device. The two devices it has keep getting the key, under any label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_limit_counts_keys_not_labels() {
+    let w = world(3).await;
+    let (seller, cowriter, buyer) = (&w.ops[0], &w.ops[1], &w.ops[2]);
+    let mut keys = KeyService::new(key(9), w.topic);
+    let l = listing(seller, cowriter, 1, w.content(b"a rental").await);
+    assert_eq!(l.terms.devices, 2);
+    let content_key = ContentKey::generate();
+    keys.add_content(l.id, content_key.clone());
+    let signed = service::list(&w.store, &seller.key, l.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+    let buyer_key = PublicKey::from(&buyer.key);
+    let payment = service::pay(&w.ledger, buyer, &l, &buyer_key)
+        .await
+        .unwrap();
+    keys.issue(&w.ledger, payment, buyer_key).await.unwrap();
+    let now = w.ledger.now();
+    let ask = |label: u8, device: &DeviceKey| {
+        KeyRequest::sign(&buyer.key, payment, [label; 16], device.public_bytes())
+    };
+    let (phone, tv) = (DeviceKey::generate(), DeviceKey::generate());
+    keys.release(&ask(1, &phone), now).unwrap();
+    keys.release(&ask(2, &tv), now).unwrap();
+
+    // A third device under the phone's label, under the tv's, and under a label of its own.
+    for label in [1, 2, 3] {
+        let laptop = DeviceKey::generate();
+        assert!(matches!(
+            keys.release(&ask(label, &laptop), now),
+            Err(ServiceError::TooManyDevices(p, 2)) if p == payment
+        ));
+    }
+    // The two devices keep the key, under their labels or any other.
+    for (label, device) in [(1, &phone), (2, &tv), (9, &phone), (1, &tv)] {
+        let wrapped = keys.release(&ask(label, device), now).unwrap();
+        assert_eq!(
+            device.unwrap(&wrapped, &payment).unwrap().key_bytes(),
+            content_key.key_bytes()
+        );
+    }
+}
