@@ -38,7 +38,7 @@ use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use cid::Cid;
 use futures::StreamExt;
@@ -70,6 +70,8 @@ pub(crate) struct Api {
     pub(crate) earned_last: Arc<AtomicU64>,
     pub(crate) tier: Tier,
     pub(crate) period_secs: Option<u64>,
+    /// The payment journal and this node's account, when paid.
+    pub(crate) journal: Option<(streamspace_payments::Journal, streamspace_ledger::AccountId)>,
     pub(crate) bandwidth: Arc<Bandwidth>,
     /// The protocols the node speaks, for `id`.
     pub(crate) protocols: Arc<[String]>,
@@ -254,6 +256,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/stats/bw", post(stats_bw))
         .route("/streamspace/status", post(status))
         .route("/streamspace/quota", post(quota))
+        .route("/streamspace/earnings", post(earnings))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -261,10 +264,52 @@ pub(crate) fn router(api: Api) -> Router {
             }
         });
     Router::new()
-        .nest("/api/v0", v0)
-        .layer(middleware::map_response(post_only))
-        .layer(middleware::from_fn_with_state(api.clone(), authorize))
+        .nest(
+            "/api/v0",
+            v0.layer(middleware::map_response(post_only))
+                .layer(middleware::from_fn_with_state(api.clone(), authorize)),
+        )
+        // The dashboard's files are static and hold no secret; the figures it shows come
+        // from the API, with the token when one is needed.
+        .route("/dashboard", get(|| dashboard_file("index.html")))
+        .route("/dashboard/", get(|| dashboard_file("index.html")))
+        .route("/dashboard/app.js", get(|| dashboard_file("app.js")))
+        .route("/dashboard/style.css", get(|| dashboard_file("style.css")))
+        .route("/dashboard/icon.svg", get(|| dashboard_file("icon.svg")))
         .with_state(api)
+}
+
+/// The dashboard's files, built into the program.
+async fn dashboard_file(name: &str) -> Response {
+    let (body, ty): (&'static str, &str) = match name {
+        "index.html" => (
+            include_str!("dashboard/index.html"),
+            "text/html; charset=utf-8",
+        ),
+        "app.js" => (
+            include_str!("dashboard/app.js"),
+            "text/javascript; charset=utf-8",
+        ),
+        "style.css" => (
+            include_str!("dashboard/style.css"),
+            "text/css; charset=utf-8",
+        ),
+        "icon.svg" => (include_str!("dashboard/icon.svg"), "image/svg+xml"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ty),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// kubo's answer to a method other than POST.
@@ -428,7 +473,9 @@ fn part_path(encoded: &str) -> Result<String, ApiError> {
                 )));
             }
             s if s.contains('\0') || s.contains('\\') => {
-                return Err(ApiError::client(format!("file name {name:?} is not allowed")));
+                return Err(ApiError::client(format!(
+                    "file name {name:?} is not allowed"
+                )));
             }
             s => parts.push(s),
         }
@@ -474,7 +521,9 @@ async fn add(
         "progress",
     ])?;
     if p.flag("progress")? == Some(true) {
-        return Err(ApiError::client("option \"progress\": progress lines are not supported"));
+        return Err(ApiError::client(
+            "option \"progress\": progress lines are not supported",
+        ));
     }
     let opts = import_options(&p)?;
     let only_hash = p.flag("only-hash")?.unwrap_or(false);
@@ -595,7 +644,7 @@ async fn add(
                 move |path: &FsPath, i: &Imported| {
                     sink.lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((path.to_string_lossy().into_owned(), i.clone()));
+                        .push((path.to_string_lossy().into_owned(), *i));
                 },
             )
             .await
@@ -764,7 +813,11 @@ async fn block_put(
     let codec = match p.get("cid-codec").or(p.get("format")) {
         None | Some("raw") => RAW,
         Some("dag-pb" | "protobuf" | "v0") => DAG_PB,
-        Some(c) => return Err(ApiError::client(format!("cid-codec {c:?} is not supported"))),
+        Some(c) => {
+            return Err(ApiError::client(format!(
+                "cid-codec {c:?} is not supported"
+            )));
+        }
     };
     if p.get("mhtype").is_some_and(|m| m != "sha2-256") {
         return Err(ApiError::client("only the sha2-256 multihash is supported"));
@@ -842,7 +895,7 @@ fn recursive_only(p: &Params) -> Result<(), ApiError> {
 }
 
 async fn pin_add(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
-    let p = Params(p).only(&["recursive", "progress"])?;
+    let p = Params(p).only(&["recursive", "progress", "stream"])?;
     recursive_only(&p)?;
     let mut pins = Vec::new();
     for arg in p.args() {
@@ -952,7 +1005,10 @@ async fn stats_bw(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>
     Params(p).only(&[])?;
     let s = api.node.stats();
     let (total_in, total_out) = s.peers.values().fold((0u64, 0u64), |(i, o), c| {
-        (i.saturating_add(c.bytes_received), o.saturating_add(c.bytes_sent))
+        (
+            i.saturating_add(c.bytes_received),
+            o.saturating_add(c.bytes_sent),
+        )
     });
     let (rate_in, rate_out) = api.bandwidth.rates();
     Ok(json(&serde_json::json!({
@@ -990,6 +1046,13 @@ async fn status(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) 
         "ShardsReceived": stats.shards_received,
         "BytesReceived": stats.bytes_received,
         "Bandwidth": history,
+        "Settlement": api.paid.as_ref().map(|_| {
+            let (posted, locked) = crate::run::settlement_marks(&api.repo);
+            serde_json::json!({
+                "ReceiptsPostedThrough": posted,
+                "CollateralLockedFor": locked,
+            })
+        }),
         "Payments": api.paid.as_ref().map(|_| serde_json::json!({
             "PeriodSecs": api.period_secs,
             "EarnedNow": earned_now.map(|e| e.0),
@@ -1002,6 +1065,34 @@ async fn status(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) 
             })),
         })),
     })))
+}
+
+async fn earnings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
+    Params(p).only(&[])?;
+    let (Some((journal, me)), Some(period_secs)) = (&api.journal, api.period_secs) else {
+        return Err(ApiError::client(
+            "this node has no [payments]: it earns nothing",
+        ));
+    };
+    let (journal, me) = (journal.clone(), *me);
+    let periods =
+        tokio::task::spawn_blocking(move || crate::run::earnings(&journal, me, period_secs))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let rows: Vec<serde_json::Value> = periods
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "Period": e.period,
+                "StartSecs": e.start_secs,
+                "Payers": e.payers,
+                "Shards": e.shards,
+                "Tinybars": e.tinybars,
+            })
+        })
+        .collect();
+    Ok(json(&serde_json::json!({ "Periods": rows })))
 }
 
 async fn quota(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
@@ -1040,7 +1131,10 @@ pub(crate) async fn sample_bandwidth(
         }
         let s = node.stats();
         let (i, o) = s.peers.values().fold((0u64, 0u64), |(i, o), c| {
-            (i.saturating_add(c.bytes_received), o.saturating_add(c.bytes_sent))
+            (
+                i.saturating_add(c.bytes_received),
+                o.saturating_add(c.bytes_sent),
+            )
         });
         bandwidth.sample(started.elapsed().as_millis() as u64, i, o);
     }

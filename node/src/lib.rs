@@ -238,24 +238,16 @@ impl NodeBuilder {
         let me = config::account("payments.account", &p.account).map_err(Error::Config)?;
         let repo = config::resolve(&self.base, &self.config.node.repo);
         let read = || -> anyhow::Result<Vec<Earnings>> {
-            let journal = streamspace_payments::Journal::open(repo.join("journal.redb"))?;
-            let mut out = Vec::new();
-            for period in journal.periods()? {
-                let mut e = Earnings {
-                    period,
-                    start_secs: period.saturating_mul(p.period_secs),
-                    payers: 0,
-                    shards: 0,
-                    tinybars: 0,
-                };
-                for r in journal.receipts(period)?.iter().filter(|r| r.body.payee == me) {
-                    e.payers += 1;
-                    e.shards = e.shards.saturating_add(r.body.shards);
-                    e.tinybars = e.tinybars.saturating_add(r.body.amount);
-                }
-                out.push(e);
-            }
-            Ok(out)
+            let ledger = run::ledger_name(&self.config.ledger, &repo)?;
+            let domain = streamspace_payments::receipt::Domain::new(
+                self.config.node.network.clone(),
+                ledger,
+                config::account("payments.clearing", &p.clearing)?,
+                config::topic("payments.topic", &p.topic)?,
+            );
+            let journal =
+                streamspace_payments::Journal::open(repo.join("journal.redb"), domain.id())?;
+            run::earnings(&journal, me, p.period_secs)
         };
         read().map_err(Error::Run)
     }

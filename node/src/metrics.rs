@@ -16,8 +16,8 @@ use prometheus_client::registry::Registry;
 use streamspace_shard::store::DiskStore;
 use streamspace_transport::Node;
 
-use crate::run::Paid;
 use crate::gateway::CacheStats;
+use crate::run::Paid;
 
 /// Where the figures come from.
 #[derive(Clone)]

@@ -18,10 +18,12 @@ use bytes::Bytes;
 use streamspace_ledger::hedera::server::LoopbackNode;
 #[cfg(feature = "hedera")]
 use streamspace_ledger::hedera::{HederaLedger, Network};
-use streamspace_ledger::{Ledger, LocalLedger, Operator, PublicKey, TopicId, AccountId, SystemClock};
+use streamspace_ledger::{
+    AccountId, Ledger, LocalLedger, Operator, PublicKey, SystemClock, TopicId,
+};
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
 use streamspace_payments::clearing::{Clearing, Member as ClearingMember};
-use streamspace_payments::receipt::SignedReceipt;
+use streamspace_payments::receipt::{Domain, DomainId, SignedReceipt};
 use streamspace_payments::settle::{Journal, receipts_messages};
 use streamspace_shard::store::DiskStore;
 use streamspace_transport::allowlist::SignedAllowlist;
@@ -36,6 +38,44 @@ use crate::{Node, metrics};
 /// long (the next cumulative receipt from the same payer covers them); journaled periods that
 /// were never posted are posted at the next start.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
+
+/// What `me` earned, period by period, by the newest receipts in `journal`.
+pub(crate) fn earnings(
+    journal: &Journal,
+    me: AccountId,
+    period_secs: u64,
+) -> Result<Vec<crate::Earnings>> {
+    let mut out = Vec::new();
+    for period in journal.periods()? {
+        let mut e = crate::Earnings {
+            period,
+            start_secs: period.saturating_mul(period_secs),
+            payers: 0,
+            shards: 0,
+            tinybars: 0,
+        };
+        for r in journal
+            .receipts(period)?
+            .iter()
+            .filter(|r| r.body.payee == me)
+        {
+            e.payers += 1;
+            e.shards = e.shards.saturating_add(r.body.shards);
+            e.tinybars = e.tinybars.saturating_add(r.body.amount);
+        }
+        out.push(e);
+    }
+    Ok(out)
+}
+
+/// The settlement marks the node keeps in its repository: the last period whose receipts it
+/// posted, and the last period it locked collateral for.
+pub(crate) fn settlement_marks(repo: &Path) -> (Option<u64>, Option<u64>) {
+    (
+        read_mark(&repo.join("receipts-posted")),
+        read_mark(&repo.join("collateral-locked")),
+    )
+}
 
 /// The current settlement period.
 pub(crate) fn period_now(period_secs: u64) -> u64 {
@@ -54,6 +94,7 @@ struct Books {
 
 /// The metering hook of a paid node.
 pub(crate) struct Paid {
+    domain: DomainId,
     me: Operator,
     price: Price,
     max_ahead: u64,
@@ -80,8 +121,9 @@ impl Paid {
                 },
             )
         }));
-        let mut book = ReceiptBook::with_allowlist(self.me.account, period, terms, allowlist);
-        let mut tab = PayerTab::new(self.me.account, self.me.key.clone(), period);
+        let mut book =
+            ReceiptBook::with_allowlist(self.domain, self.me.account, period, terms, allowlist);
+        let mut tab = PayerTab::new(self.domain, self.me.account, self.me.key.clone(), period);
         for m in self
             .members
             .values()
@@ -159,6 +201,26 @@ impl Meter for Paid {
     }
 }
 
+/// The name receipts give the ledger configured in `section` (see
+/// [`Domain::ledger`](streamspace_payments::receipt::Domain)): `local:<treasury key>` for the
+/// embedded ledger, `hedera:<network or node address>` for Hedera.
+pub(crate) fn ledger_name(section: &LedgerSection, repo: &Path) -> Result<String> {
+    match section {
+        LedgerSection::Embedded { treasury, .. } => {
+            let key = match treasury {
+                Some(t) => PublicKey(config::hex32("ledger.treasury", t)?),
+                None => PublicKey::from(&config::read_key(&repo.join("treasury.key"))?),
+            };
+            Ok(format!("local:{}", hex::encode(key.0)))
+        }
+        LedgerSection::Hedera { network, node, .. } => Ok(match (network.as_deref(), node) {
+            (_, Some(n)) => format!("hedera:{n}"),
+            (Some(net), None) => format!("hedera:{net}"),
+            (None, None) => "hedera:".to_owned(),
+        }),
+    }
+}
+
 /// The embedded ledger served over Hedera's gRPC API.
 #[cfg(feature = "hedera")]
 type Served = LoopbackNode;
@@ -167,9 +229,10 @@ type Served = std::convert::Infallible;
 
 /// The ledger backends a node runs on.
 enum Backend {
-    Embedded(LocalLedger, Option<Served>),
+    /// The embedded ledger, named `local:<treasury key>` in receipts' domain.
+    Embedded(LocalLedger, Option<Served>, String),
     #[cfg(feature = "hedera")]
-    Hedera(HederaLedger),
+    Hedera(HederaLedger, String),
 }
 
 #[cfg(not(feature = "hedera"))]
@@ -224,7 +287,8 @@ async fn open_ledger(
                 }
                 None => None,
             };
-            Ok(Backend::Embedded(ledger, served))
+            let name = ledger_name(section, repo)?;
+            Ok(Backend::Embedded(ledger, served, name))
         }
         #[cfg(not(feature = "hedera"))]
         LedgerSection::Hedera { .. } => {
@@ -240,6 +304,7 @@ async fn open_ledger(
             let operator = operator.context(
                 "the Hedera backend needs [payments] account and key_file (the operator)",
             )?;
+            let name = ledger_name(section, repo)?;
             let ledger = match (network.as_deref(), node, mirror) {
                 (_, Some(n), Some(m)) => HederaLedger::loopback(*n, *m, operator)?,
                 (Some("mainnet"), None, None) => HederaLedger::new(Network::Mainnet, operator)?,
@@ -251,7 +316,7 @@ async fn open_ledger(
                     "ledger: give network = \"mainnet\" | \"testnet\" | \"previewnet\", or node and mirror addresses"
                 ),
             };
-            Ok(Backend::Hedera(ledger))
+            Ok(Backend::Hedera(ledger, name))
         }
     }
 }
@@ -275,11 +340,13 @@ pub(crate) async fn start(cfg: Config, base: PathBuf) -> Result<Node> {
         None
     };
     match backend {
-        Some(Backend::Embedded(l, served)) => {
-            start_with(cfg, base, repo, operator, Some(l), served).await
+        Some(Backend::Embedded(l, served, name)) => {
+            start_with(cfg, base, repo, operator, Some((l, name)), served).await
         }
         #[cfg(feature = "hedera")]
-        Some(Backend::Hedera(l)) => start_with(cfg, base, repo, operator, Some(l), None).await,
+        Some(Backend::Hedera(l, name)) => {
+            start_with(cfg, base, repo, operator, Some((l, name)), None).await
+        }
         None => start_with::<LocalLedger>(cfg, base, repo, None, None, None).await,
     }
 }
@@ -305,7 +372,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     base: PathBuf,
     repo: PathBuf,
     operator: Option<Operator>,
-    ledger: Option<L>,
+    ledger: Option<(L, String)>,
     served: Option<Served>,
 ) -> Result<Node> {
     let base = base.as_path();
@@ -362,17 +429,28 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     let mut settlement = None;
     let earned_last = Arc::new(AtomicU64::new(0));
     let paid = match (&cfg.payments, &operator, &ledger) {
-        (Some(p), Some(me), Some(ledger)) => {
+        (Some(p), Some(me), Some((ledger, ledger_name))) => {
             let members = config::read_members(&config::resolve(base, &p.members))?;
+            let topic = config::topic("payments.topic", &p.topic)?;
+            let clearing_account = config::account("payments.clearing", &p.clearing)?;
+            // Receipts name this deployment: another network, ledger, clearing account or
+            // topic refuses them.
+            let domain = Domain::new(
+                cfg.node.network.clone(),
+                ledger_name.clone(),
+                clearing_account,
+                topic,
+            );
             let paid = Arc::new(Paid {
+                domain: domain.id(),
                 me: me.clone(),
                 price: Price::per_shard(p.price_per_shard),
                 max_ahead: p.max_ahead,
                 members: members.clone(),
                 books: Mutex::new(Books {
                     period: 0,
-                    book: ReceiptBook::new(me.account, 0, Default::default()),
-                    tab: PayerTab::new(me.account, me.key.clone(), 0),
+                    book: ReceiptBook::new(domain.id(), me.account, 0, Default::default()),
+                    tab: PayerTab::new(domain.id(), me.account, me.key.clone(), 0),
                 }),
                 outbox,
                 receipts_accepted: AtomicU64::new(0),
@@ -380,19 +458,17 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 receipts_sent: AtomicU64::new(0),
             });
             *paid.lock() = paid.books(period_now(p.period_secs))?;
-            let topic = config::topic("payments.topic", &p.topic)?;
-            let clearing_account = config::account("payments.clearing", &p.clearing)?;
             let clearing_role = match &p.clearing_key_file {
                 Some(k) => {
                     let clearing = Operator {
                         account: clearing_account,
                         key: config::read_key(&config::resolve(base, k))?,
                     };
-                    let journal = Journal::open(repo.join("clearing.redb"))?;
+                    let journal = Journal::open(repo.join("clearing.redb"), domain.id())?;
                     Some(Clearing::new(
                         ledger.clone(),
                         clearing,
-                        topic,
+                        &domain,
                         journal,
                         members.values().map(|m| ClearingMember {
                             account: m.account,
@@ -400,7 +476,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                             collateral: m.collateral,
                         }),
                         p.period_secs,
-                    ))
+                    )?)
                 }
                 None => None,
             };
@@ -411,7 +487,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 clearing: clearing_account,
                 collateral: p.collateral,
                 period_secs: p.period_secs.max(1),
-                journal: Journal::open(repo.join("journal.redb"))?,
+                journal: Journal::open(repo.join("journal.redb"), domain.id())?,
                 repo: repo.clone(),
                 earned_last: earned_last.clone(),
                 clearing_role,
@@ -485,6 +561,9 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
             earned_last: earned_last.clone(),
             tier: cfg.node.tier.into(),
             period_secs: cfg.payments.as_ref().map(|p| p.period_secs),
+            journal: settlement
+                .as_ref()
+                .map(|s| (s.journal.clone(), s.me.account)),
             bandwidth,
             protocols: [
                 streamspace_transport::codec::PROTOCOL.to_string(),
@@ -646,13 +725,16 @@ async fn serve_http(
         .with_context(|| format!("binding the {what} endpoint to {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "{what} listening");
-    Ok((bound, tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-    })))
+    Ok((
+        bound,
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await;
+        }),
+    ))
 }
 
 fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::PublicKey> {
