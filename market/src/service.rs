@@ -23,6 +23,7 @@ use streamspace_shard::keywrap::{self, RecipientKey, WrapError};
 
 use crate::catalog::{Applied, Catalog, MarketError};
 use crate::message::{License, Listing, ListingId, Message, Resale, RevokeReason, Signed};
+pub use crate::state::StateError;
 use crate::state::{Held, State};
 
 const HPKE_INFO: &[u8] = b"streamspace-market content key v1";
@@ -111,6 +112,12 @@ pub enum ServiceError {
     /// The resale did not move the license's NFT from its holder to the resale's payer.
     #[error("resale {0:?} did not move the license's NFT from its holder to its payer")]
     NftNotMoved(TransactionId),
+    /// The catalog refused a market message.
+    #[error(transparent)]
+    Market(#[from] MarketError),
+    /// The key service's own record could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Signs a new listing for publication on the market topic, after checking its rules and
@@ -582,7 +589,8 @@ const PAGE: usize = 1000;
 
 impl KeyService {
     /// A service signing with `key`, selling the listings of the market topic `topic` that name
-    /// it.
+    /// it, its record in memory only: after a restart it knows what the topic holds
+    /// ([`KeyService::sync`]) and nothing more. [`KeyService::open`] keeps it in a file.
     pub fn new(key: SigningKey, topic: TopicId) -> Self {
         Self {
             nft: None,
@@ -593,6 +601,30 @@ impl KeyService {
             next: 1,
             state: State::default(),
         }
+    }
+
+    /// A service as [`KeyService::new`] whose record — licenses issued, revocations, the device
+    /// keys each license's key was released to — is kept in the redb file at `path` (created if
+    /// missing), every change committed before the service answers. After a restart it opens
+    /// the same file and answers as before; [`KeyService::sync`] then follows the topic from
+    /// its start, merging in the licenses and revocations this service signed there (so a
+    /// file lost or restored from an old copy is made good from the topic, all but its device
+    /// records, which the topic does not carry).
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::State`]: the file cannot be opened, belongs to another service key, or
+    /// holds a record this service did not sign.
+    pub fn open(
+        path: impl AsRef<std::path::Path>,
+        key: SigningKey,
+        topic: TopicId,
+    ) -> Result<Self, ServiceError> {
+        let state = State::open(path.as_ref(), &PublicKey::from(&key))?;
+        Ok(Self {
+            state,
+            ..Self::new(key, topic)
+        })
     }
 
     /// Mints ownership licenses as NFTs of `class`.
@@ -631,12 +663,16 @@ impl KeyService {
         self.state.revocation(payment).is_some()
     }
 
-    /// Applies one message of the market topic: to the catalog, and — licenses and
-    /// revocations this service signed — to its own record, which is how it rebuilds that
-    /// record from the topic.
-    pub fn apply(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
-        self.next = self.next.max(message.sequence + 1);
-        let applied = self.catalog.apply(message);
+    /// Applies one message of the market topic: licenses and revocations this service signed
+    /// to its own record (which is how it rebuilds that record from the topic), and the
+    /// message to its catalog.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Market`] if the catalog refuses the message (licenses and revocations
+    /// signed by this service are recorded all the same), [`ServiceError::State`] if the
+    /// record cannot be written (nothing is applied then).
+    pub fn apply(&mut self, message: &TopicMessage) -> Result<Applied, ServiceError> {
         let mine = Signed::decode_verified(&message.message)
             .ok()
             .filter(|s| s.signer == self.public());
@@ -648,7 +684,7 @@ impl KeyService {
                 },
             ) => {
                 if let Some(held) = Held::new(signed) {
-                    self.state.issued(held);
+                    self.state.issued(held)?;
                 }
             }
             Some(
@@ -656,23 +692,28 @@ impl KeyService {
                     message: Message::Revoke { payment, .. },
                     ..
                 },
-            ) => self.state.revoked(payment, signed),
+            ) => self.state.revoked(payment, signed)?,
             _ => {}
         }
-        applied
+        self.next = self.next.max(message.sequence + 1);
+        Ok(self.catalog.apply(message)?)
     }
 
-    /// Reads the market topic from where it left off. Returns how many messages it read.
+    /// Reads the market topic from where it left off (its start, after a restart). Returns
+    /// how many messages it read; messages the catalog refuses are read and skipped.
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Ledger`].
+    /// [`ServiceError::Ledger`], or [`ServiceError::State`] (it resumes from that message).
     pub async fn sync<L: Ledger>(&mut self, ledger: &L) -> Result<usize, ServiceError> {
         let mut read = 0;
         loop {
             let msgs = ledger.topic_messages(self.topic, self.next, PAGE).await?;
             for m in &msgs {
-                let _ = self.apply(m);
+                match self.apply(m) {
+                    Ok(_) | Err(ServiceError::Market(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
             read += msgs.len();
             if msgs.len() < PAGE {
@@ -763,7 +804,7 @@ impl KeyService {
         })
         .sign(&self.key);
         let held = Held::new(signed.clone()).ok_or(ServiceError::Replayed(payment))?;
-        self.state.issued(held);
+        self.state.issued(held)?;
         Ok(signed)
     }
 
@@ -905,7 +946,7 @@ impl KeyService {
         })
         .sign(&self.key);
         let new = Held::new(license.clone()).ok_or(ServiceError::Replayed(resale))?;
-        self.state.resold(old, revocation.clone(), new);
+        self.state.resold(old, revocation.clone(), new)?;
         Ok((revocation, license))
     }
 
@@ -961,7 +1002,7 @@ impl KeyService {
             if devices.len() >= usize::from(limit) {
                 return Err(ServiceError::TooManyDevices(payment, limit));
             }
-            self.state.add_device(payment, request.device_key);
+            self.state.add_device(payment, request.device_key)?;
         }
         let aad = postcard::to_allocvec(&payment).unwrap_or_default();
         keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)
@@ -973,7 +1014,8 @@ impl KeyService {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::NotIssued`], or [`ServiceError::Revoked`] if it was already.
+    /// [`ServiceError::NotIssued`], [`ServiceError::Revoked`] if it was already, or
+    /// [`ServiceError::State`] (nothing is revoked then).
     pub fn revoke(
         &mut self,
         payment: TransactionId,
@@ -986,7 +1028,7 @@ impl KeyService {
             return Err(ServiceError::Revoked(payment));
         }
         let signed = Message::Revoke { payment, reason }.sign(&self.key);
-        self.state.revoked(payment, signed.clone());
+        self.state.revoked(payment, signed.clone())?;
         Ok(signed)
     }
 

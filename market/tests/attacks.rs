@@ -16,7 +16,7 @@ use streamspace_market::message::{
     DecodeError, License, Listing, ListingId, Message, Share, Terms,
 };
 use streamspace_market::service::{
-    self, DeviceKey, KeyRequest, KeyService, NftClass, ServiceError,
+    self, DeviceKey, KeyRequest, KeyService, NftClass, ServiceError, StateError,
 };
 use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::import::ImportOptions;
@@ -722,4 +722,107 @@ async fn device_limit_counts_keys_not_labels() {
             content_key.key_bytes()
         );
     }
+}
+
+/// Keys after a restart: a buyer is refunded, and asks for the key again once the key service
+/// has restarted — from its own file, and from a fresh file rebuilt from the topic — and asks
+/// for a second refund. Refused each time; the other buyer's license, and the device count it
+/// used, survive the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refunded_license_releases_no_key_after_a_restart() {
+    let w = world(4).await;
+    let (seller, cowriter, refunded, kept) = (&w.ops[0], &w.ops[1], &w.ops[2], &w.ops[3]);
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("keys.redb");
+    let mut keys = KeyService::open(&path, key(9), w.topic).unwrap();
+    let mut l = listing(seller, cowriter, 1, w.content(b"to be refunded").await);
+    l.terms.devices = 1;
+    let content_key = ContentKey::generate();
+    keys.add_content(l.id, content_key.clone());
+    let signed = service::list(&w.store, &seller.key, l.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+    let mut payments = Vec::new();
+    let (phone, tv) = (DeviceKey::generate(), DeviceKey::generate());
+    for (op, device) in [(refunded, &phone), (kept, &tv)] {
+        let k = PublicKey::from(&op.key);
+        let payment = service::pay(&w.ledger, op, &l, &k).await.unwrap();
+        let license = keys.issue(&w.ledger, payment, k).await.unwrap();
+        service::publish(&w.ledger, op, w.topic, &license)
+            .await
+            .unwrap();
+        keys.release(
+            &KeyRequest::sign(&op.key, payment, [1; 16], device.public_bytes()),
+            w.ledger.now(),
+        )
+        .unwrap();
+        payments.push(payment);
+    }
+    let (gone, stays) = (payments[0], payments[1]);
+    let revocation = keys.refund(&w.ledger, seller, gone, l.price).await.unwrap();
+    service::publish(&w.ledger, seller, w.topic, &revocation)
+        .await
+        .unwrap();
+    drop(keys);
+    let balance = w.ledger.balance(refunded.account).await.unwrap();
+
+    let ask = |op: &Operator, payment, device: &DeviceKey| {
+        KeyRequest::sign(&op.key, payment, [1; 16], device.public_bytes())
+    };
+    // Restarted from its file, before it has read the topic again.
+    let mut restarted = KeyService::open(&path, key(9), w.topic).unwrap();
+    restarted.add_content(l.id, content_key.clone());
+    // Restarted with its file lost, rebuilt from the topic.
+    let mut rebuilt = KeyService::open(files.path().join("new.redb"), key(9), w.topic).unwrap();
+    rebuilt.add_content(l.id, content_key.clone());
+    let now = w.ledger.now();
+    assert!(
+        matches!(
+            rebuilt.release(&ask(refunded, gone, &phone), now),
+            Err(ServiceError::NotIssued(_))
+        ),
+        "knowing nothing, it releases nothing"
+    );
+    rebuilt.sync(&w.ledger).await.unwrap();
+    for service in [&mut restarted, &mut rebuilt] {
+        assert!(matches!(
+            service.release(&ask(refunded, gone, &phone), now),
+            Err(ServiceError::Revoked(p)) if p == gone
+        ));
+        // Asking for the license anew does not revive it.
+        service
+            .issue(&w.ledger, gone, PublicKey::from(&refunded.key))
+            .await
+            .unwrap();
+        assert!(matches!(
+            service.release(&ask(refunded, gone, &phone), now),
+            Err(ServiceError::Revoked(_))
+        ));
+        // Nor is it refunded twice.
+        assert!(matches!(
+            service.refund(&w.ledger, seller, gone, l.price).await,
+            Err(ServiceError::Revoked(_))
+        ));
+        // The other buyer keeps its license.
+        let wrapped = service.release(&ask(kept, stays, &tv), now).unwrap();
+        assert_eq!(
+            tv.unwrap(&wrapped, &stays).unwrap().key_bytes(),
+            content_key.key_bytes()
+        );
+    }
+    assert_eq!(w.ledger.balance(refunded.account).await.unwrap(), balance);
+    // The device count is in the file: one device was used, and stays the only one.
+    assert!(matches!(
+        restarted.release(&ask(kept, stays, &DeviceKey::generate()), now),
+        Err(ServiceError::TooManyDevices(_, 1))
+    ));
+    // A file of another service is refused.
+    drop(restarted);
+    assert!(matches!(
+        KeyService::open(&path, key(10), w.topic),
+        Err(ServiceError::State(StateError::OtherService))
+    ));
 }

@@ -265,7 +265,12 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     .await?;
     bar.finish_and_clear();
     publisher.node.provide(root.cid).await?;
-    let mut keys_service = KeyService::new(publisher.op.key.clone(), market_topic);
+    // The key service keeps its record of licenses, revocations and devices in a file.
+    let mut keys_service = KeyService::open(
+        dir.path().join("keys.redb"),
+        publisher.op.key.clone(),
+        market_topic,
+    )?;
     let listing = Listing {
         id: ListingId {
             seller: publisher.op.account,
