@@ -1,15 +1,21 @@
-//! Market messages (listings, licenses, revocations) and the catalog fed untrusted bytes:
-//! never panic; what decodes re-encodes to the same bytes; a refused message leaves the
-//! catalog as it was.
+//! Market messages (listings, licenses, revocations), the catalog and listing ids fed
+//! untrusted bytes: never panic; what decodes re-encodes to the same bytes; a refused message
+//! leaves the catalog as it was.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
 use streamspace_market::catalog::Catalog;
-use streamspace_market::message::Signed;
+use streamspace_market::message::{ListingId, Signed};
 use streamspace_market::service::check_license;
 
 fuzz_target!(|data: &[u8]| {
+    // Listing ids as memos name them: what parses prints back the same.
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(id) = text.parse::<ListingId>() {
+            assert_eq!(id.to_string().parse::<ListingId>(), Ok(id));
+        }
+    }
     if let Ok(m) = Signed::decode(data) {
         assert_eq!(m.encode(), data);
         let _ = m.verify();

@@ -785,6 +785,30 @@ proptest! {
     }
 
     #[test]
+    fn listing_ids_and_memos_round_trip(
+        shard in any::<u64>(),
+        num in any::<u64>(),
+        number in any::<u64>(),
+        version in any::<u32>(),
+        key in any::<[u8; 32]>(),
+        junk in ".{0,120}",
+    ) {
+        let id = ListingId {
+            seller: AccountId(streamspace_ledger::EntityId { shard, realm: 0, num }),
+            number,
+        };
+        prop_assert_eq!(id.to_string().parse::<ListingId>(), Ok(id));
+        let memo = service::memo(id, version, &PublicKey(key));
+        let commitment: String = service::key_commitment(&PublicKey(key))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        prop_assert_eq!(memo, format!("streamspace-market:{id}@{version}~{commitment}"));
+        // Any text parses or is refused, without a panic.
+        let _ = junk.parse::<ListingId>();
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(b in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = Signed::decode(&b);
         let mut c = Catalog::default();
