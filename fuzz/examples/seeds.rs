@@ -34,12 +34,15 @@ fn main() -> std::io::Result<()> {
     for n in 2..=signed.len() {
         let proof = FraudProof { receipts: signed[..n].to_vec() };
         std::fs::write(dir.join(format!("seed-fraud-{n}")), proof.encode())?;
+        for (i, m) in proof.messages().iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-fraud-message-{n}-{i}")), m)?;
+        }
     }
     let messages = streamspace_payments::settle::receipts_messages(&signed);
     for (i, m) in messages.iter().enumerate() {
         std::fs::write(dir.join(format!("seed-receipts-message-{i}")), m)?;
     }
-    println!("{} seeds in {}", 2 * signed.len() - 1 + messages.len(), dir.display());
+    println!("seeds in {}", dir.display());
     market()?;
     update()
 }

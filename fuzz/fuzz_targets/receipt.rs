@@ -1,9 +1,11 @@
-//! Receipt, fraud-proof and settlement-topic message decoders: never panic; what decodes
-//! re-encodes to the same bytes; a receipts message parses only in its own domain.
+//! Receipt, fraud-proof (alone and as a topic message) and receipts-message decoders: never
+//! panic; what decodes re-encodes to the same bytes; a receipts message parses only in its own
+//! domain.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use streamspace_payments::fraud::FraudProof;
+use streamspace_ledger::PublicKey;
+use streamspace_payments::fraud::{FRAUD_RECEIPTS_PER_MESSAGE, FraudProof};
 use streamspace_payments::receipt::{DomainId, SignedReceipt};
 use streamspace_payments::settle::{parse_receipts_message, receipts_messages};
 
@@ -19,6 +21,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(p) = FraudProof::decode(data) {
         assert_eq!(p.encode(), data);
+    }
+    if let Ok(p) = FraudProof::parse_message(data) {
+        if (1..=FRAUD_RECEIPTS_PER_MESSAGE).contains(&p.receipts.len()) {
+            assert_eq!(&p.messages()[0][..], data);
+        }
+        let key = p.receipts.first().map_or(PublicKey([0; 32]), |r| r.payer_key);
+        let _ = p.verify(&SEED_DOMAIN, &key, 0);
     }
     if let Ok(rs) = parse_receipts_message(data, &SEED_DOMAIN) {
         assert!(rs.iter().all(|r| r.body.domain == SEED_DOMAIN));

@@ -474,8 +474,10 @@ impl ReceiptBook {
         Ok(())
     }
 
-    /// Removes a payer after a fraud proof and strikes it off the allowlist; its newest receipt
-    /// is returned for settlement.
+    /// Removes a payer after a fraud proof (or a settlement that struck it off, see
+    /// [`crate::netting::StruckOff`]) and strikes it off the allowlist: it is not served or
+    /// admitted again, and [`ReceiptBook::should_disconnect`] says to drop it. Its newest
+    /// receipt is returned for settlement.
     pub fn expel(&mut self, payer: AccountId) -> Option<SignedReceipt> {
         self.allowlist.ban(payer);
         self.payers.remove(&payer).and_then(|p| p.newest)
@@ -521,12 +523,14 @@ impl ReceiptBook {
         r
     }
 
-    /// Whether `payer` has been refused often enough (`Terms::disconnect_after`) that the
-    /// transport should drop it.
+    /// Whether the transport should drop `payer`: it was struck off ([`ReceiptBook::expel`]),
+    /// or refused often enough (`Terms::disconnect_after`).
     pub fn should_disconnect(&self, payer: AccountId) -> bool {
-        self.payers
-            .get(&payer)
-            .is_some_and(|p| p.refused >= self.terms.disconnect_after)
+        self.allowlist.banned.contains(&payer)
+            || self
+                .payers
+                .get(&payer)
+                .is_some_and(|p| p.refused >= self.terms.disconnect_after)
     }
 
     /// Takes a receipt from the wire: decodes, verifies and keeps it if it is the newest.

@@ -158,7 +158,7 @@ impl<L: Ledger + Clone> Clearing<L> {
                                 })
                                 .collect();
                             out.kept += known.len();
-                            if let Err(e) = self.journal.record(&known) {
+                            if let Err(e) = self.journal.record_posted(m.sequence, &known) {
                                 out.failed.push((now_period, e));
                             }
                         }

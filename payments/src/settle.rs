@@ -27,6 +27,9 @@ use crate::receipt::{Domain, DomainId, SignedReceipt};
 /// (period, payer, payee) → newest receipt (layout 2; a journal of layout 1 kept them in
 /// `receipts`, which is not read).
 const RECEIPTS: TableDefinition<'_, (u64, u64, u64), &[u8]> = TableDefinition::new("receipts-v2");
+/// (period, consensus position, payer, payee) → a receipt read from the settlement topic that
+/// raised its payee's claim.
+const POSTED: TableDefinition<'_, (u64, u64, u64, u64), &[u8]> = TableDefinition::new("posted");
 /// "domain" → the [`DomainId`] the journal belongs to.
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 /// (period, step) → planned or done step.
@@ -83,6 +86,7 @@ fn journal_err(e: impl std::fmt::Display) -> SettleError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Action {
     Transfer(Vec<(AccountId, i64)>),
+    /// A message on the settlement topic: the anchor, or a part of a fraud proof.
     Anchor(Vec<u8>),
 }
 
@@ -117,6 +121,7 @@ impl Journal {
         let db = Database::create(path.as_ref()).map_err(journal_err)?;
         let txn = db.begin_write().map_err(journal_err)?;
         txn.open_table(RECEIPTS).map_err(journal_err)?;
+        txn.open_table(POSTED).map_err(journal_err)?;
         txn.open_table(STEPS).map_err(journal_err)?;
         {
             let mut meta = txn.open_table(META).map_err(journal_err)?;
@@ -144,14 +149,36 @@ impl Journal {
         self.domain
     }
 
-    /// Records receipts durably, keeping the newest per (period, payer, payee). Receipts must
-    /// already be verified (see [`crate::book::ReceiptBook`]).
+    /// Records receipts durably, keeping the newest per (period, payer, payee): the larger
+    /// (higher amount, then more shards), so that a smaller receipt recorded later — posted by
+    /// the payer itself, say — never displaces the one its payee holds. Receipts must already
+    /// be verified, against the payer's key too (see [`crate::book::ReceiptBook`]).
     ///
     /// # Errors
     ///
     /// [`SettleError::ForeignDomain`] (and nothing recorded) when a receipt is of another
     /// domain; [`SettleError::Journal`].
     pub fn record(&self, receipts: &[SignedReceipt]) -> Result<(), SettleError> {
+        self.write(None, receipts)
+    }
+
+    /// Records receipts read from the settlement topic at consensus `position` (the message's
+    /// sequence number): as [`Journal::record`], and each receipt that raises its payee's
+    /// claim is remembered at that position, for the order in which a payer that promised
+    /// more than its collateral pays (see [`crate::netting`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Journal::record`].
+    pub fn record_posted(
+        &self,
+        position: u64,
+        receipts: &[SignedReceipt],
+    ) -> Result<(), SettleError> {
+        self.write(Some(position), receipts)
+    }
+
+    fn write(&self, position: Option<u64>, receipts: &[SignedReceipt]) -> Result<(), SettleError> {
         if let Some(r) = receipts.iter().find(|r| r.body.domain != self.domain) {
             return Err(SettleError::ForeignDomain {
                 payer: r.body.payer,
@@ -161,19 +188,49 @@ impl Journal {
         let txn = self.db.begin_write().map_err(journal_err)?;
         {
             let mut t = txn.open_table(RECEIPTS).map_err(journal_err)?;
+            let mut posted = txn.open_table(POSTED).map_err(journal_err)?;
             for r in receipts {
-                let key = (r.body.period, r.body.payer.num(), r.body.payee.num());
-                let newer = match t.get(key).map_err(journal_err)? {
-                    Some(old) => SignedReceipt::decode(old.value())
-                        .map_or(true, |o| r.body.shards > o.body.shards),
-                    None => true,
-                };
+                let (period, payer, payee) =
+                    (r.body.period, r.body.payer.num(), r.body.payee.num());
+                let held = t
+                    .get((period, payer, payee))
+                    .map_err(journal_err)?
+                    .and_then(|old| SignedReceipt::decode(old.value()).ok());
+                let newer = held.is_none_or(|o| {
+                    (r.body.amount, r.body.shards) > (o.body.amount, o.body.shards)
+                });
                 if newer {
-                    t.insert(key, r.encode().as_slice()).map_err(journal_err)?;
+                    t.insert((period, payer, payee), r.encode().as_slice())
+                        .map_err(journal_err)?;
+                    if let Some(at) = position {
+                        posted
+                            .insert((period, at, payer, payee), r.encode().as_slice())
+                            .map_err(journal_err)?;
+                    }
                 }
             }
         }
         txn.commit().map_err(journal_err)
+    }
+
+    /// The receipts of `period` recorded with [`Journal::record_posted`] that raised a claim,
+    /// in consensus order (then by payer and payee).
+    ///
+    /// # Errors
+    ///
+    /// [`SettleError::Journal`].
+    pub fn posted(&self, period: u64) -> Result<Vec<SignedReceipt>, SettleError> {
+        let txn = self.db.begin_read().map_err(journal_err)?;
+        let t = txn.open_table(POSTED).map_err(journal_err)?;
+        let mut out = Vec::new();
+        for row in t
+            .range((period, 0, 0, 0)..=(period, u64::MAX, u64::MAX, u64::MAX))
+            .map_err(journal_err)?
+        {
+            let (_, v) = row.map_err(journal_err)?;
+            out.push(SignedReceipt::decode(v.value()).map_err(journal_err)?);
+        }
+        Ok(out)
     }
 
     /// The newest receipts of `period`, by payer then payee.
@@ -272,6 +329,10 @@ pub struct Report {
     pub root: Hash,
     /// Ledger fees of the steps sent by this call.
     pub fees: i64,
+    /// Payers that promised more than their collateral: struck off, their collateral paid to
+    /// their payees in consensus order, the proof published on the topic (see
+    /// [`crate::netting`]). The node expels them ([`crate::book::ReceiptBook::expel`]).
+    pub struck_off: Vec<crate::netting::StruckOff>,
 }
 
 /// Settles periods out of a clearing account.
@@ -313,7 +374,8 @@ pub async fn lock_collateral<L: Ledger>(
     ledger.execute(tx, &[&payer.key]).await
 }
 
-/// Publishes a fraud proof on a consensus topic, where every node can read and check it.
+/// Publishes a fraud proof on a consensus topic, where every node can read and check it, in
+/// as many messages as [`crate::fraud::FraudProof::messages`] makes (a reader merges them).
 ///
 /// # Errors
 ///
@@ -325,11 +387,15 @@ pub async fn publish_fraud_proof<L: Ledger>(
     proof: &crate::fraud::FraudProof,
     submit_key: Option<&ed25519_dalek::SigningKey>,
 ) -> Result<Vec<streamspace_ledger::Receipt>, LedgerError> {
-    let mut message = b"streamspace-fraud-v1".to_vec();
-    message.extend_from_slice(&proof.encode());
-    ledger
-        .submit_message(publisher, topic, Bytes::from(message), submit_key)
-        .await
+    let mut out = Vec::new();
+    for m in proof.messages() {
+        out.extend(
+            ledger
+                .submit_message(publisher, topic, m, submit_key)
+                .await?,
+        );
+    }
+    Ok(out)
 }
 
 /// Tag opening a settlement-topic message that carries receipts.
@@ -487,8 +553,11 @@ impl<L: Ledger> Settler<L> {
         })
     }
 
-    /// Closes `period`: nets its journaled receipts against `collateral`, pays out and anchors
-    /// the Merkle root. Safe to call again after any failure or crash.
+    /// Closes `period`: nets its journaled receipts against `collateral`, pays out, publishes
+    /// the fraud proof of every payer that promised more than its collateral (struck off and
+    /// its collateral paid to its payees in consensus order, see [`crate::netting`]) and
+    /// anchors the Merkle root. A payer that over-promised never stops the period. Safe to
+    /// call again after any failure or crash.
     ///
     /// # Errors
     ///
@@ -514,7 +583,10 @@ impl<L: Ledger> Settler<L> {
         fault: impl Fn(u32, Phase) -> bool,
     ) -> Result<Report, SettleError> {
         let receipts = self.journal.receipts(period)?;
-        let netted = plan(&receipts, collateral)?;
+        // Consensus order: receipts as posted on the topic, then any recorded otherwise.
+        let mut order = self.journal.posted(period)?;
+        order.extend_from_slice(&receipts);
+        let netted = plan(&order, collateral)?;
         let root = Tree::new(&receipts).root();
         let transfers = netted.transfers(self.clearing.account)?;
         let paid_out = netted
@@ -526,10 +598,19 @@ impl<L: Ledger> Settler<L> {
             })?;
         let mut steps = self.journal.steps(period)?;
         if steps.is_empty() {
-            // Plan once, durably, with the transaction id of every step.
+            // Plan once, durably, with the transaction id of every step: the payouts, the
+            // proofs against payers struck off, the anchor.
             let start = self.ledger.now().as_nanos() - 1_000_000_000;
             let mut actions: Vec<Action> =
                 transfers.iter().cloned().map(Action::Transfer).collect();
+            for s in &netted.struck_off {
+                actions.extend(
+                    s.proof
+                        .messages()
+                        .iter()
+                        .map(|m| Action::Anchor(m.to_vec())),
+                );
+            }
             actions.push(Action::Anchor(anchor_message(
                 period,
                 u64::try_from(receipts.len()).unwrap_or(u64::MAX),
@@ -584,6 +665,7 @@ impl<L: Ledger> Settler<L> {
             paid_out,
             root,
             fees,
+            struck_off: netted.struck_off,
         })
     }
 

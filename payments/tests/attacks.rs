@@ -192,10 +192,19 @@ impl World {
     async fn balance(&self, a: AccountId) -> i64 {
         self.ledger.balance(a).await.unwrap()
     }
+
+    async fn balances(&self, of: &[&Operator]) -> Vec<i64> {
+        let mut out = Vec::new();
+        for o in of {
+            out.push(self.balance(o.account).await);
+        }
+        out
+    }
 }
 
 /// A payer signs two receipts of 2⁶³ tinybars each: in wrapping u64 arithmetic they owe 0, within
-/// any collateral, and the clearing would pay out 2⁶⁴ it never held. Checked sums see the debt.
+/// any collateral, and the clearing would pay out 2⁶⁴ it never held. Checked sums see the debt:
+/// the payer is struck off and its collateral, no more, pays the payee that posted first.
 #[test]
 fn amounts_that_wrap_are_not_within_collateral() {
     let cheat = key(1);
@@ -205,14 +214,14 @@ fn amounts_that_wrap_are_not_within_collateral() {
         receipt(&cheat, 1001, 2002, half, 1),
     ];
     let collateral = BTreeMap::from([(AccountId::new(1001), 1_000)]);
-    assert!(matches!(
-        plan(&rs, &collateral),
-        Err(NettingError::OverCollateral {
-            owed: u64::MAX,
-            collateral: 1_000,
-            ..
-        })
-    ));
+    let p = plan(&rs, &collateral).unwrap();
+    assert_eq!(p.struck_off.len(), 1);
+    assert_eq!(
+        (p.struck_off[0].payer, p.struck_off[0].owed),
+        (AccountId::new(1001), u64::MAX)
+    );
+    assert_eq!(p.payouts, [(AccountId::new(2001), 1_000)]);
+    assert_eq!(p.collateral, 1_000);
 }
 
 /// A collateral table (as a clearing is handed it) whose total no ledger transfer can move is
@@ -265,6 +274,8 @@ async fn collateral_beyond_a_transfer_is_refused_not_wrapped() {
         net: BTreeMap::new(),
         payouts: vec![(payee.account, u64::MAX)],
         collateral: u64::MAX,
+        settled: BTreeMap::new(),
+        struck_off: Vec::new(),
     };
     assert!(matches!(
         forged.transfers(w.clearing.account),
@@ -552,4 +563,163 @@ async fn foreign_receipts_posted_for_settlement_are_not_paid() {
         ),
         Err(SettleError::NotTheDomain { .. })
     ));
+}
+
+/// Posts `receipts` to the settlement topic as `poster`.
+async fn post(w: &World, poster: &Operator, receipts: &[SignedReceipt]) {
+    for m in receipts_messages(receipts) {
+        w.ledger
+            .submit_message(poster, w.topic, m, None)
+            .await
+            .unwrap();
+    }
+}
+
+/// A payer locks 1,000,000 and promises it three times over to three payees, each of which
+/// checks only its own receipts. The period is not frozen: the payer is struck off, its proof
+/// published, its whole collateral paid to its payees in the order they posted; an honest
+/// payer in the same period settles in full; a receipt the cheat posts to lower a payee's
+/// claim changes nothing; nothing is paid twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_committed_payer_is_struck_off_and_pays_its_payees_in_posting_order() {
+    let w = world().await;
+    let cheat = w.account(1, FUNDS).await;
+    let honest = w.account(2, FUNDS).await;
+    let (a, b, c) = (
+        w.account(3, FUNDS).await,
+        w.account(4, FUNDS).await,
+        w.account(5, FUNDS).await,
+    );
+    const COLLATERAL: u64 = 1_000_000;
+    for p in [&cheat, &honest] {
+        lock_collateral(&w.ledger, p, w.clearing.account, 1, COLLATERAL)
+            .await
+            .unwrap();
+    }
+    let r = |payer: &Operator, payee: &Operator, amount: u64| {
+        receipt_in(
+            &w.domain,
+            &payer.key,
+            payer.account.num(),
+            payee.account.num(),
+            amount,
+            amount / 10_000,
+        )
+    };
+    // Each receipt alone is within the cheat's collateral, so each payee's book took it, one
+    // shard at a time at the default price of 10,000 per shard.
+    for (payee, shards) in [(&a, 60), (&b, 60), (&c, 30)] {
+        let mut book = ReceiptBook::new(w.domain.id(), payee.account, 1, Terms::default());
+        book.admit(cheat.account, PublicKey::from(&cheat.key), COLLATERAL)
+            .unwrap();
+        for i in 1..=shards {
+            book.serve(cheat.account, 262_144).unwrap();
+            book.accept(&r(&cheat, payee, i * 10_000).encode()).unwrap();
+        }
+    }
+    // In consensus order: b posts an early receipt, a posts its receipts (the cheat's and the
+    // honest payer's), b its later one, c its own; then the cheat posts a receipt to a for
+    // more shards and nothing, to lower a's claim.
+    post(&w, &b, &[r(&cheat, &b, 100_000)]).await;
+    post(&w, &a, &[r(&cheat, &a, 600_000), r(&honest, &a, 200_000)]).await;
+    post(&w, &b, &[r(&cheat, &b, 600_000)]).await;
+    post(&w, &c, &[r(&cheat, &c, 300_000)]).await;
+    let lower = ReceiptBody {
+        amount: 0,
+        shards: 1_000,
+        ..r(&cheat, &a, 600_000).body
+    }
+    .sign(&cheat.key);
+    post(&w, &cheat, &[lower]).await;
+    let everyone = [&a, &b, &c, &cheat, &honest];
+    let before = w.balances(&everyone).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("c.redb"), w.domain.id()).unwrap();
+    let members = [
+        (&cheat, COLLATERAL),
+        (&honest, COLLATERAL),
+        (&a, 0),
+        (&b, 0),
+        (&c, 0),
+    ]
+    .map(|(o, collateral)| Member {
+        account: o.account,
+        key: PublicKey::from(&o.key),
+        collateral,
+    });
+    let mut clearing = Clearing::new(
+        w.ledger.clone(),
+        w.clearing.clone(),
+        &w.domain,
+        journal,
+        members,
+        1,
+    )
+    .unwrap();
+    let poll = clearing.poll(1_000).await;
+    assert!(poll.failed.is_empty(), "{:?}", poll.failed);
+    assert_eq!(poll.settled.len(), 1, "the period settles");
+    let report = &poll.settled[0].1;
+    assert_eq!(report.struck_off.len(), 1);
+    let s = &report.struck_off[0];
+    assert_eq!(
+        (s.payer, s.owed, s.collateral),
+        (cheat.account, 1_500_000, COLLATERAL)
+    );
+    // b's early 100,000 first, then a's 600,000, then 300,000 of b's later 500,000; c last,
+    // with nothing left. The honest payer pays a in full and gets the rest back.
+    let after = w.balances(&everyone).await;
+    let gained: Vec<i64> = after.iter().zip(&before).map(|(x, y)| x - y).collect();
+    assert_eq!(
+        gained,
+        [600_000 + 200_000, 400_000, 0, 0, 800_000],
+        "a, b, c, the cheat, the honest payer"
+    );
+
+    // The proof is on the topic; any node reading it strikes the cheat off.
+    let mut proof = FraudProof { receipts: vec![] };
+    for m in w.ledger.topic_messages(w.topic, 1, 100).await.unwrap() {
+        if let Ok(part) = FraudProof::parse_message(&m.message) {
+            proof.merge(part);
+        }
+    }
+    assert_eq!(proof, s.proof);
+    assert_eq!(
+        proof.verify(&w.domain.id(), &PublicKey::from(&cheat.key), COLLATERAL),
+        Ok(cheat.account)
+    );
+    let mut book = ReceiptBook::new(w.domain.id(), a.account, 2, Terms::default());
+    book.admit(cheat.account, PublicKey::from(&cheat.key), COLLATERAL)
+        .unwrap();
+    book.expel(s.payer);
+    assert!(book.should_disconnect(cheat.account));
+    assert!(book.serve(cheat.account, 1).is_err());
+    assert_eq!(
+        book.admit(cheat.account, PublicKey::from(&cheat.key), COLLATERAL),
+        Err(BookError::NotAllowed(cheat.account))
+    );
+
+    // Polling again settles nothing twice; a fresh clearing on the same journal neither.
+    let again = clearing.poll(1_001).await;
+    assert!(again.settled.is_empty() && again.failed.is_empty());
+    drop(clearing);
+    let journal = Journal::open(dir.path().join("c.redb"), w.domain.id()).unwrap();
+    let members = [(&cheat, COLLATERAL), (&honest, COLLATERAL)].map(|(o, collateral)| Member {
+        account: o.account,
+        key: PublicKey::from(&o.key),
+        collateral,
+    });
+    let mut restarted = Clearing::new(
+        w.ledger.clone(),
+        w.clearing.clone(),
+        &w.domain,
+        journal,
+        members,
+        1,
+    )
+    .unwrap();
+    let poll = restarted.poll(1_002).await;
+    assert!(poll.failed.is_empty(), "{:?}", poll.failed);
+    assert_eq!(w.balances(&everyone).await, after, "nothing paid twice");
 }

@@ -16,7 +16,7 @@ use streamspace_payments::book::{
 };
 use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::merkle::{Tree, verify};
-use streamspace_payments::netting::{MAX_RECIPIENTS, NettingError, plan};
+use streamspace_payments::netting::{MAX_RECIPIENTS, StruckOff, plan};
 use streamspace_payments::receipt::{
     Domain, DomainId, ReceiptBody, ReceiptError, ReceiptSigner, SignedReceipt, verify_batch,
 };
@@ -355,9 +355,18 @@ fn fraud_proofs() {
         proof.verify(&domain(), &pk, 1_200),
         Err(FraudProofError::WithinCollateral { .. })
     ));
+    // One receipt is proof enough when it alone promises more than the collateral.
     assert!(matches!(
-        FraudProof { receipts: vec![a] }.verify(&domain(), &pk, 0),
+        FraudProof { receipts: vec![] }.verify(&domain(), &pk, 0),
         Err(FraudProofError::TooFew)
+    ));
+    assert_eq!(
+        FraudProof { receipts: vec![a] }.verify(&domain(), &pk, 599),
+        Ok(AccountId::new(1001))
+    );
+    assert!(matches!(
+        FraudProof { receipts: vec![a] }.verify(&domain(), &pk, 600),
+        Err(FraudProofError::WithinCollateral { .. })
     ));
     assert!(matches!(
         FraudProof {
@@ -390,19 +399,35 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     /// Netting preserves every account's net position, nobody pays more than they signed for,
-    /// and the escrow paid in equals what is paid out.
+    /// and the escrow paid in equals what is paid out. A payer short of collateral is struck
+    /// off with a proof that verifies, and its collateral, all of it, pays its payees' claims
+    /// in the order posted: every claim before the one that crosses the line in full, every
+    /// claim after it not at all.
     #[test]
-    fn netting_properties(pairs in proptest::collection::btree_map((0u64..8, 0u64..8), 1u64..1_000_000, 0..40), slack in 0u64..1_000) {
-        let receipts: Vec<SignedReceipt> = pairs
+    fn netting_properties(
+        pairs in proptest::collection::btree_map((0u64..8, 0u64..8), 1u64..1_000_000, 0..40),
+        slack in 0u64..1_000,
+        short in proptest::collection::vec(0u64..2_000_000, 8),
+        shuffle in any::<prop::sample::Index>(),
+    ) {
+        let mut receipts: Vec<SignedReceipt> = pairs
             .iter()
             .filter(|((p, q), _)| p != q)
             .map(|((p, q), amount)| body(1000 + p, 1000 + q, *amount, 1).sign(&key(*p as u8 + 1)))
             .collect();
+        // Any consensus order.
+        if !receipts.is_empty() {
+            let k = shuffle.index(receipts.len());
+            receipts.rotate_left(k);
+        }
         let mut owed: BTreeMap<AccountId, u64> = BTreeMap::new();
         for r in &receipts {
             *owed.entry(r.body.payer).or_default() += r.body.amount;
         }
-        let collateral: BTreeMap<AccountId, u64> = owed.iter().map(|(a, v)| (*a, v + slack)).collect();
+        let collateral: BTreeMap<AccountId, u64> = owed
+            .iter()
+            .map(|(a, v)| (*a, v.saturating_sub(short[(a.num() - 1000) as usize]) + slack))
+            .collect();
         let p = plan(&receipts, &collateral).unwrap();
         let paid_out: u64 = p.payouts.iter().map(|(_, v)| v).sum();
         prop_assert_eq!(paid_out, p.collateral);
@@ -414,6 +439,31 @@ proptest! {
             // A payer never loses more than it signed for.
             let signed = owed.get(a).copied().unwrap_or(0);
             prop_assert!(i128::from(c) - i128::from(*payout) <= i128::from(signed));
+        }
+        let struck: BTreeMap<AccountId, &StruckOff> = p.struck_off.iter().map(|s| (s.payer, s)).collect();
+        for (payer, total) in &owed {
+            let c = collateral[payer];
+            let mine: Vec<&SignedReceipt> = receipts.iter().filter(|r| r.body.payer == *payer).collect();
+            match struck.get(payer) {
+                None => {
+                    prop_assert!(total <= &c);
+                    for r in &mine {
+                        prop_assert_eq!(p.settled[&(r.body.payer, r.body.payee)], r.body.amount);
+                    }
+                }
+                Some(s) => {
+                    prop_assert!(total > &c);
+                    prop_assert_eq!(s.proof.verify(&domain(), &PublicKey::from(&key((payer.num() - 999) as u8)), c), Ok(*payer));
+                    // Paid in consensus order until the collateral runs out.
+                    let mut left = c;
+                    for r in &mine {
+                        let due = r.body.amount.min(left);
+                        left -= due;
+                        prop_assert_eq!(p.settled[&(r.body.payer, r.body.payee)], due);
+                    }
+                    prop_assert_eq!(left, 0);
+                }
+            }
         }
         let transfers = p.transfers(AccountId::new(98_000)).unwrap();
         prop_assert_eq!(transfers.len(), p.payouts.len().div_ceil(MAX_RECIPIENTS));
@@ -437,16 +487,19 @@ proptest! {
 }
 
 #[test]
-fn over_collateral_periods_do_not_net() {
+fn over_collateral_payers_are_struck_off_and_the_period_nets() {
     let rs = vec![
         body(1001, 2001, 600, 6).sign(&key(1)),
         body(1001, 2002, 600, 6).sign(&key(1)),
     ];
     let c = BTreeMap::from([(AccountId::new(1001), 1_000)]);
-    assert!(matches!(
-        plan(&rs, &c),
-        Err(NettingError::OverCollateral { .. })
-    ));
+    let p = plan(&rs, &c).unwrap();
+    assert_eq!(p.struck_off.len(), 1);
+    assert_eq!(p.struck_off[0].owed, 1_200);
+    assert_eq!(
+        p.payouts,
+        vec![(AccountId::new(2001), 600), (AccountId::new(2002), 400)]
+    );
 }
 
 struct World {
@@ -686,11 +739,7 @@ async fn fraud_proofs_are_published_and_checkable_from_the_topic() {
     .await
     .unwrap();
     let msgs = w.ledger.topic_messages(w.topic, 1, 10).await.unwrap();
-    let bytes = msgs[0]
-        .message
-        .strip_prefix(&b"streamspace-fraud-v1"[..])
-        .unwrap();
-    let read = FraudProof::decode(bytes).unwrap();
+    let read = FraudProof::parse_message(&msgs[0].message).unwrap();
     assert_eq!(
         read.verify(
             &domain(),
