@@ -250,7 +250,8 @@ pub struct PaymentsSection {
     pub topic: String,
     /// The clearing account's key: only on the node that settles.
     pub clearing_key_file: Option<PathBuf>,
-    /// Shards a payer may be served past its newest receipt.
+    /// Shards a payer may be served past its newest receipt (default: the payments crate's
+    /// `DEFAULT_MAX_AHEAD`, whose README states the loss it bounds).
     #[serde(default = "default_ahead")]
     pub max_ahead: u64,
 }
@@ -262,7 +263,7 @@ fn default_period() -> u64 {
     3600
 }
 fn default_ahead() -> u64 {
-    64
+    streamspace_payments::book::DEFAULT_MAX_AHEAD
 }
 
 /// `members.toml`: who is in the network, and what they pay with.

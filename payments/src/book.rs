@@ -101,8 +101,10 @@ impl Default for PriceList {
 pub struct Terms {
     /// The price asked.
     pub price: Price,
-    /// Shards served beyond the newest valid receipt before service pauses (default 1), for
-    /// payers not on the allowlist with a tier of their own.
+    /// Shards served beyond the newest valid receipt before service pauses (default
+    /// [`DEFAULT_MAX_AHEAD`]), for payers not on the allowlist with a tier of their own. What
+    /// a payer that stops paying takes from this payee in a period is at most `max_ahead`
+    /// times the price of one shard.
     pub max_ahead: u64,
     /// Refused receipts or requests from one payer after which it should be disconnected.
     pub disconnect_after: u64,
@@ -122,7 +124,7 @@ impl Default for Terms {
     fn default() -> Self {
         Self {
             price: Price::per_shard(DEFAULT_PRICE_PER_SHARD),
-            max_ahead: 1,
+            max_ahead: DEFAULT_MAX_AHEAD,
             disconnect_after: 8,
         }
     }
@@ -130,6 +132,15 @@ impl Default for Terms {
 
 /// Default price: 10,000 tinybars (0.0001 hbar) per 256 KiB shard.
 pub const DEFAULT_PRICE_PER_SHARD: u64 = 10_000;
+
+/// Default shards served beyond a payer's newest receipt: 64 (16 MiB of 256 KiB shards). A
+/// fetcher keeps up to 16 shards in flight per peer (4 requests of 4 blocks) and each receipt
+/// travels back a round trip after its shard, so a payee sees some 32 shards unacknowledged
+/// from an honest payer at full speed; 64 leaves room for a round trip of jitter and hedged
+/// copies, where a smaller bound pauses honest payers. The loss it allows: at most
+/// 64 × [`DEFAULT_PRICE_PER_SHARD`] = 640,000 tinybars (0.0064 hbar) per payer, per payee,
+/// per period.
+pub const DEFAULT_MAX_AHEAD: u64 = 64;
 
 /// How far a payee trusts one payer: credit at most `max_credit` tinybars in a period (and never
 /// more than the collateral the payer locked), and up to `max_ahead` shards served before a

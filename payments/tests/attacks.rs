@@ -10,7 +10,10 @@ use streamspace_ledger::{
     AccountId, Ledger, LedgerExt, LocalLedger, Operator, PublicKey, Status, SystemClock, TopicId,
     Transaction, TransactionId, TxKind,
 };
-use streamspace_payments::book::{BookError, PayerTab, Price, ReceiptBook, Terms};
+use streamspace_payments::book::{
+    Allowlist, BookError, CreditTier, DEFAULT_MAX_AHEAD, DEFAULT_PRICE_PER_SHARD, PayerTab, Price,
+    ReceiptBook, Terms,
+};
 use streamspace_payments::clearing::{Clearing, Member};
 use streamspace_payments::fraud::{FraudProof, FraudProofError};
 use streamspace_payments::netting::{NettingError, Plan, plan};
@@ -722,4 +725,57 @@ async fn over_committed_payer_is_struck_off_and_pays_its_payees_in_posting_order
     let poll = restarted.poll(1_002).await;
     assert!(poll.failed.is_empty(), "{:?}", poll.failed);
     assert_eq!(w.balances(&everyone).await, after, "nothing paid twice");
+}
+
+/// A payer takes shards and never signs a receipt, or stops signing part way: at the default
+/// terms it gets `DEFAULT_MAX_AHEAD` shards no receipt pays for, no more — the loss bound the
+/// README states, 64 × 10,000 tinybars per payer, per payee, per period.
+#[test]
+fn a_payer_that_stops_paying_takes_at_most_max_ahead_shards() {
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let terms = Terms::default();
+    assert_eq!(terms.max_ahead, DEFAULT_MAX_AHEAD);
+    assert_eq!(terms.price, Price::per_shard(DEFAULT_PRICE_PER_SHARD));
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    let mut tab = PayerTab::new(domain().id(), viewer, key(1), 1);
+    tab.agree(me, terms.price);
+    // It pays for ten shards, then stops.
+    for _ in 0..10 {
+        book.serve(viewer, 262_144).unwrap();
+        tab.received(me, 262_144);
+        book.accept(&tab.sign(me).encode()).unwrap();
+    }
+    let mut unpaid = 0u64;
+    while book.serve(viewer, 262_144).is_ok() {
+        unpaid += 1;
+        assert!(unpaid <= DEFAULT_MAX_AHEAD, "served past the bound");
+    }
+    assert_eq!(unpaid, DEFAULT_MAX_AHEAD);
+    assert!(matches!(
+        book.serve(viewer, 262_144),
+        Err(BookError::ReceiptDue { unpaid: 64, .. })
+    ));
+    // What the payee is owed by its newest receipt, and what it lost.
+    let held: u64 = book.newest().map(|r| r.body.amount).sum();
+    assert_eq!(held, 10 * DEFAULT_PRICE_PER_SHARD);
+    let lost = terms.price.owed(unpaid, unpaid * 262_144);
+    assert_eq!(lost, 640_000);
+    // A credit tier of its own bounds it the same way at its own `max_ahead`.
+    let tier = CreditTier {
+        max_credit: 1 << 40,
+        max_ahead: 3,
+    };
+    let mut book = ReceiptBook::with_allowlist(
+        domain().id(),
+        me,
+        1,
+        terms,
+        Allowlist::closed([(viewer, tier)]),
+    );
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    let served = (0..10).filter(|_| book.serve(viewer, 1).is_ok()).count();
+    assert_eq!(served, 3);
 }

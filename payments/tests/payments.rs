@@ -318,7 +318,9 @@ fn allowlist_and_credit_tiers() {
     // An open list admits strangers at the book's default terms, with credit = collateral.
     let mut open = ReceiptBook::new(domain(), me, 1, terms);
     open.admit(stranger, PublicKey::from(&key(3)), 100).unwrap();
-    open.serve(stranger, 10).unwrap();
+    for _ in 0..terms.max_ahead {
+        open.serve(stranger, 10).unwrap();
+    }
     assert!(open.serve(stranger, 10).is_err());
     open.accept(&from_stranger.encode()).unwrap();
     let list = open.allowlist().clone();
