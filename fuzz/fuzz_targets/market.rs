@@ -4,7 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
+use streamspace_ledger::{
+    AccountId, ChunkInfo, PublicKey, Timestamp, TopicMessage, TransactionId,
+};
 use streamspace_market::catalog::Catalog;
 use streamspace_market::message::{ListingId, Signed};
 use streamspace_market::service::check_license;
@@ -35,4 +37,27 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(c.on_offer().count(), 0);
         assert_eq!(c.sales().count(), 0);
     }
+    // The same bytes split in chunks (the first byte choosing their count and order): applied
+    // once whole, as the whole message would be, never a panic.
+    let Some((&n, rest)) = data.split_first() else { return };
+    let total = u32::from(n % 4) + 1;
+    let size = rest.len().div_ceil(total as usize).max(1);
+    let initial = TransactionId { payer: AccountId::new(1001), valid_start: Timestamp::default() };
+    let chunks: Vec<TopicMessage> = rest
+        .chunks(size)
+        .enumerate()
+        .map(|(i, part)| TopicMessage {
+            sequence: i as u64 + 2,
+            consensus: Timestamp::default(),
+            message: part.to_vec().into(),
+            running_hash: vec![0; 48],
+            id: Some(initial),
+            chunk: Some(ChunkInfo { initial, total, number: i as u32 + 1 }),
+        })
+        .collect();
+    let mut split = Catalog::default();
+    let one_by_one: Vec<_> = chunks.iter().rev().map(|m| split.apply(m)).collect();
+    let mut batched = Catalog::default();
+    let again: Vec<_> = batched.replay(chunks.iter().rev());
+    assert_eq!(one_by_one, again);
 });

@@ -5,10 +5,12 @@
 //! The catalog is fed [`TopicMessage`]s as the ledger serves them: besides the bytes and the
 //! consensus time, each names the account that paid for (and so signed) its submission. A
 //! listing counts only when its seller published it, and a content root belongs to the seller
-//! of its first listing in consensus order (see the crate's README).
+//! of its first listing in consensus order (see the crate's README). A message split in
+//! chunks is applied when its last chunk arrives, at that chunk's consensus time.
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::Bytes;
 use cid::Cid;
 use streamspace_ledger::{AccountId, PublicKey, Timestamp, TopicMessage, TransactionId};
 
@@ -88,10 +90,32 @@ pub enum MarketError {
         /// The seller whose listing claimed it.
         owner: AccountId,
     },
-    /// One chunk of a message split across several topic messages; market messages are
-    /// published whole (see [`crate::service::publish`]).
-    #[error("a chunk of a split message")]
-    Chunked,
+    /// A chunk of a split message that cannot be part of one: numbered outside its total,
+    /// more than [`MAX_CHUNKS`], a total that disagrees with its other chunks, a chunk
+    /// received twice, or more bytes than a market message holds.
+    #[error("chunk of a split message refused: {0}")]
+    BadChunk(&'static str),
+}
+
+/// Most chunks of a split message (Hedera's limit is 20; a market message of
+/// [`MAX_BODY`](crate::message::MAX_BODY) bytes takes 17 of 1,024 bytes).
+pub const MAX_CHUNKS: u32 = 20;
+/// Most split messages awaiting their other chunks. Past it, the oldest of the publisher
+/// with the most waiting is dropped, so a publisher flooding partial messages evicts its own
+/// first.
+pub const MAX_PENDING: usize = 1024;
+/// Seconds after the first chunk's valid start past which a split message can no longer be
+/// completed (Hedera's longest transaction valid duration): it is dropped then.
+pub const CHUNK_WINDOW_SECS: i64 = 180;
+/// Most bytes of a signed market message: tag, body, key, signature.
+const MAX_MESSAGE: usize = 16 + crate::message::MAX_BODY + 96;
+
+/// The chunks of a split message received so far.
+#[derive(Debug, Clone)]
+struct Partial {
+    chunks: Vec<Option<Bytes>>,
+    bytes: usize,
+    arrival: u64,
 }
 
 /// A listing's current state.
@@ -134,6 +158,9 @@ pub enum Applied {
     Licensed(TransactionId),
     /// A license was revoked.
     Revoked(TransactionId),
+    /// A chunk of a split message, kept until the message is whole (then applied at the
+    /// consensus time of its last chunk).
+    Chunk,
 }
 
 /// Income of one rights holder.
@@ -189,6 +216,8 @@ pub struct Catalog {
     listings: BTreeMap<ListingId, Entry>,
     sales: HashMap<TransactionId, Sale>,
     claims: HashMap<Cid, AccountId>,
+    pending: HashMap<TransactionId, Partial>,
+    arrivals: u64,
     rejected: u64,
 }
 
@@ -237,7 +266,7 @@ impl Catalog {
                     v.map_err(MarketError::from)
                         .and_then(|s| self.apply_verified(m.consensus, publisher(m), s))
                 } else {
-                    Err(MarketError::Chunked)
+                    self.chunk(m)
                 };
                 if r.is_err() {
                     self.rejected += 1;
@@ -249,10 +278,89 @@ impl Catalog {
 
     fn try_apply(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
         if !whole(message) {
-            return Err(MarketError::Chunked);
+            return self.chunk(message);
         }
         let signed = Signed::decode_verified(&message.message)?;
         self.apply_verified(message.consensus, publisher(message), signed)
+    }
+
+    /// Keeps a chunk of a split message; applies the message once it is whole. Every chunk
+    /// names the first chunk's transaction, whose payer the ledger requires of every chunk.
+    fn chunk(&mut self, message: &TopicMessage) -> Result<Applied, MarketError> {
+        let Some(c) = message.chunk else {
+            return Err(MarketError::BadChunk("no chunk info"));
+        };
+        if c.total > MAX_CHUNKS {
+            return Err(MarketError::BadChunk("too many chunks"));
+        }
+        if c.number == 0 || c.number > c.total {
+            return Err(MarketError::BadChunk("numbered outside its total"));
+        }
+        let slot = (c.number - 1) as usize;
+        let total = c.total as usize;
+        if let Some(p) = self.pending.get(&c.initial) {
+            if p.chunks.len() != total {
+                return Err(MarketError::BadChunk("total differs from its other chunks"));
+            }
+            if p.chunks[slot].is_some() {
+                return Err(MarketError::BadChunk("received twice"));
+            }
+            if p.bytes + message.message.len() > MAX_MESSAGE {
+                return Err(MarketError::BadChunk("longer than a market message"));
+            }
+        } else if message.message.len() > MAX_MESSAGE {
+            return Err(MarketError::BadChunk("longer than a market message"));
+        }
+        if message.consensus > c.initial.valid_start.plus_secs(CHUNK_WINDOW_SECS) {
+            self.pending.remove(&c.initial);
+            return Err(MarketError::BadChunk("after its message's validity window"));
+        }
+        if !self.pending.contains_key(&c.initial) {
+            self.make_room(message.consensus);
+        }
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        let p = self.pending.entry(c.initial).or_insert_with(|| Partial {
+            chunks: vec![None; total],
+            bytes: 0,
+            arrival,
+        });
+        p.chunks[slot] = Some(message.message.clone());
+        p.bytes += message.message.len();
+        if p.chunks.iter().any(Option::is_none) {
+            return Ok(Applied::Chunk);
+        }
+        let whole: Vec<u8> = p
+            .chunks
+            .iter()
+            .flatten()
+            .flat_map(|b| b.iter().copied())
+            .collect();
+        self.pending.remove(&c.initial);
+        let signed = Signed::decode_verified(&whole)?;
+        self.apply_verified(message.consensus, Some(c.initial.payer), signed)
+    }
+
+    /// Drops split messages that can no longer be completed at `now`, then, if still full, the
+    /// oldest of the publisher with the most waiting.
+    fn make_room(&mut self, now: Timestamp) {
+        self.pending
+            .retain(|id, _| now <= id.valid_start.plus_secs(CHUNK_WINDOW_SECS));
+        if self.pending.len() < MAX_PENDING {
+            return;
+        }
+        let mut per: HashMap<AccountId, usize> = HashMap::new();
+        for id in self.pending.keys() {
+            *per.entry(id.payer).or_default() += 1;
+        }
+        let victim = self
+            .pending
+            .iter()
+            .max_by_key(|(id, p)| (per[&id.payer], std::cmp::Reverse(p.arrival)))
+            .map(|(id, _)| *id);
+        if let Some(id) = victim {
+            self.pending.remove(&id);
+        }
     }
 
     fn apply_verified(

@@ -11,7 +11,7 @@ use streamspace_ledger::{
     Ledger, LedgerExt, LocalLedger, NftTransfer, Operator, PublicKey, SystemClock, TopicId,
     TopicMessage, Transaction, TransactionId, TxKind,
 };
-use streamspace_market::catalog::{Applied, Catalog, MarketError};
+use streamspace_market::catalog::{self, Applied, Catalog, MarketError};
 use streamspace_market::message::{
     DecodeError, License, Listing, ListingId, Message, Share, Terms,
 };
@@ -825,4 +825,77 @@ async fn a_refunded_license_releases_no_key_after_a_restart() {
         KeyService::open(&path, key(10), w.topic),
         Err(ServiceError::State(StateError::OtherService))
     ));
+}
+
+/// A listing too long for one chunk is reassembled from its chunks. A squatter cannot slip a
+/// chunk into it (the ledger refuses a chunk naming another payer's first chunk), and cannot
+/// crowd it out by flooding the catalog with split messages it never completes: the flooder's
+/// own wait to be dropped first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_listings_are_reassembled_and_cannot_be_crowded_out() {
+    let w = world(3).await;
+    let (seller, cowriter, squatter) = (&w.ops[0], &w.ops[1], &w.ops[2]);
+    let mut long = listing(seller, cowriter, 1, w.content(b"a long description").await);
+    long.description = "a film in many parts. ".repeat(150);
+    let signed = service::list(&w.store, &seller.key, long.clone())
+        .await
+        .unwrap();
+    let bytes = signed.encode();
+    assert!(bytes.len() > 3 * 1024, "split in four chunks or more");
+    let receipts = service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+    let first = receipts[0].id;
+    // The squatter's chunk naming the seller's first chunk is refused by the ledger.
+    let tx = Transaction::new(
+        TransactionId::generate(squatter.account, w.ledger.now()),
+        TxKind::SubmitMessage {
+            topic: w.topic,
+            message: Bytes::from_static(b"not the seller's"),
+            chunk: Some(streamspace_ledger::ChunkInfo {
+                initial: first,
+                total: receipts.len() as u32,
+                number: 2,
+            }),
+        },
+    );
+    assert!(w.ledger.execute(tx, &[&squatter.key]).await.is_err());
+    let (catalog, applied) = w.catalog().await;
+    let n = receipts.len();
+    assert_eq!(applied.len(), n);
+    assert!(applied[..n - 1].iter().all(|a| *a == Ok(Applied::Chunk)));
+    assert_eq!(applied[n - 1], Ok(Applied::Listed(long.id)));
+    assert_eq!(catalog.listing(long.id).unwrap().listing, long);
+
+    // The flood, as the catalog sees it: the seller's first chunk, then more unfinished split
+    // messages from the squatter than the catalog keeps, then the seller's other chunks.
+    let msgs = w.messages().await;
+    let seller_chunks = &msgs[..n];
+    let mut flood = vec![seller_chunks[0].clone()];
+    for i in 0..catalog::MAX_PENDING as u32 + 10 {
+        let initial = TransactionId {
+            payer: squatter.account,
+            valid_start: streamspace_ledger::Timestamp::from_nanos(
+                seller_chunks[0].consensus.as_nanos() + i128::from(i),
+            ),
+        };
+        flood.push(TopicMessage {
+            sequence: 0,
+            consensus: seller_chunks[0].consensus,
+            message: Bytes::from_static(b"part"),
+            running_hash: vec![0; 48],
+            id: Some(initial),
+            chunk: Some(streamspace_ledger::ChunkInfo {
+                initial,
+                total: 2,
+                number: 1,
+            }),
+        });
+    }
+    flood.extend(seller_chunks[1..].iter().cloned());
+    let mut c = Catalog::default();
+    let one_by_one: Vec<_> = flood.iter().map(|m| c.apply(m)).collect();
+    assert_eq!(one_by_one.last(), Some(&Ok(Applied::Listed(long.id))));
+    assert_eq!(Catalog::default().replay(&flood), one_by_one);
+    assert_eq!(c.listing(long.id).unwrap().listing, long);
 }
