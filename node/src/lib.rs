@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod gateway;
+pub mod http;
 mod metrics;
 mod run;
 

@@ -539,7 +539,14 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     let mut metrics_addr = None;
     if let Some(addr) = cfg.node.gateway {
         let app = crate::gateway::router(node.clone(), cache.clone());
-        let (bound, task) = serve_http(addr, "gateway", app, stop_rx.clone()).await?;
+        let (bound, task) = serve_http(
+            addr,
+            "gateway",
+            app,
+            crate::http::HttpLimits::default(),
+            stop_rx.clone(),
+        )
+        .await?;
         gateway_addr = Some(bound);
         servers.push(task);
     }
@@ -574,7 +581,14 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
             ]
             .into(),
         });
-        let (bound, task) = serve_http(addr, "API (/api/v0)", app, stop_rx.clone()).await?;
+        let (bound, task) = serve_http(
+            addr,
+            "API (/api/v0)",
+            app,
+            crate::http::HttpLimits::default(),
+            stop_rx.clone(),
+        )
+        .await?;
         // As kubo's `$IPFS_PATH/api`: where a client finds the running node.
         let ip = match bound.ip() {
             std::net::IpAddr::V4(a) => format!("/ip4/{a}"),
@@ -592,7 +606,14 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
             cache: cache.clone(),
             earned_last: earned_last.clone(),
         });
-        let (bound, task) = serve_http(addr, "metrics (/metrics)", app, stop_rx.clone()).await?;
+        let (bound, task) = serve_http(
+            addr,
+            "metrics (/metrics)",
+            app,
+            crate::http::HttpLimits::default(),
+            stop_rx.clone(),
+        )
+        .await?;
         metrics_addr = Some(bound);
         servers.push(task);
     }
@@ -718,23 +739,14 @@ async fn serve_http(
     addr: SocketAddr,
     what: &str,
     app: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    limits: crate::http::HttpLimits,
+    stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let (bound, task) = crate::http::bind(addr, app, limits, stop)
         .await
         .with_context(|| format!("binding the {what} endpoint to {addr}"))?;
-    let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "{what} listening");
-    Ok((
-        bound,
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }),
-    ))
+    Ok((bound, task))
 }
 
 fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::PublicKey> {

@@ -1,0 +1,237 @@
+//! The gateway and the node's HTTP server through their sockets: what slow, oversized or
+//! too many clients cannot make them do, and what an honest client still gets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use common::send;
+use streamspace_node::http::{HttpLimits, bind};
+use streamspace_shard::Cid;
+use streamspace_shard::import::ImportOptions;
+use streamspace_shard::store::add_reader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// Long enough that only a server that never closes fails it.
+const GENEROUS: Duration = Duration::from_secs(60);
+
+async fn add(node: &streamspace_node::Node, data: &[u8]) -> Cid {
+    add_reader(
+        Some(node.transport().store().as_ref()),
+        std::io::Cursor::new(data.to_vec()),
+        ImportOptions::default(),
+    )
+    .await
+    .expect("add")
+    .cid
+}
+
+/// Reads until the server closes the connection; what it sent before closing.
+async fn until_closed(mut s: TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(GENEROUS, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the stalled connection");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_clients_do_not_stop_an_honest_one() {
+    let repo = tempfile::tempdir().expect("dir");
+    let node = common::node(repo.path()).await;
+    let gw = node.gateway_addr().expect("gateway");
+    let data = common::data(100_000, 1);
+    let root = add(&node, &data).await;
+
+    // 200 clients each send a few bytes of a request and then nothing.
+    let mut stalled = Vec::new();
+    for i in 0..200 {
+        let mut s = TcpStream::connect(gw).await.expect("connect");
+        let part: &[u8] = match i % 3 {
+            0 => b"GET /ipfs/",
+            1 => b"GET / HTTP/1.1\r\nHost: x\r\n",
+            _ => b"",
+        };
+        s.write_all(part).await.expect("write");
+        stalled.push(s);
+    }
+    // An honest client is answered in full meanwhile, on the gateway and on the API.
+    let r = send(gw, "GET", &format!("/ipfs/{root}"), &[], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), data.as_slice());
+    let api = node.api_addr().expect("api");
+    let v = common::post(api, "/api/v0/version").await;
+    assert_eq!(v.status, 200);
+    drop(stalled);
+    node.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_targets_are_refused_before_any_handler() {
+    let repo = tempfile::tempdir().expect("dir");
+    let node = common::node(repo.path()).await;
+    let gw = node.gateway_addr().expect("gateway");
+    let root = add(&node, b"small file").await;
+    let limits = HttpLimits::default();
+
+    let big = "a".repeat(limits.max_header_bytes + 1);
+    let r = send(
+        gw,
+        "GET",
+        &format!("/ipfs/{root}"),
+        &[("x-big", &big)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    // Too many header fields.
+    let names: Vec<String> = (0..=limits.max_headers)
+        .map(|i| format!("x-h{i}"))
+        .collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let r = send(gw, "GET", &format!("/ipfs/{root}"), &many, Vec::new()).await;
+    assert_eq!(r.status, 431);
+    // A target longer than allowed, the head as a whole within bounds.
+    let long = format!("/ipfs/{root}?x={}", "b".repeat(limits.max_uri_len));
+    assert!(long.len() < limits.max_header_bytes);
+    let r = send(gw, "GET", &long, &[], Vec::new()).await;
+    assert_eq!(r.status, 414);
+    // The API is bounded the same way.
+    let api = node.api_addr().expect("api");
+    let r = send(
+        api,
+        "POST",
+        "/api/v0/version",
+        &[("x-big", &big)],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 431);
+    // The honest request is served.
+    let r = send(gw, "GET", &format!("/ipfs/{root}"), &[], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"small file");
+    node.shutdown().await.expect("shutdown");
+}
+
+/// A server under `limits` over `app`, and the sender that stops it.
+async fn server(
+    app: Router,
+    limits: HttpLimits,
+) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, stop_rx) = watch::channel(false);
+    let (addr, task) = bind("127.0.0.1:0".parse().expect("addr"), app, limits, stop_rx)
+        .await
+        .expect("bind");
+    (addr, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_is_disconnected_after_the_header_timeout() {
+    let mut limits = HttpLimits::default();
+    limits.header_read_timeout = Duration::from_millis(300);
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let (addr, stop, task) = server(app, limits).await;
+
+    // Half a request line, then silence; and a connection that sends nothing.
+    let mut half = TcpStream::connect(addr).await.expect("connect");
+    half.write_all(b"GET / HT").await.expect("write");
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    // A whole request, then silence on the kept-alive connection.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let got = until_closed(half).await;
+    assert!(
+        !got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    until_closed(silent).await;
+    let got = until_closed(idle).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // The server itself goes on.
+    let r = send(addr, "GET", "/", &[], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.as_ref(), b"hello");
+    stop.send(true).expect("stop");
+    tokio::time::timeout(GENEROUS, task)
+        .await
+        .expect("the server stops")
+        .expect("task");
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_limit_are_shed_and_slow_answers_time_out() {
+    let mut limits = HttpLimits::default();
+    limits.max_concurrent_requests = 1;
+    limits.request_timeout = Duration::from_millis(500);
+    // `/hold` answers once told to; `/never` never answers.
+    let (entered_tx, mut entered) = tokio::sync::mpsc::channel::<()>(1);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let app = Router::new()
+        .route("/fast", get(|| async { "fast" }))
+        .route(
+            "/hold",
+            get(move || {
+                let (entered_tx, held) = (entered_tx.clone(), held.clone());
+                async move {
+                    let _ = entered_tx.send(()).await;
+                    held.notified().await;
+                    "held"
+                }
+            }),
+        )
+        .route("/never", get(|| futures::future::pending::<&str>()));
+    let mut no_timeout = limits.clone();
+    no_timeout.request_timeout = GENEROUS * 10;
+    let (addr, stop, _task) = server(app.clone(), no_timeout).await;
+
+    let hold = tokio::spawn(async move { send(addr, "GET", "/hold", &[], Vec::new()).await });
+    entered
+        .recv()
+        .await
+        .expect("the first request is being handled");
+    // The one place is taken: answered 503 at once, with a hint to come back.
+    let r = send(addr, "GET", "/fast", &[], Vec::new()).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["retry-after"], "1");
+    release.notify_one();
+    let r = hold.await.expect("task");
+    assert_eq!((r.status, r.body.as_ref()), (200, b"held".as_ref()));
+    let r = send(addr, "GET", "/fast", &[], Vec::new()).await;
+    assert_eq!((r.status, r.body.as_ref()), (200, b"fast".as_ref()));
+    stop.send(true).expect("stop");
+
+    // An answer that never comes is cut at the deadline, and frees its place.
+    let (addr, stop, _task) = server(app, limits).await;
+    let r = send(addr, "GET", "/never", &[], Vec::new()).await;
+    assert_eq!(r.status, 504);
+    let r = send(addr, "GET", "/fast", &[], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    stop.send(true).expect("stop");
+}
