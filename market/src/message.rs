@@ -33,7 +33,8 @@ pub const MAX_HOLDERS: usize = 9;
 /// Most regions in license terms.
 pub const MAX_REGIONS: usize = 64;
 
-/// A listing's identity: its seller and a number the seller chose.
+/// A listing's identity: its seller and a number the seller chose. Only the seller's account
+/// can publish it ([`crate::Catalog::apply`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ListingId {
     /// The seller.
@@ -125,7 +126,8 @@ pub struct License {
     pub version: u32,
     /// The buyer's account.
     pub buyer: AccountId,
-    /// The buyer's Ed25519 key; key requests must be signed with it.
+    /// The buyer's Ed25519 key, the one its payment's memo committed to
+    /// ([`crate::service::key_commitment`]); key requests must be signed with it.
     pub buyer_key: PublicKey,
     /// The payment: one ledger transfer carrying the split. Identifies the license.
     pub payment: TransactionId,
