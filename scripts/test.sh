@@ -19,7 +19,15 @@ if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; 
     $sudo_ apt-get install -y -qq --no-install-recommends ffmpeg
 fi
 
-# JS reference implementation for the interop tests (versions pinned by package-lock.json).
+# Debian's Chromium for the dashboard test (headless, driven by playwright-core).
+if ! command -v chromium >/dev/null 2>&1; then
+    sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    $sudo_ apt-get install -y -qq --no-install-recommends chromium
+fi
+
+# JS reference implementation and kubo's RPC client for the interop tests, playwright-core for
+# the browser test (versions pinned by package-lock.json).
 if [ ! -d interop/js/node_modules ] || ! (cd interop/js && npm ls --silent >/dev/null 2>&1); then
     npm ci --prefix interop/js --no-audit --no-fund --loglevel=error
 fi

@@ -51,6 +51,7 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// clearing = "0.0.1002"
 /// topic = "0.0.1003"                    # settlement topic
 /// clearing_key_file = "clearing.key"    # only on the node that settles
+/// ledger = "local:<treasury key>"       # the ledger's name, shared by every member
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +251,11 @@ pub struct PaymentsSection {
     pub topic: String,
     /// The clearing account's key: only on the node that settles.
     pub clearing_key_file: Option<PathBuf>,
+    /// The ledger's name in receipts' domain, the same for every member of the network:
+    /// needed when members reach one ledger by different routes (the embedded ledger's
+    /// keeper and members on its served gRPC API). Default: `local:<treasury key>` for the
+    /// embedded ledger, `hedera:<network>` for Hedera's networks.
+    pub ledger: Option<String>,
     /// Shards a payer may be served past its newest receipt (default: the payments crate's
     /// `DEFAULT_MAX_AHEAD`, whose README states the loss it bounds).
     #[serde(default = "default_ahead")]

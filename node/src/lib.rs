@@ -239,7 +239,7 @@ impl NodeBuilder {
         let me = config::account("payments.account", &p.account).map_err(Error::Config)?;
         let repo = config::resolve(&self.base, &self.config.node.repo);
         let read = || -> anyhow::Result<Vec<Earnings>> {
-            let ledger = run::ledger_name(&self.config.ledger, &repo)?;
+            let ledger = run::ledger_name(&self.config, &repo)?;
             let domain = streamspace_payments::receipt::Domain::new(
                 self.config.node.network.clone(),
                 ledger,

@@ -204,8 +204,15 @@ impl Meter for Paid {
 /// The name receipts give the ledger configured in `section` (see
 /// [`Domain::ledger`](streamspace_payments::receipt::Domain)): `local:<treasury key>` for the
 /// embedded ledger, `hedera:<network or node address>` for Hedera.
-pub(crate) fn ledger_name(section: &LedgerSection, repo: &Path) -> Result<String> {
-    match section {
+pub(crate) fn ledger_name(cfg: &Config, repo: &Path) -> Result<String> {
+    if let Some(name) = cfg.payments.as_ref().and_then(|p| p.ledger.clone()) {
+        anyhow::ensure!(
+            !name.is_empty(),
+            "payments.ledger: the ledger's name is empty"
+        );
+        return Ok(name);
+    }
+    match &cfg.ledger {
         LedgerSection::Embedded { treasury, .. } => {
             let key = match treasury {
                 Some(t) => PublicKey(config::hex32("ledger.treasury", t)?),
@@ -213,11 +220,15 @@ pub(crate) fn ledger_name(section: &LedgerSection, repo: &Path) -> Result<String
             };
             Ok(format!("local:{}", hex::encode(key.0)))
         }
-        LedgerSection::Hedera { network, node, .. } => Ok(match (network.as_deref(), node) {
-            (_, Some(n)) => format!("hedera:{n}"),
-            (Some(net), None) => format!("hedera:{net}"),
-            (None, None) => "hedera:".to_owned(),
-        }),
+        LedgerSection::Hedera {
+            network: Some(net),
+            node: None,
+            ..
+        } => Ok(format!("hedera:{net}")),
+        LedgerSection::Hedera { .. } => bail!(
+            "payments.ledger: name the ledger this node reaches at ledger.node (every member of \
+             the network must give the same name, e.g. \"local:<treasury key>\")"
+        ),
     }
 }
 
@@ -229,10 +240,9 @@ type Served = std::convert::Infallible;
 
 /// The ledger backends a node runs on.
 enum Backend {
-    /// The embedded ledger, named `local:<treasury key>` in receipts' domain.
-    Embedded(LocalLedger, Option<Served>, String),
+    Embedded(LocalLedger, Option<Served>),
     #[cfg(feature = "hedera")]
-    Hedera(HederaLedger, String),
+    Hedera(HederaLedger),
 }
 
 #[cfg(not(feature = "hedera"))]
@@ -287,8 +297,7 @@ async fn open_ledger(
                 }
                 None => None,
             };
-            let name = ledger_name(section, repo)?;
-            Ok(Backend::Embedded(ledger, served, name))
+            Ok(Backend::Embedded(ledger, served))
         }
         #[cfg(not(feature = "hedera"))]
         LedgerSection::Hedera { .. } => {
@@ -304,7 +313,6 @@ async fn open_ledger(
             let operator = operator.context(
                 "the Hedera backend needs [payments] account and key_file (the operator)",
             )?;
-            let name = ledger_name(section, repo)?;
             let ledger = match (network.as_deref(), node, mirror) {
                 (_, Some(n), Some(m)) => HederaLedger::loopback(*n, *m, operator)?,
                 (Some("mainnet"), None, None) => HederaLedger::new(Network::Mainnet, operator)?,
@@ -316,7 +324,7 @@ async fn open_ledger(
                     "ledger: give network = \"mainnet\" | \"testnet\" | \"previewnet\", or node and mirror addresses"
                 ),
             };
-            Ok(Backend::Hedera(ledger, name))
+            Ok(Backend::Hedera(ledger))
         }
     }
 }
@@ -340,11 +348,13 @@ pub(crate) async fn start(cfg: Config, base: PathBuf) -> Result<Node> {
         None
     };
     match backend {
-        Some(Backend::Embedded(l, served, name)) => {
+        Some(Backend::Embedded(l, served)) => {
+            let name = ledger_name(&cfg, &repo)?;
             start_with(cfg, base, repo, operator, Some((l, name)), served).await
         }
         #[cfg(feature = "hedera")]
-        Some(Backend::Hedera(l, name)) => {
+        Some(Backend::Hedera(l)) => {
+            let name = ledger_name(&cfg, &repo)?;
             start_with(cfg, base, repo, operator, Some((l, name)), None).await
         }
         None => start_with::<LocalLedger>(cfg, base, repo, None, None, None).await,

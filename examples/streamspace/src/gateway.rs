@@ -73,4 +73,3 @@ pub(crate) async fn run(
     node.shutdown().await;
     Ok(())
 }
-

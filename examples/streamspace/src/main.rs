@@ -7,6 +7,7 @@ mod fleet;
 mod gateway;
 mod network;
 mod node;
+mod remote;
 mod sim;
 mod testnet;
 
@@ -56,6 +57,9 @@ enum Command {
     /// Raw blocks.
     #[command(subcommand)]
     Block(BlockCommand),
+    /// Pins (kept from eviction).
+    #[command(subcommand)]
+    Pin(PinCommand),
     /// Run the end-to-end demo on the embedded defaults.
     Demo(demo::DemoArgs),
     /// Roll a signed software update out to a fleet of IoT devices on loopback.
@@ -159,6 +163,22 @@ enum CarCommand {
 }
 
 #[derive(Subcommand)]
+enum PinCommand {
+    /// Pin a DAG: none of its blocks is evicted (as `ipfs pin add`).
+    Add {
+        /// CID, optionally followed by a path.
+        cid: String,
+    },
+    /// Unpin a root.
+    Rm {
+        /// The root's CID.
+        cid: String,
+    },
+    /// List the pinned roots.
+    Ls,
+}
+
+#[derive(Subcommand)]
 enum BlockCommand {
     /// Print a block's CID and size.
     Stat {
@@ -172,14 +192,23 @@ enum BlockCommand {
     },
 }
 
-fn open_store(cli: &Cli) -> Result<DiskStore> {
-    let repo = match &cli.repo {
-        Some(r) => r.clone(),
-        None => std::env::var_os("HOME")
+fn repo_dir(cli: &Cli) -> Result<PathBuf> {
+    match &cli.repo {
+        Some(r) => Ok(r.clone()),
+        None => Ok(std::env::var_os("HOME")
             .map(PathBuf::from)
             .context("no --repo given and HOME is not set")?
-            .join(".streamspace"),
-    };
+            .join(".streamspace")),
+    }
+}
+
+/// The API of a node running on the repository, if one is.
+async fn running_node(cli: &Cli) -> Option<std::net::SocketAddr> {
+    remote::running_node(&repo_dir(cli).ok()?).await
+}
+
+fn open_store(cli: &Cli) -> Result<DiskStore> {
+    let repo = repo_dir(cli)?;
     let file = repo.join("blocks.redb");
     DiskStore::open(&file, cli.quota)
         .with_context(|| format!("opening block store {}", file.display()))
@@ -237,6 +266,28 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
             "{} is a directory, use -r to add directories",
             a.path.display()
         );
+    }
+    if !a.only_hash
+        && let Some(api) = running_node(cli).await
+    {
+        // A node holds the repository: add through its API, as `ipfs add` does online.
+        ensure!(
+            !a.encrypt && !a.hls && a.profile.is_none(),
+            "a node is running on this repository: --encrypt, --hls and --profile need the \
+             repository itself (stop the node, or add through its API's options)"
+        );
+        let mut q = vec![
+            ("cid-version", a.cid_version.unwrap_or(0).to_string()),
+            ("pin", a.pin.to_string()),
+            ("trickle", a.trickle.to_string()),
+        ];
+        if let Some(r) = a.raw_leaves {
+            q.push(("raw-leaves", r.unwrap_or(true).to_string()));
+        }
+        if let Some(c) = &a.chunker {
+            q.push(("chunker", c.clone()));
+        }
+        return remote::add(api, &a.path, &q, a.hidden, a.quiet, a.quieter).await;
     }
     let store = if a.only_hash {
         None
@@ -391,6 +442,13 @@ fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 }
 
 async fn cat_cmd(cli: &Cli, c: &CatArgs) -> Result<()> {
+    if let Some(api) = running_node(cli).await {
+        ensure!(
+            c.key.is_none(),
+            "a node is running on this repository: read the plaintext through its gateway's /play"
+        );
+        return remote::cat(api, &c.path, c.offset, c.length).await;
+    }
     let store = open_store(cli)?;
     let (root, path) = parse_path(&c.path)?;
     let cid = resolve(&store, &root, &path).await?;
@@ -474,7 +532,48 @@ async fn car(cli: &Cli, c: &CarCommand) -> Result<()> {
     Ok(())
 }
 
+async fn pin_cmd(cli: &Cli, p: &PinCommand) -> Result<()> {
+    if let Some(api) = running_node(cli).await {
+        return match p {
+            PinCommand::Add { cid } => remote::pin(api, "add", Some(cid)).await,
+            PinCommand::Rm { cid } => remote::pin(api, "rm", Some(cid)).await,
+            PinCommand::Ls => remote::pin(api, "ls", None).await,
+        };
+    }
+    let store = open_store(cli)?;
+    match p {
+        PinCommand::Add { cid } => {
+            let (root, path) = parse_path(cid)?;
+            let root = resolve(&store, &root, &path).await?;
+            if !store.is_pinned(&root).await? {
+                store.pin(&root).await?;
+            }
+            println!("pinned {root} recursively");
+        }
+        PinCommand::Rm { cid } => {
+            let (root, _) = parse_path(cid)?;
+            ensure!(store.is_pinned(&root).await?, "{root} is not pinned");
+            while store.is_pinned(&root).await? {
+                store.unpin(&root).await?;
+            }
+            println!("unpinned {root}");
+        }
+        PinCommand::Ls => {
+            for r in store.pinned_roots().await? {
+                println!("{r} recursive");
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn block(cli: &Cli, b: &BlockCommand) -> Result<()> {
+    if let Some(api) = running_node(cli).await {
+        return match b {
+            BlockCommand::Stat { cid } => remote::block_stat(api, cid).await,
+            BlockCommand::Get { cid } => remote::block_get(api, cid).await,
+        };
+    }
     let store = open_store(cli)?;
     match b {
         BlockCommand::Stat { cid } => {
@@ -510,6 +609,7 @@ async fn main() -> std::process::ExitCode {
         Command::Cat(c) => cat_cmd(&cli, c).await,
         Command::Car(c) => car(&cli, c).await,
         Command::Block(b) => block(&cli, b).await,
+        Command::Pin(p) => pin_cmd(&cli, p).await,
         Command::Demo(d) if d.storage => demo::run(d).await,
         Command::Demo(d) => network::run(d).await,
         Command::Fleet(f) => fleet::run(f).await,

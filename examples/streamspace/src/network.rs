@@ -29,6 +29,7 @@ use streamspace_ledger::{
 use streamspace_market::message::{Listing, ListingId, Share, Terms};
 use streamspace_market::service::{self, DeviceKey, KeyRequest, KeyService};
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
+use streamspace_payments::receipt::Domain;
 use streamspace_payments::settle::{Journal, Settler, lock_collateral};
 use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::import::ImportOptions;
@@ -169,6 +170,13 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     }
     let market_topic = topic(&ledger, &ops[0], "streamspace market").await?;
     let settle_topic = topic(&ledger, &clearing, "streamspace settlement").await?;
+    // Receipts name this deployment (network, ledger, clearing account, topic).
+    let domain = Domain::new(
+        "demo",
+        format!("local:{}", hex::encode(PublicKey::from(&treasury.key).0)),
+        clearing.account,
+        settle_topic,
+    );
 
     // Payments: every node may owe every other; trusted members run 64 shards ahead.
     let keys: Vec<Keypair> = names.iter().map(|_| Keypair::generate_ed25519()).collect();
@@ -184,14 +192,15 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
             price: Price::per_shard(PRICE_PER_SHARD),
             ..Default::default()
         };
-        let mut book = ReceiptBook::with_allowlist(op.account, PERIOD, terms, allowlist.clone());
+        let mut book =
+            ReceiptBook::with_allowlist(domain.id(), op.account, PERIOD, terms, allowlist.clone());
         for payer in &ops {
             if payer.account != op.account {
                 book.admit(payer.account, PublicKey::from(&payer.key), COLLATERAL)?;
             }
         }
         books.insert(op.account, Mutex::new(book));
-        let mut tab = PayerTab::new(op.account, op.key.clone(), PERIOD);
+        let mut tab = PayerTab::new(domain.id(), op.account, op.key.clone(), PERIOD);
         for payee in &ops {
             tab.agree(payee.account, Price::per_shard(PRICE_PER_SHARD));
         }
@@ -430,7 +439,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     }
 
     // Close the period: every payee's newest receipts are journaled and settled.
-    let journal = Journal::open(dir.path().join("journal.redb"))?;
+    let journal = Journal::open(dir.path().join("journal.redb"), domain.id())?;
     let mut receipts = Vec::new();
     for book in bank.books.values() {
         let book = book.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,7 +448,7 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
     journal.record(&receipts)?;
     let collateral: BTreeMap<AccountId, u64> =
         ops.iter().map(|o| (o.account, COLLATERAL)).collect();
-    let settled = Settler::new(ledger.clone(), journal, clearing.clone(), settle_topic)
+    let settled = Settler::new(ledger.clone(), journal, clearing.clone(), &domain)?
         .close(PERIOD, &collateral)
         .await?;
 

@@ -52,6 +52,9 @@ pub(crate) struct RunArgs {
     /// Prometheus metrics address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Operator API (`/api/v0`) and dashboard (`/dashboard`) address.
+    #[arg(long)]
+    api: Option<SocketAddr>,
 }
 
 pub(crate) async fn run(cmd: &NodeCommand) -> Result<()> {
@@ -92,6 +95,9 @@ async fn run_node(args: &RunArgs) -> Result<()> {
     }
     if let Some(m) = args.metrics {
         b = b.metrics(m);
+    }
+    if let Some(a) = args.api {
+        b = b.api(a);
     }
     let node = b.start().await?;
     shutdown_signal().await;

@@ -166,7 +166,8 @@ pub(crate) async fn run(args: &TestnetArgs) -> Result<()> {
              [ledger]\n{ledger_section}\n\n\
              [payments]\naccount = \"{}\"\nkey_file = \"node-{i}/account.key\"\n\
              price_per_shard = {}\nperiod_secs = {}\ncollateral = {COLLATERAL}\n\
-             members = \"members.toml\"\nclearing = \"{clearing}\"\ntopic = \"{topic}\"\n{clearing_line}",
+             members = \"members.toml\"\nclearing = \"{clearing}\"\ntopic = \"{topic}\"\n\
+             ledger = \"local:{}\"\n{clearing_line}",
             port(i),
             if i == 1 { "tier1" } else { "edge" },
             port(100 + i),
@@ -175,6 +176,7 @@ pub(crate) async fn run(args: &TestnetArgs) -> Result<()> {
             accounts[idx],
             args.price_per_shard,
             args.period_secs,
+            hex::encode(treasury_key.verifying_key().to_bytes()),
         );
         std::fs::write(dir.join(format!("node-{i}.toml")), text)?;
     }
