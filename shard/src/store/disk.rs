@@ -1,21 +1,36 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cid::Cid;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{
+    Database, MultimapTableDefinition, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
+    TableDefinition, WriteTransaction,
+};
 
 use super::{BlockStore, EvictionPolicy, Lru, StoreError};
-use crate::block::Block;
+use crate::block::{Block, DAG_PB, verify};
 use crate::dag::links_of;
 
 const BLOCKS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("blocks");
 const SIZES: TableDefinition<'_, &[u8], u64> = TableDefinition::new("sizes");
-/// Reference count of each block under a pinned root.
+/// For each block, the number of distinct pinned roots whose DAG holds it.
 const PINNED: TableDefinition<'_, &[u8], u64> = TableDefinition::new("pinned");
-/// Pinned roots.
+/// Pinned roots, each with the number of times it is pinned.
 const PINS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("pins");
+/// The blocks of each pinned root's DAG, recorded when it was first pinned: exactly what
+/// removing its last pin releases, whether or not they are still present then.
+const MEMBERS: MultimapTableDefinition<'_, &[u8], &[u8]> =
+    MultimapTableDefinition::new("pin_members");
+/// Format markers of the file.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// The key under which [`META`] holds the layout of the pin tables.
+const PIN_LAYOUT_KEY: &str = "pin_layout";
+/// Pin tables with [`MEMBERS`]; [`PINNED`] counts roots, not pins. Files without the marker
+/// (per-pin counts, no members) are converted when opened.
+const PIN_LAYOUT: u64 = 2;
 
 /// The database's page cache: small, since blocks are read once per request and the
 /// operating system caches the file anyway.
@@ -32,9 +47,17 @@ struct State {
     policy: Box<dyn EvictionPolicy>,
 }
 
+/// Shared by the clones of one store.
+///
+/// Lock order: a write transaction is begun before the state lock is taken, never while it is
+/// held, so that a writer waiting for the database does not stall readers of the state. Pin
+/// updates take no state lock at all; redb's one-writer-at-a-time rule alone orders them with
+/// eviction.
 struct Inner {
     db: Database,
     state: Mutex<State>,
+    /// Corrupt blocks found on read and dropped since the store was opened.
+    corrupt: AtomicU64,
 }
 
 /// A persistent block store in one file (redb), bounded by a byte quota.
@@ -42,6 +65,15 @@ struct Inner {
 /// When a write would exceed the quota, unpinned blocks are evicted in the order of an
 /// [`EvictionPolicy`] ([`Lru`] by default). Writes are transactions: after a crash the store
 /// holds exactly the blocks of the writes that returned `Ok`. Clones share the same database.
+///
+/// Every block read is checked against its CID: [`BlockStore::get`] never answers bytes that
+/// do not hash to the CID asked for. A block found corrupt is deleted and counted
+/// ([`DiskStore::corrupt_blocks`]) and `get` answers `Ok(None)`, as for a block never held, so
+/// that callers fetch it again; putting the correct block afterwards stores it.
+///
+/// Pinning walks the DAG and records its blocks in the same write transaction, so eviction
+/// (also a write transaction) sees either none of a pin or all of it. A pinned block is never
+/// evicted and [`BlockStore::delete`] refuses it ([`StoreError::Pinned`]).
 ///
 /// # Examples
 ///
@@ -66,6 +98,7 @@ impl std::fmt::Debug for DiskStore {
         f.debug_struct("DiskStore")
             .field("quota", &self.quota())
             .field("used", &self.used_bytes())
+            .field("corrupt_blocks", &self.corrupt_blocks())
             .finish()
     }
 }
@@ -106,6 +139,20 @@ impl DiskStore {
             txn.open_table(t).map_err(db_err)?;
         }
         txn.open_table(BLOCKS).map_err(db_err)?;
+        txn.open_multimap_table(MEMBERS).map_err(db_err)?;
+        let layout = txn
+            .open_table(META)
+            .map_err(db_err)?
+            .get(PIN_LAYOUT_KEY)
+            .map_err(db_err)?
+            .map(|v| v.value());
+        if layout != Some(PIN_LAYOUT) {
+            rebuild_pins(&txn)?;
+            txn.open_table(META)
+                .map_err(db_err)?
+                .insert(PIN_LAYOUT_KEY, PIN_LAYOUT)
+                .map_err(db_err)?;
+        }
         txn.commit().map_err(db_err)?;
 
         let mut sizes = HashMap::new();
@@ -132,6 +179,7 @@ impl DiskStore {
                     sizes,
                     policy,
                 }),
+                corrupt: AtomicU64::new(0),
             }),
         })
     }
@@ -154,6 +202,12 @@ impl DiskStore {
     /// The byte quota, if any.
     pub fn quota(&self) -> Option<u64> {
         self.inner.lock().quota
+    }
+
+    /// Blocks found corrupt on read (bytes that no longer hash to their CID) and deleted since
+    /// the store was opened, by any of its clones.
+    pub fn corrupt_blocks(&self) -> u64 {
+        self.inner.corrupt.load(Ordering::Relaxed)
     }
 
     /// Changes the byte quota (`None`: unbounded), evicting unpinned blocks in the policy's
@@ -185,23 +239,54 @@ impl DiskStore {
         blocking(move || inner.set_quota(quota)).await
     }
 
-    /// Pins the DAG below `root`: none of its blocks is evicted until it is unpinned.
-    /// Pinning twice counts twice. Returns the number of distinct blocks pinned.
+    /// Pins the DAG below `root`: none of its blocks is evicted or deleted until it is
+    /// unpinned. Pinning twice counts twice (two [`DiskStore::unpin`]s release it). Returns
+    /// the number of distinct blocks pinned.
+    ///
+    /// The walk that checks every block is present and the recording of the pin are one write
+    /// transaction, so no eviction can fall between them. A block pinned under several roots
+    /// stays pinned until the last of them is unpinned.
     ///
     /// # Errors
     ///
-    /// [`StoreError::MissingBlock`] if the DAG is not complete in the store; nothing is pinned.
+    /// [`StoreError::MissingBlock`] if the DAG is not complete in the store (a block found
+    /// corrupt on the way counts as missing and is deleted, as by [`BlockStore::get`]);
+    /// [`StoreError::Decode`] for a node that is not dag-pb. In both cases nothing is pinned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use streamspace_shard::import::ImportOptions;
+    /// use streamspace_shard::store::{BlockStore, DiskStore, StoreError, add_reader};
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskStore::open(dir.path().join("blocks.redb"), None)?;
+    /// let root = add_reader(Some(&store), &b"hello"[..], ImportOptions::default()).await?;
+    /// assert_eq!(store.pin(&root.cid).await?, 1);
+    /// assert!(matches!(store.delete(&root.cid).await, Err(StoreError::Pinned(_))));
+    /// store.unpin(&root.cid).await?;
+    /// assert!(store.delete(&root.cid).await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn pin(&self, root: &Cid) -> Result<usize, StoreError> {
-        self.update_pins(*root, true).await
+        let inner = self.inner.clone();
+        let root = *root;
+        blocking(move || inner.pin(root)).await
     }
 
-    /// Removes one pin of `root`. Returns the number of distinct blocks of the DAG.
+    /// Removes one pin of `root`. Returns the number of distinct blocks of its DAG as
+    /// recorded when it was pinned.
+    ///
+    /// Removing the last pin releases exactly the blocks that pinning it protected, also when
+    /// some of them have left the store since (for instance, deleted as corrupt).
     ///
     /// # Errors
     ///
-    /// As [`DiskStore::pin`]; unpinning a root that is not pinned is a no-op returning 0.
+    /// [`StoreError::Database`]; unpinning a root that is not pinned is a no-op returning 0.
     pub async fn unpin(&self, root: &Cid) -> Result<usize, StoreError> {
-        self.update_pins(*root, false).await
+        let inner = self.inner.clone();
+        let root = *root;
+        blocking(move || inner.unpin(root)).await
     }
 
     /// Whether `cid` is a pinned root.
@@ -216,6 +301,23 @@ impl DiskStore {
             let read = inner.db.begin_read().map_err(db_err)?;
             let pins = read.open_table(PINS).map_err(db_err)?;
             Ok(pins.get(key.as_slice()).map_err(db_err)?.is_some())
+        })
+        .await
+    }
+
+    /// Number of distinct blocks protected by at least one pin (present or not).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Database`].
+    pub async fn pinned_blocks(&self) -> Result<u64, StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let read = inner.db.begin_read().map_err(db_err)?;
+            read.open_table(PINNED)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)
         })
         .await
     }
@@ -245,74 +347,177 @@ impl DiskStore {
             let mut out = Vec::new();
             for row in pins.iter().map_err(db_err)? {
                 let (k, _) = row.map_err(db_err)?;
-                out.push(
-                    Cid::try_from(k.value())
-                        .map_err(|e| StoreError::Database(format!("pinned root: {e}")))?,
-                );
+                out.push(parse_cid(k.value(), "pinned root")?);
             }
             Ok(out)
         })
         .await
     }
+}
 
-    async fn update_pins(&self, root: Cid, pin: bool) -> Result<usize, StoreError> {
-        // Walk the DAG first (reads only), then apply every count in one transaction.
-        let mut seen = HashSet::new();
-        let mut stack = vec![root];
-        while let Some(cid) = stack.pop() {
-            if !seen.insert(cid) {
+fn parse_cid(bytes: &[u8], what: &str) -> Result<Cid, StoreError> {
+    Cid::try_from(bytes).map_err(|e| StoreError::Database(format!("{what}: {e}")))
+}
+
+/// How a walk of a stored DAG ended.
+enum Walk {
+    /// Every block is present: the distinct blocks.
+    Complete(HashSet<Cid>),
+    /// This block is not in the store.
+    Missing(Cid),
+    /// This node's bytes do not hash to its CID.
+    Corrupt(Cid),
+}
+
+/// Walks the DAG below `root` as `txn` sees it.
+///
+/// Leaves (every codec but dag-pb) are checked for presence only; dag-pb nodes are read,
+/// verified and decoded. Each block is visited once, so the walk is bounded by the store's
+/// contents whatever the links. `lenient` skips what is missing, corrupt or undecodable
+/// instead of stopping, and then always answers [`Walk::Complete`] with the blocks found.
+fn walk_dag(txn: &WriteTransaction, root: Cid, lenient: bool) -> Result<Walk, StoreError> {
+    let blocks = txn.open_table(BLOCKS).map_err(db_err)?;
+    let sizes = txn.open_table(SIZES).map_err(db_err)?;
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(cid) = stack.pop() {
+        if seen.contains(&cid) {
+            continue;
+        }
+        let key = cid.to_bytes();
+        if cid.codec() != DAG_PB {
+            if sizes.get(key.as_slice()).map_err(db_err)?.is_some() {
+                seen.insert(cid);
+            } else if !lenient {
+                return Ok(Walk::Missing(cid));
+            }
+            continue;
+        }
+        let data = blocks
+            .get(key.as_slice())
+            .map_err(db_err)?
+            .map(|v| Bytes::copy_from_slice(v.value()));
+        let Some(data) = data else {
+            if lenient {
                 continue;
             }
-            let data = self.get(&cid).await?.ok_or(StoreError::MissingBlock(cid))?;
-            let links =
-                links_of(&cid, data).map_err(|source| StoreError::Decode { cid, source })?;
-            stack.extend(links);
-        }
-        let inner = self.inner.clone();
-        blocking(move || {
-            let txn = inner.db.begin_write().map_err(db_err)?;
-            let root_key = root.to_bytes();
-            {
-                let mut pins = txn.open_table(PINS).map_err(db_err)?;
-                let count = pins
-                    .get(root_key.as_slice())
-                    .map_err(db_err)?
-                    .map_or(0, |v| v.value());
-                if !pin && count == 0 {
-                    return Ok(0);
-                }
-                let new = if pin { count + 1 } else { count - 1 };
-                if new == 0 {
-                    pins.remove(root_key.as_slice()).map_err(db_err)?;
-                } else {
-                    pins.insert(root_key.as_slice(), new).map_err(db_err)?;
-                }
-                let mut pinned = txn.open_table(PINNED).map_err(db_err)?;
-                for cid in &seen {
-                    let key = cid.to_bytes();
-                    let c = pinned
-                        .get(key.as_slice())
-                        .map_err(db_err)?
-                        .map_or(0, |v| v.value());
-                    let n = if pin { c + 1 } else { c.saturating_sub(1) };
-                    if n == 0 {
-                        pinned.remove(key.as_slice()).map_err(db_err)?;
-                    } else {
-                        pinned.insert(key.as_slice(), n).map_err(db_err)?;
-                    }
-                }
+            return Ok(Walk::Missing(cid));
+        };
+        if verify(&cid, &data).is_err() {
+            if lenient {
+                continue;
             }
-            txn.commit().map_err(db_err)?;
-            Ok(seen.len())
-        })
-        .await
+            return Ok(Walk::Corrupt(cid));
+        }
+        match links_of(&cid, data) {
+            Ok(links) => stack.extend(links),
+            Err(source) if !lenient => return Err(StoreError::Decode { cid, source }),
+            Err(_) => continue,
+        }
+        seen.insert(cid);
     }
+    Ok(Walk::Complete(seen))
+}
+
+/// Adds `delta` (±1) to the root count of each of `members`, removing counts that reach zero
+/// and never going below it.
+fn add_to_pinned<'a>(
+    txn: &WriteTransaction,
+    members: impl IntoIterator<Item = &'a [u8]>,
+    up: bool,
+) -> Result<(), StoreError> {
+    let mut pinned = txn.open_table(PINNED).map_err(db_err)?;
+    for key in members {
+        let c = pinned.get(key).map_err(db_err)?.map_or(0, |v| v.value());
+        let n = if up { c + 1 } else { c.saturating_sub(1) };
+        if n == 0 {
+            pinned.remove(key).map_err(db_err)?;
+        } else {
+            pinned.insert(key, n).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds [`MEMBERS`] and [`PINNED`] from [`PINS`] and the blocks present (files written
+/// before members were recorded counted pins per block and kept no members).
+fn rebuild_pins(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let roots = {
+        let pins = txn.open_table(PINS).map_err(db_err)?;
+        let mut roots = Vec::new();
+        for row in pins.iter().map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            roots.push(parse_cid(k.value(), "pinned root")?);
+        }
+        roots
+    };
+    txn.delete_table(PINNED).map_err(db_err)?;
+    txn.delete_multimap_table(MEMBERS).map_err(db_err)?;
+    txn.open_table(PINNED).map_err(db_err)?;
+    txn.open_multimap_table(MEMBERS).map_err(db_err)?;
+    for root in roots {
+        let Walk::Complete(found) = walk_dag(txn, root, true)? else {
+            continue;
+        };
+        record_members(txn, &root, &found)?;
+    }
+    Ok(())
+}
+
+/// Records `members` as the blocks of `root`'s pin and counts the root on each of them.
+fn record_members(
+    txn: &WriteTransaction,
+    root: &Cid,
+    members: &HashSet<Cid>,
+) -> Result<(), StoreError> {
+    let keys: Vec<Vec<u8>> = members.iter().map(Cid::to_bytes).collect();
+    {
+        let mut table = txn.open_multimap_table(MEMBERS).map_err(db_err)?;
+        let root_key = root.to_bytes();
+        for key in &keys {
+            table
+                .insert(root_key.as_slice(), key.as_slice())
+                .map_err(db_err)?;
+        }
+    }
+    add_to_pinned(txn, keys.iter().map(Vec::as_slice), true)
+}
+
+/// The recorded members of `root`'s pin.
+fn members_of(txn: &WriteTransaction, root: &Cid) -> Result<Vec<Vec<u8>>, StoreError> {
+    let table = txn.open_multimap_table(MEMBERS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for v in table.get(root.to_bytes().as_slice()).map_err(db_err)? {
+        out.push(v.map_err(db_err)?.value().to_vec());
+    }
+    Ok(out)
+}
+
+/// How many times `root` is pinned.
+fn pin_count(txn: &WriteTransaction, root: &Cid) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(PINS)
+        .map_err(db_err)?
+        .get(root.to_bytes().as_slice())
+        .map_err(db_err)?
+        .map_or(0, |v| v.value()))
+}
+
+fn set_pin_count(txn: &WriteTransaction, root: &Cid, count: u64) -> Result<(), StoreError> {
+    let mut pins = txn.open_table(PINS).map_err(db_err)?;
+    let key = root.to_bytes();
+    if count == 0 {
+        pins.remove(key.as_slice()).map_err(db_err)?;
+    } else {
+        pins.insert(key.as_slice(), count).map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// The unpinned blocks to evict, in the policy's order, so that `used` bytes fit `quota`,
 /// and the bytes used after.
 fn evictions(
-    txn: &redb::WriteTransaction,
+    txn: &WriteTransaction,
     st: &State,
     quota: u64,
     mut used: u64,
@@ -346,68 +551,93 @@ fn evictions(
     Ok((victims, used))
 }
 
+/// Removes `cids` from the block tables of `txn`.
+fn remove_blocks(txn: &WriteTransaction, cids: &[Cid]) -> Result<(), StoreError> {
+    let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
+    let mut sizes = txn.open_table(SIZES).map_err(db_err)?;
+    for cid in cids {
+        let key = cid.to_bytes();
+        table.remove(key.as_slice()).map_err(db_err)?;
+        sizes.remove(key.as_slice()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+impl State {
+    /// Forgets blocks removed by a committed transaction.
+    fn removed(&mut self, cids: &[Cid]) {
+        for cid in cids {
+            if let Some(size) = self.sizes.remove(cid) {
+                self.used = self.used.saturating_sub(size);
+            }
+            self.policy.removed(cid);
+        }
+    }
+}
+
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn set_quota(&self, quota: Option<u64>) -> Result<usize, StoreError> {
+        {
+            let mut st = self.lock();
+            if quota.is_none_or(|q| st.used <= q) {
+                st.quota = quota;
+                return Ok(0);
+            }
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
         let mut st = self.lock();
+        // Another writer may have made room while this one waited for the database.
         let Some(q) = quota.filter(|&q| st.used > q) else {
             st.quota = quota;
             return Ok(0);
         };
-        let txn = self.db.begin_write().map_err(db_err)?;
-        let (victims, used) = evictions(&txn, &st, q, st.used)?;
-        {
-            let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
-            let mut sizes = txn.open_table(SIZES).map_err(db_err)?;
-            for cid in &victims {
-                let key = cid.to_bytes();
-                table.remove(key.as_slice()).map_err(db_err)?;
-                sizes.remove(key.as_slice()).map_err(db_err)?;
-            }
-        }
+        let (victims, _) = evictions(&txn, &st, q, st.used)?;
+        remove_blocks(&txn, &victims)?;
         txn.commit().map_err(db_err)?;
-        st.used = used;
+        st.removed(&victims);
         st.quota = quota;
-        for cid in &victims {
-            st.sizes.remove(cid);
-            st.policy.removed(cid);
-        }
         Ok(victims.len())
     }
 
     fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
-        let mut st = self.lock();
+        // Blocks already held are only touched; no write transaction is begun for them.
         let mut fresh: HashMap<Cid, Bytes> = HashMap::new();
-        for b in blocks {
-            let (cid, data) = b.into_parts();
-            if st.sizes.contains_key(&cid) {
-                st.policy.accessed(&cid);
-            } else {
-                fresh.insert(cid, data);
+        {
+            let mut st = self.lock();
+            for b in blocks {
+                let (cid, data) = b.into_parts();
+                if st.sizes.contains_key(&cid) {
+                    st.policy.accessed(&cid);
+                } else {
+                    fresh.insert(cid, data);
+                }
             }
         }
         if fresh.is_empty() {
             return Ok(());
         }
-        let added: u64 = fresh.values().map(|d| d.len() as u64).sum();
-        let mut used = st.used + added;
         let txn = self.db.begin_write().map_err(db_err)?;
+        let mut st = self.lock();
+        // Another writer may have stored some of them while this one waited.
+        fresh.retain(|cid, _| !st.sizes.contains_key(cid));
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let added: u64 = fresh.values().map(|d| d.len() as u64).sum();
+        let used = st.used + added;
         let mut victims = Vec::new();
+        if let Some(quota) = st.quota.filter(|&q| used > q) {
+            // An error drops the transaction, which aborts it: nothing changes.
+            (victims, _) = evictions(&txn, &st, quota, used)?;
+        }
+        remove_blocks(&txn, &victims)?;
         {
             let mut table = txn.open_table(BLOCKS).map_err(db_err)?;
             let mut sizes = txn.open_table(SIZES).map_err(db_err)?;
-            if let Some(quota) = st.quota.filter(|&q| used > q) {
-                // An error drops the transaction, which aborts it: nothing changes.
-                (victims, used) = evictions(&txn, &st, quota, used)?;
-            }
-            for cid in &victims {
-                let key = cid.to_bytes();
-                table.remove(key.as_slice()).map_err(db_err)?;
-                sizes.remove(key.as_slice()).map_err(db_err)?;
-            }
             for (cid, data) in &fresh {
                 let key = cid.to_bytes();
                 table.insert(key.as_slice(), &data[..]).map_err(db_err)?;
@@ -417,16 +647,127 @@ impl Inner {
             }
         }
         txn.commit().map_err(db_err)?;
-        st.used = used;
-        for cid in victims {
-            st.sizes.remove(&cid);
-            st.policy.removed(&cid);
-        }
+        st.removed(&victims);
+        st.used += added;
         for (cid, data) in fresh {
             st.sizes.insert(cid, data.len() as u64);
             st.policy.inserted(&cid, data.len() as u64);
         }
         Ok(())
+    }
+
+    fn get(&self, cid: Cid) -> Result<Option<Bytes>, StoreError> {
+        let found = {
+            let read = self.db.begin_read().map_err(db_err)?;
+            let table = read.open_table(BLOCKS).map_err(db_err)?;
+            table
+                .get(cid.to_bytes().as_slice())
+                .map_err(db_err)?
+                .map(|v| Bytes::copy_from_slice(v.value()))
+        };
+        let Some(data) = found else {
+            return Ok(None);
+        };
+        if verify(&cid, &data).is_ok() {
+            self.lock().policy.accessed(&cid);
+            return Ok(Some(data));
+        }
+        self.drop_if_corrupt(cid)?;
+        Ok(None)
+    }
+
+    /// Deletes `cid` if its stored bytes do not hash to it, pinned or not (its pins stay
+    /// recorded, so a correct copy put later is pinned again). Returns whether it did.
+    fn drop_if_corrupt(&self, cid: Cid) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut st = self.lock();
+        let corrupt = {
+            let table = txn.open_table(BLOCKS).map_err(db_err)?;
+            let value = table.get(cid.to_bytes().as_slice()).map_err(db_err)?;
+            value.is_some_and(|v| verify(&cid, v.value()).is_err())
+        };
+        if !corrupt {
+            // Already dropped (and perhaps put again, correct) by another reader.
+            return Ok(false);
+        }
+        remove_blocks(&txn, &[cid])?;
+        txn.commit().map_err(db_err)?;
+        st.removed(&[cid]);
+        self.corrupt.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn delete(&self, cid: Cid) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut st = self.lock();
+        if !st.sizes.contains_key(&cid) {
+            return Ok(false);
+        }
+        let pinned = txn
+            .open_table(PINNED)
+            .map_err(db_err)?
+            .get(cid.to_bytes().as_slice())
+            .map_err(db_err)?
+            .is_some();
+        if pinned {
+            return Err(StoreError::Pinned(cid));
+        }
+        remove_blocks(&txn, &[cid])?;
+        txn.commit().map_err(db_err)?;
+        st.removed(&[cid]);
+        Ok(true)
+    }
+
+    fn pin(&self, root: Cid) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let count = pin_count(&txn, &root)?;
+        let blocks = if count > 0 {
+            // Pinned already: its blocks are known; all of them must still be present.
+            let members = members_of(&txn, &root)?;
+            let sizes = txn.open_table(SIZES).map_err(db_err)?;
+            for key in &members {
+                if sizes.get(key.as_slice()).map_err(db_err)?.is_none() {
+                    return Err(StoreError::MissingBlock(parse_cid(key, "pinned block")?));
+                }
+            }
+            members.len()
+        } else {
+            match walk_dag(&txn, root, false)? {
+                Walk::Complete(members) => {
+                    record_members(&txn, &root, &members)?;
+                    members.len()
+                }
+                Walk::Missing(cid) => return Err(StoreError::MissingBlock(cid)),
+                Walk::Corrupt(cid) => {
+                    // Abort first: dropping the block needs the write lock this one holds.
+                    txn.abort().map_err(db_err)?;
+                    self.drop_if_corrupt(cid)?;
+                    return Err(StoreError::MissingBlock(cid));
+                }
+            }
+        };
+        set_pin_count(&txn, &root, count + 1)?;
+        txn.commit().map_err(db_err)?;
+        Ok(blocks)
+    }
+
+    fn unpin(&self, root: Cid) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let count = pin_count(&txn, &root)?;
+        if count == 0 {
+            return Ok(0);
+        }
+        let members = members_of(&txn, &root)?;
+        set_pin_count(&txn, &root, count - 1)?;
+        if count == 1 {
+            txn.open_multimap_table(MEMBERS)
+                .map_err(db_err)?
+                .remove_all(root.to_bytes().as_slice())
+                .map_err(db_err)?;
+            add_to_pinned(&txn, members.iter().map(Vec::as_slice), false)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(members.len())
     }
 }
 
@@ -439,22 +780,12 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl BlockStore for DiskStore {
+    /// The block named `cid`, verified: bytes that do not hash to `cid` are deleted, counted
+    /// in [`DiskStore::corrupt_blocks`], and answered as `Ok(None)`.
     async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
         let inner = self.inner.clone();
         let cid = *cid;
-        blocking(move || {
-            let read = inner.db.begin_read().map_err(db_err)?;
-            let table = read.open_table(BLOCKS).map_err(db_err)?;
-            let found = table
-                .get(cid.to_bytes().as_slice())
-                .map_err(db_err)?
-                .map(|v| Bytes::copy_from_slice(v.value()));
-            if found.is_some() {
-                inner.lock().policy.accessed(&cid);
-            }
-            Ok(found)
-        })
-        .await
+        blocking(move || inner.get(cid)).await
     }
 
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
@@ -466,32 +797,14 @@ impl BlockStore for DiskStore {
         blocking(move || inner.put_many(blocks)).await
     }
 
+    /// Removes an unpinned block; returns whether it was present.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Pinned`] for a block of a pinned DAG: nothing is removed.
     async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
         let inner = self.inner.clone();
         let cid = *cid;
-        blocking(move || {
-            let mut st = inner.lock();
-            let Some(size) = st.sizes.get(&cid).copied() else {
-                return Ok(false);
-            };
-            let txn = inner.db.begin_write().map_err(db_err)?;
-            {
-                let key = cid.to_bytes();
-                txn.open_table(BLOCKS)
-                    .map_err(db_err)?
-                    .remove(key.as_slice())
-                    .map_err(db_err)?;
-                txn.open_table(SIZES)
-                    .map_err(db_err)?
-                    .remove(key.as_slice())
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)?;
-            st.used -= size;
-            st.sizes.remove(&cid);
-            st.policy.removed(&cid);
-            Ok(true)
-        })
-        .await
+        blocking(move || inner.delete(cid)).await
     }
 }

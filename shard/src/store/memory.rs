@@ -9,6 +9,10 @@ use crate::block::Block;
 
 /// A block store in memory; clones share the same blocks.
 ///
+/// It holds only [`Block`]s, whose bytes hash to their CID by construction, so `get` answers
+/// intact bytes without hashing them again (the only way around is the test hook
+/// `insert_unchecked`). It has no pins: `delete` removes any block.
+///
 /// # Examples
 ///
 /// ```

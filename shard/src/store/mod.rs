@@ -47,6 +47,9 @@ pub enum StoreError {
         /// What was wrong.
         source: crate::pb::PbError,
     },
+    /// The block belongs to a pinned DAG and is not deleted; unpin its roots first.
+    #[error("block {0} is pinned")]
+    Pinned(Cid),
     /// The embedded database failed.
     #[error("block database: {0}")]
     Database(String),
@@ -65,10 +68,13 @@ pub enum StoreError {
 
 /// Storage of blocks by CID.
 ///
-/// Stores keep blocks as given; readers still verify every block against its CID (see
-/// [`crate::export`]), so a corrupted disk is detected, not served.
+/// A store answers only bytes that hash to the CID asked for. `DiskStore` checks every
+/// block it reads, deletes one found corrupt and answers `None` for it, so that callers fetch
+/// it again; [`MemoryStore`] holds only [`Block`]s, whose bytes were checked when they were
+/// made. Readers of DAGs verify every block once more (see [`crate::dag::fetch`]), so a store
+/// that breaks the rule is detected, not believed.
 pub trait BlockStore: Send + Sync {
-    /// The block named `cid`, if present.
+    /// The block named `cid`, if present (and, for stores that verify on read, intact).
     fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 
     /// Whether the block named `cid` is present.
@@ -83,6 +89,8 @@ pub trait BlockStore: Send + Sync {
     }
 
     /// Removes a block; returns whether it was present.
+    ///
+    /// Stores with pins refuse a pinned block with [`StoreError::Pinned`].
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
