@@ -201,6 +201,36 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
+/// Whether a browser shows content of type `ty` without running anything in it (media,
+/// playlists, plain text, JSON). HTML, SVG, scripts and unknown types are not.
+fn passive(ty: &str) -> bool {
+    ty.starts_with("video/")
+        || ty.starts_with("audio/")
+        || ty.starts_with("text/plain")
+        || ty == "application/json"
+        || ty == "application/vnd.apple.mpegurl"
+}
+
+/// A path inside an item in one spelling: empty and `.` segments dropped (`a//b`, `./a`, `a/`
+/// name `a/b`, `a`, `a`); `None` for a path with a `..` segment.
+#[doc(hidden)]
+pub fn normalise_path(path: &str) -> Option<String> {
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => return None,
+            s => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(s);
+            }
+        }
+    }
+    Some(out)
+}
+
 fn timeout(path: &str) -> Response {
     error(
         StatusCode::GATEWAY_TIMEOUT,
@@ -744,6 +774,15 @@ async fn play<S: BlockStore + 'static>(
     let Ok(root) = Cid::try_from(cid_text) else {
         return error(StatusCode::BAD_REQUEST, format!("invalid CID {cid_text:?}"));
     };
+    // One name per file: the per-file key is derived from the name as it was imported, so
+    // `a//b` and `./a` must not name another key (nor fail to open) for the same file.
+    let Some(rest) = normalise_path(rest) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("/play/{path}: `..` is not allowed in a path"),
+        );
+    };
+    let rest = rest.as_str();
     let Some(key) = keys.get(&root) else {
         return error(
             StatusCode::FORBIDDEN,
@@ -783,10 +822,25 @@ async fn play<S: BlockStore + 'static>(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Plaintext runs in no origin: a decrypted page cannot script this gateway (and read
+    // other items' plaintext through it). Active content is never shown inline.
     h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(rest)),
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
     );
+    let ty = content_type(rest);
+    if passive(ty) {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ty));
+    } else {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let (status, offset, count) = match byte_range(&headers, len, &mut h) {
         Ok(r) => r,
@@ -1157,6 +1211,22 @@ mod tests {
         }
         gw_node.shutdown().await;
         origin.shutdown().await;
+    }
+
+    #[test]
+    fn paths_have_one_spelling() {
+        for (p, want) in [
+            ("", Some("")),
+            ("a", Some("a")),
+            ("a//b", Some("a/b")),
+            ("./a", Some("a")),
+            ("a/./b/", Some("a/b")),
+            ("/a", Some("a")),
+            ("a/../b", None),
+            ("..", None),
+        ] {
+            assert_eq!(normalise_path(p).as_deref(), want, "{p:?}");
+        }
     }
 
     #[test]

