@@ -419,8 +419,8 @@ fn walk_dag(txn: &WriteTransaction, root: Cid, lenient: bool) -> Result<Walk, St
     Ok(Walk::Complete(seen))
 }
 
-/// Adds `delta` (±1) to the root count of each of `members`, removing counts that reach zero
-/// and never going below it.
+/// Adds one to (`up`) or takes one from the root count of each of `members`, removing counts
+/// that reach zero and never going below it.
 fn add_to_pinned<'a>(
     txn: &WriteTransaction,
     members: impl IntoIterator<Item = &'a [u8]>,
