@@ -5,7 +5,7 @@
 //! that reaches its payee in the payee's next period is refused, so shards served in the
 //! second around a boundary may go unpaid (a grace for the previous period is not built).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ use streamspace_ledger::{
 };
 use streamspace_payments::book::{Allowlist, CreditTier, PayerTab, Price, ReceiptBook};
 use streamspace_payments::clearing::{Clearing, Member as ClearingMember};
+use streamspace_payments::fraud::{FRAUD_TAG, FraudProof};
 use streamspace_payments::receipt::{Domain, DomainId, SignedReceipt};
 use streamspace_payments::settle::{Journal, receipts_messages};
 use streamspace_shard::store::DiskStore;
@@ -95,6 +96,9 @@ struct Books {
 /// The metering hook of a paid node.
 pub(crate) struct Paid {
     domain: DomainId,
+    /// Payers struck off by a verified fraud proof: never served again (kept in the
+    /// repository's `struck-off` file across restarts).
+    struck: Mutex<HashSet<AccountId>>,
     me: Operator,
     price: Price,
     max_ahead: u64,
@@ -132,11 +136,35 @@ impl Paid {
             book.admit(m.account, m.key, m.collateral)?;
             tab.agree(m.account, self.price);
         }
+        for payer in self.struck.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            book.expel(*payer);
+        }
         Ok(Books { period, book, tab })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Strikes `payer` off: it is expelled from the current book and every later one, and
+    /// never served again. Returns whether it was news.
+    fn strike_off(&self, payer: AccountId) -> bool {
+        let fresh = self
+            .struck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(payer);
+        if fresh {
+            self.lock().book.expel(payer);
+        }
+        fresh
+    }
+
+    fn is_struck(&self, payer: AccountId) -> bool {
+        self.struck
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&payer)
     }
 
     /// What peers owe this node in the current period, by the newest receipts.
@@ -153,7 +181,11 @@ impl Meter for Paid {
         let Some(m) = self.members.get(peer) else {
             return Decision::Refuse;
         };
-        match self.lock().book.serve(m.account, bytes as u64) {
+        let mut b = self.lock();
+        if b.book.should_disconnect(m.account) {
+            return Decision::Refuse;
+        }
+        match b.book.serve(m.account, bytes as u64) {
             Ok(()) => Decision::Serve,
             // A receipt is due (or the credit is spent): the peer asks again shortly.
             Err(_) => Decision::Pause { retry_after_ms: 20 },
@@ -183,6 +215,9 @@ impl Meter for Paid {
         let Some(m) = self.members.get(peer) else {
             return false;
         };
+        if self.is_struck(m.account) {
+            return false;
+        }
         let mut b = self.lock();
         let ok = match b.book.accept(data) {
             Ok(r) => r.body.payer == m.account,
@@ -375,6 +410,19 @@ struct Settlement<L> {
     earned_last: Arc<AtomicU64>,
     /// The clearing role, on the node that holds the clearing key.
     clearing_role: Option<Clearing<L>>,
+    /// Fraud proofs read from the topic: the next sequence number, and the parts gathered
+    /// per (payer, period).
+    proofs: ProofWatch,
+}
+
+/// Unfinished fraud proofs a node gathers at most (each costs its publisher a topic
+/// message; a complete proof is dropped once acted on).
+const MAX_PROOFS_GATHERED: usize = 1024;
+
+/// What a node gathers of the fraud proofs published on the settlement topic.
+struct ProofWatch {
+    next_sequence: u64,
+    parts: HashMap<(AccountId, u64), FraudProof>,
 }
 
 async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
@@ -451,8 +499,10 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 clearing_account,
                 topic,
             );
+            let struck = read_struck_off(&repo.join("struck-off"));
             let paid = Arc::new(Paid {
                 domain: domain.id(),
+                struck: Mutex::new(struck),
                 me: me.clone(),
                 price: Price::per_shard(p.price_per_shard),
                 max_ahead: p.max_ahead,
@@ -501,6 +551,10 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 repo: repo.clone(),
                 earned_last: earned_last.clone(),
                 clearing_role,
+                proofs: ProofWatch {
+                    next_sequence: 1,
+                    parts: HashMap::new(),
+                },
             });
             Some(paid)
         }
@@ -702,6 +756,7 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
         if let Some(c) = &mut s.clearing_role {
             clear(c).await;
         }
+        watch_proofs(s, paid).await;
     }
 
     // Shut down: stop serving, then journal and post what this node holds.
@@ -870,6 +925,94 @@ async fn lock_collateral_once<L: Ledger>(s: &Settlement<L>, period: u64) {
     }
 }
 
+/// Reads the fraud proofs published on the settlement topic and strikes off every payer a
+/// complete, verified proof convicts (against the member list's key and collateral).
+async fn watch_proofs<L: Ledger>(s: &mut Settlement<L>, paid: &Paid) {
+    let messages = match s
+        .ledger
+        .topic_messages(s.topic, s.proofs.next_sequence, 1000)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the settlement topic for fraud proofs");
+            return;
+        }
+    };
+    let members: HashMap<AccountId, &Member> =
+        paid.members.values().map(|m| (m.account, m)).collect();
+    for m in messages {
+        s.proofs.next_sequence = s.proofs.next_sequence.max(m.sequence.saturating_add(1));
+        if !m.message.starts_with(FRAUD_TAG) {
+            continue;
+        }
+        let Ok(mut part) = FraudProof::parse_message(&m.message) else {
+            tracing::warn!(sequence = m.sequence, "malformed fraud-proof message");
+            continue;
+        };
+        // Only receipts the payer really signed, in this deployment, are gathered: a forged
+        // part must not spoil the parts of a real proof.
+        part.receipts.retain(|r| {
+            members
+                .get(&r.body.payer)
+                .is_some_and(|m| m.key == r.payer_key)
+                && r.verify_in(&paid.domain).is_ok()
+        });
+        // A part names one payer and period; receipts of others in it are parts of their own.
+        let mut groups: HashMap<(AccountId, u64), Vec<SignedReceipt>> = HashMap::new();
+        for r in part.receipts {
+            groups
+                .entry((r.body.payer, r.body.period))
+                .or_default()
+                .push(r);
+        }
+        for (key, receipts) in groups {
+            let Some(member) = members.get(&key.0) else {
+                continue;
+            };
+            if !s.proofs.parts.contains_key(&key) && s.proofs.parts.len() >= MAX_PROOFS_GATHERED {
+                tracing::warn!(payer = %key.0, "too many unfinished fraud proofs: part dropped");
+                continue;
+            }
+            let whole = s.proofs.parts.entry(key).or_insert_with(|| FraudProof {
+                receipts: Vec::new(),
+            });
+            whole.merge(FraudProof { receipts });
+            if whole
+                .verify(&paid.domain, &member.key, member.collateral)
+                .is_ok()
+            {
+                s.proofs.parts.remove(&key);
+                if paid.strike_off(key.0) {
+                    tracing::warn!(payer = %key.0, period = key.1, "payer struck off by a fraud proof");
+                    if let Err(e) = write_struck_off(&s.repo.join("struck-off"), paid) {
+                        tracing::error!(error = %e, "recording a strike-off");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read_struck_off(path: &Path) -> HashSet<AccountId> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+fn write_struck_off(path: &Path, paid: &Paid) -> std::io::Result<()> {
+    let text: String = paid
+        .struck
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|a| format!("{a}\n"))
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
 /// The clearing role's turn: read the settlement topic, settle what ended.
 async fn clear<L: Ledger + Clone>(c: &mut Clearing<L>) {
     let now = SystemTime::now()
@@ -894,5 +1037,221 @@ async fn clear<L: Ledger + Clone>(c: &mut Clearing<L>) {
     }
     for (period, e) in poll.failed {
         tracing::error!(error = %e, period, "settling");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamspace_ledger::local::TREASURY;
+    use streamspace_ledger::{LedgerExt, Transaction, TransactionId, TxKind};
+
+    /// A member over-promises its collateral to two payees; the proof published on the
+    /// settlement topic (in parts) strikes it off at every node that reads it: it is refused
+    /// service, its receipts are refused, and a restarted node still refuses it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_published_fraud_proof_strikes_the_payer_off_for_good() {
+        let dir = tempfile::tempdir().expect("dir");
+        let tk = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let ledger = LocalLedger::open(
+            dir.path().join("l.redb"),
+            PublicKey::from(&tk),
+            Arc::new(SystemClock),
+        )
+        .expect("ledger");
+        let treasury = Operator {
+            account: TREASURY,
+            key: tk,
+        };
+        let tx = Transaction::new(
+            TransactionId::generate(TREASURY, ledger.now()),
+            TxKind::CreateTopic {
+                memo: "settlement".into(),
+                submit_key: None,
+            },
+        );
+        let topic = ledger
+            .execute(tx, &[&treasury.key])
+            .await
+            .expect("topic")
+            .topic
+            .expect("topic id");
+        let domain = Domain::new("t", "local:test", TREASURY, topic);
+        let key = |b: u8| ed25519_dalek::SigningKey::from_bytes(&[b; 32]);
+        let mut ops = Vec::new();
+        for b in 1..=4u8 {
+            let k = key(b);
+            let account = ledger
+                .create_account(&treasury, PublicKey::from(&k), 1_000_000)
+                .await
+                .expect("account");
+            ops.push(Operator { account, key: k });
+        }
+        let (me, cheat, payee_a, payee_b) = (&ops[0], &ops[1], &ops[2], &ops[3]);
+        let collateral = 25_000;
+        let cheat_peer = streamspace_transport::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let members: HashMap<PeerId, Member> = ops
+            .iter()
+            .map(|o| {
+                let peer = if o.account == cheat.account {
+                    cheat_peer
+                } else {
+                    streamspace_transport::Keypair::generate_ed25519()
+                        .public()
+                        .to_peer_id()
+                };
+                (
+                    peer,
+                    Member {
+                        account: o.account,
+                        key: PublicKey::from(&o.key),
+                        collateral,
+                    },
+                )
+            })
+            .collect();
+        let new_paid = |repo: &Path| {
+            let (outbox, _rx) = tokio::sync::mpsc::channel(8);
+            let paid = Paid {
+                domain: domain.id(),
+                struck: Mutex::new(read_struck_off(&repo.join("struck-off"))),
+                me: me.clone(),
+                price: Price::per_shard(10_000),
+                max_ahead: 4,
+                members: members.clone(),
+                books: Mutex::new(Books {
+                    period: 0,
+                    book: ReceiptBook::new(domain.id(), me.account, 0, Default::default()),
+                    tab: PayerTab::new(domain.id(), me.account, me.key.clone(), 0),
+                }),
+                outbox,
+                receipts_accepted: AtomicU64::new(0),
+                receipts_refused: AtomicU64::new(0),
+                receipts_sent: AtomicU64::new(0),
+            };
+            *paid.lock() = paid.books(5).expect("books");
+            paid
+        };
+        let repo = dir.path().join("repo");
+        std::fs::create_dir_all(&repo).expect("repo");
+        let paid = new_paid(&repo);
+        let block = cid::Cid::default();
+        assert_eq!(
+            paid.before_send(&cheat_peer, &block, 1000),
+            Decision::Serve,
+            "an honest-looking member is served"
+        );
+
+        // Two receipts for period 5 of 2 × 20,000 against 25,000 of collateral.
+        let mut tab = PayerTab::new(domain.id(), cheat.account, cheat.key.clone(), 5);
+        let mut receipts = Vec::new();
+        for payee in [payee_a, payee_b] {
+            tab.agree(payee.account, Price::per_shard(10_000));
+            tab.received(payee.account, 1000);
+            tab.received(payee.account, 1000);
+            receipts.push(tab.sign(payee.account));
+        }
+        let proof = FraudProof { receipts };
+        assert!(
+            proof
+                .verify(&domain.id(), &PublicKey::from(&cheat.key), collateral)
+                .is_ok()
+        );
+        // A forged part (the payee's own key, not the payer's) convicts nobody.
+        let mut forged_tab = PayerTab::new(domain.id(), cheat.account, payee_a.key.clone(), 5);
+        forged_tab.agree(me.account, Price::per_shard(10_000));
+        for _ in 0..5 {
+            forged_tab.received(me.account, 1000);
+        }
+        let forged = FraudProof {
+            receipts: vec![forged_tab.sign(me.account)],
+        };
+        let mut settlement = Settlement {
+            ledger: ledger.clone(),
+            me: me.clone(),
+            topic,
+            clearing: TREASURY,
+            collateral: 0,
+            period_secs: 3600,
+            journal: Journal::open(repo.join("journal.redb"), domain.id()).expect("journal"),
+            repo: repo.clone(),
+            earned_last: Arc::new(AtomicU64::new(0)),
+            clearing_role: None,
+            proofs: ProofWatch {
+                next_sequence: 1,
+                parts: HashMap::new(),
+            },
+        };
+        for m in forged.messages() {
+            ledger
+                .submit_message(&treasury, topic, m, None)
+                .await
+                .expect("post");
+        }
+        watch_proofs(&mut settlement, &paid).await;
+        assert!(
+            !paid.is_struck(cheat.account),
+            "a forged proof strikes nobody off"
+        );
+
+        // The real proof, one receipt per message: the parts are gathered, then it convicts.
+        let parts: Vec<Bytes> = proof
+            .receipts
+            .iter()
+            .flat_map(|r| FraudProof { receipts: vec![*r] }.messages())
+            .collect();
+        ledger
+            .submit_message(&treasury, topic, parts[0].clone(), None)
+            .await
+            .expect("post");
+        watch_proofs(&mut settlement, &paid).await;
+        assert!(
+            !paid.is_struck(cheat.account),
+            "half a proof proves nothing"
+        );
+        ledger
+            .submit_message(&treasury, topic, parts[1].clone(), None)
+            .await
+            .expect("post");
+        watch_proofs(&mut settlement, &paid).await;
+        assert!(paid.is_struck(cheat.account));
+        assert_eq!(
+            paid.before_send(&cheat_peer, &block, 1000),
+            Decision::Refuse
+        );
+        let r = {
+            let mut t = PayerTab::new(domain.id(), cheat.account, cheat.key.clone(), 5);
+            t.agree(me.account, Price::per_shard(10_000));
+            t.received(me.account, 1000);
+            t.sign(me.account)
+        };
+        assert!(
+            !paid.payment(&cheat_peer, &r.encode()),
+            "its receipts are refused"
+        );
+
+        // The next period's books, and a restarted node, keep it off.
+        *paid.lock() = paid.books(6).expect("books");
+        assert_eq!(
+            paid.before_send(&cheat_peer, &block, 1000),
+            Decision::Refuse
+        );
+        let restarted = new_paid(&repo);
+        assert_eq!(
+            restarted.before_send(&cheat_peer, &block, 1000),
+            Decision::Refuse
+        );
+        // Honest members are still served.
+        let honest = members
+            .iter()
+            .find(|(_, m)| m.account == payee_a.account)
+            .map(|(p, _)| *p)
+            .expect("member");
+        assert_eq!(
+            restarted.before_send(&honest, &block, 1000),
+            Decision::Serve
+        );
     }
 }
