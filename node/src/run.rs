@@ -111,6 +111,40 @@ pub(crate) struct Paid {
 }
 
 impl Paid {
+    /// The meter of `me` in `domain`, its books open for `period`, with the payers struck
+    /// off that the repository remembers.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        domain: DomainId,
+        me: Operator,
+        price: Price,
+        max_ahead: u64,
+        members: HashMap<PeerId, Member>,
+        outbox: tokio::sync::mpsc::Sender<(PeerId, Bytes)>,
+        repo: &Path,
+        period: u64,
+    ) -> Result<Self> {
+        let paid = Self {
+            domain,
+            struck: Mutex::new(read_struck_off(&repo.join("struck-off"))),
+            books: Mutex::new(Books {
+                period: 0,
+                book: ReceiptBook::new(domain, me.account, 0, Default::default()),
+                tab: PayerTab::new(domain, me.account, me.key.clone(), 0),
+            }),
+            me,
+            price,
+            max_ahead,
+            members,
+            outbox,
+            receipts_accepted: AtomicU64::new(0),
+            receipts_refused: AtomicU64::new(0),
+            receipts_sent: AtomicU64::new(0),
+        };
+        *paid.lock() = paid.books(period)?;
+        Ok(paid)
+    }
+
     fn books(&self, period: u64) -> Result<Books> {
         let terms = streamspace_payments::book::Terms {
             price: self.price,
@@ -499,25 +533,16 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 clearing_account,
                 topic,
             );
-            let struck = read_struck_off(&repo.join("struck-off"));
-            let paid = Arc::new(Paid {
-                domain: domain.id(),
-                struck: Mutex::new(struck),
-                me: me.clone(),
-                price: Price::per_shard(p.price_per_shard),
-                max_ahead: p.max_ahead,
-                members: members.clone(),
-                books: Mutex::new(Books {
-                    period: 0,
-                    book: ReceiptBook::new(domain.id(), me.account, 0, Default::default()),
-                    tab: PayerTab::new(domain.id(), me.account, me.key.clone(), 0),
-                }),
+            let paid = Arc::new(Paid::new(
+                domain.id(),
+                me.clone(),
+                Price::per_shard(p.price_per_shard),
+                p.max_ahead,
+                members.clone(),
                 outbox,
-                receipts_accepted: AtomicU64::new(0),
-                receipts_refused: AtomicU64::new(0),
-                receipts_sent: AtomicU64::new(0),
-            });
-            *paid.lock() = paid.books(period_now(p.period_secs))?;
+                &repo,
+                period_now(p.period_secs),
+            )?);
             let clearing_role = match &p.clearing_key_file {
                 Some(k) => {
                     let clearing = Operator {
@@ -1114,25 +1139,17 @@ mod tests {
             .collect();
         let new_paid = |repo: &Path| {
             let (outbox, _rx) = tokio::sync::mpsc::channel(8);
-            let paid = Paid {
-                domain: domain.id(),
-                struck: Mutex::new(read_struck_off(&repo.join("struck-off"))),
-                me: me.clone(),
-                price: Price::per_shard(10_000),
-                max_ahead: 4,
-                members: members.clone(),
-                books: Mutex::new(Books {
-                    period: 0,
-                    book: ReceiptBook::new(domain.id(), me.account, 0, Default::default()),
-                    tab: PayerTab::new(domain.id(), me.account, me.key.clone(), 0),
-                }),
+            Paid::new(
+                domain.id(),
+                me.clone(),
+                Price::per_shard(10_000),
+                4,
+                members.clone(),
                 outbox,
-                receipts_accepted: AtomicU64::new(0),
-                receipts_refused: AtomicU64::new(0),
-                receipts_sent: AtomicU64::new(0),
-            };
-            *paid.lock() = paid.books(5).expect("books");
-            paid
+                repo,
+                5,
+            )
+            .expect("meter")
         };
         let repo = dir.path().join("repo");
         std::fs::create_dir_all(&repo).expect("repo");
