@@ -32,6 +32,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const RAW: &str = "application/vnd.ipld.raw";
 const CAR: &str = "application/vnd.ipld.car";
+/// The CAR this gateway writes.
+const CAR_TYPE: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=n";
+/// The identity multihash: the "digest" is the block itself.
+const IDENTITY: u64 = 0x00;
 
 /// Blocks the gateway found in the node's store, and blocks it had to fetch.
 #[derive(Debug, Default)]
@@ -125,10 +129,15 @@ pub fn read_keyring(dir: &std::path::Path) -> Result<Keyring, crate::Error> {
     read().map_err(crate::Error::Config)
 }
 
+/// What a request asks the gateway for.
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
+    /// One block (`application/vnd.ipld.raw`).
     Raw,
+    /// A CAR (`application/vnd.ipld.car`).
     Car,
+    /// The file's bytes.
     File,
 }
 
@@ -139,32 +148,141 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     r
 }
 
-fn format_of(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, Response> {
-    if let Some(f) = query.get("format") {
-        return match f.as_str() {
-            "raw" => Ok(Format::Raw),
-            "car" => Ok(Format::Car),
-            other => Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("unsupported format {other:?} (raw or car)"),
-            )),
+/// The parameters of a media type, names lowercased.
+#[doc(hidden)]
+pub type Params = Vec<(String, String)>;
+
+/// The format an `Accept` header prefers, by its q-values (ties to the first listed), with
+/// the parameters of the entry chosen; `File` when nothing else is acceptable. Entries that
+/// do not parse are ignored, as are those with `q=0`.
+#[doc(hidden)]
+pub fn parse_accept(accept: &str) -> (Format, Params) {
+    let mut best: Option<(u32, Format, Params)> = None;
+    for entry in accept.split(',') {
+        let mut parts = entry.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        if media.is_empty() {
+            continue;
+        }
+        let mut q = 1000u32;
+        let mut params = Vec::new();
+        let mut bad = false;
+        for p in parts {
+            let Some((k, v)) = p.split_once('=') else {
+                bad = true;
+                break;
+            };
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"'));
+            if k == "q" {
+                match parse_q(v) {
+                    Some(x) => q = x,
+                    None => bad = true,
+                }
+            } else {
+                params.push((k, v.to_ascii_lowercase()));
+            }
+        }
+        if bad || q == 0 {
+            continue;
+        }
+        let format = match media.as_str() {
+            RAW => Format::Raw,
+            CAR => Format::Car,
+            _ => Format::File,
         };
+        if best.as_ref().is_none_or(|(bq, ..)| q > *bq) {
+            best = Some((q, format, params));
+        }
     }
+    best.map_or((Format::File, Vec::new()), |(_, f, p)| (f, p))
+}
+
+/// A q-value in thousandths: `0`, `1`, `0.5`, `1.000`.
+fn parse_q(v: &str) -> Option<u32> {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole = match int {
+        "0" => 0,
+        "1" => 1000,
+        _ => return None,
+    };
+    let mut f = 0u32;
+    for (i, b) in frac.bytes().enumerate() {
+        f += u32::from(b - b'0') * [100, 10, 1][i];
+    }
+    let q = whole + f;
+    (q <= 1000).then_some(q)
+}
+
+/// The format of a request (`?format=` first, then `Accept`), and, for a CAR, its
+/// parameters checked against what this gateway writes (version 1, depth-first order, no
+/// duplicates): a CAR it cannot write as asked is refused, never sent otherwise.
+fn format_of(query: &HashMap<String, String>, headers: &HeaderMap) -> Result<Format, Response> {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .unwrap_or("");
-    Ok(if accept.contains(RAW) {
-        Format::Raw
-    } else if accept.contains(CAR) {
-        Format::Car
-    } else {
-        Format::File
-    })
+    let (accepted, params) = parse_accept(accept);
+    let format = match query.get("format").map(String::as_str) {
+        Some("raw") => Format::Raw,
+        Some("car") => Format::Car,
+        Some(other) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unsupported format {other:?} (raw or car)"),
+            ));
+        }
+        None => accepted,
+    };
+    if format == Format::Car {
+        let param = |q: &str, p: &str| {
+            query
+                .get(q)
+                .cloned()
+                .or_else(|| params.iter().find(|(k, _)| k == p).map(|(_, v)| v.clone()))
+        };
+        let bad = |m: String| Err(error(StatusCode::BAD_REQUEST, m));
+        match param("car-version", "version").as_deref() {
+            None | Some("1") => {}
+            Some(v) => return bad(format!("CAR version {v:?} is not served (1)")),
+        }
+        match param("car-order", "order").as_deref() {
+            None | Some("dfs" | "unk") => {}
+            Some(v) => return bad(format!("CAR order {v:?} is not served (dfs)")),
+        }
+        match param("car-dups", "dups").as_deref() {
+            None | Some("n") => {}
+            Some(v) => return bad(format!("CAR dups {v:?} is not served (n)")),
+        }
+    }
+    Ok(format)
+}
+
+/// Whether an `If-None-Match` value names `etag` (or is `*`); weak tags compare by value.
+#[doc(hidden)]
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.trim() == "*"
+        || if_none_match
+            .split(',')
+            .map(|t| t.trim())
+            .any(|t| t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+/// Whether a `Cache-Control` request header says `only-if-cached`.
+fn only_if_cached(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| d.trim().eq_ignore_ascii_case("only-if-cached"))
 }
 
 /// Parses a single `bytes=` range against a length: `(offset, count)`.
-fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
+#[doc(hidden)]
+pub fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
     let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
         return None;
@@ -255,6 +373,31 @@ pub(crate) async fn fetch_into_store<S: BlockStore + 'static>(
     target: Cid,
     range: Option<(u64, u64)>,
 ) -> Result<(), Unavailable> {
+    fetch_from_network(node, cache, target, range)
+        .await
+        .map_err(|e| match e {
+            Missing::Timeout => Unavailable::Timeout,
+            Missing::Absent(m) | Missing::Failed(m) => Unavailable::Failed(m),
+        })
+}
+
+/// Why the gateway could not bring content from the network.
+enum Missing {
+    /// No peer has the target itself.
+    Absent(String),
+    /// Anything else (a block below it unavailable or bad, a budget).
+    Failed(String),
+    /// No answer within [`FETCH_TIMEOUT`].
+    Timeout,
+}
+
+async fn fetch_from_network<S: BlockStore + 'static>(
+    node: &Node<S>,
+    cache: &CacheStats,
+    target: Cid,
+    range: Option<(u64, u64)>,
+) -> Result<(), Missing> {
+    use streamspace_transport::FetchError;
     let options = FetchOptions {
         range,
         // As Bitswap does: the neighbours first, then the DHT's providers.
@@ -266,12 +409,23 @@ pub(crate) async fn fetch_into_store<S: BlockStore + 'static>(
             cache.count(&report);
             Ok(())
         }
-        Ok(Err(e)) => Err(Unavailable::Failed(format!("fetching {target}: {e}"))),
-        Err(_) => Err(Unavailable::Timeout),
+        Ok(Err(e)) => {
+            let m = format!("fetching {target}: {e}");
+            Err(match e {
+                FetchError::NoProviders(c) | FetchError::Unavailable { cid: c, .. }
+                    if c == target =>
+                {
+                    Missing::Absent(m)
+                }
+                _ => Missing::Failed(m),
+            })
+        }
+        Err(_) => Err(Missing::Timeout),
     }
 }
 
-/// [`fetch_into_store`], failures answered as the gateway answers them.
+/// [`fetch_into_store`], failures answered as the gateway answers them: 404 when nobody has
+/// the target, 502 for any other failure, 504 past the deadline.
 async fn fetch<S: BlockStore + 'static>(
     node: &Node<S>,
     cache: &CacheStats,
@@ -279,11 +433,12 @@ async fn fetch<S: BlockStore + 'static>(
     range: Option<(u64, u64)>,
     path: &str,
 ) -> Result<(), Response> {
-    fetch_into_store(node, cache, target, range)
+    fetch_from_network(node, cache, target, range)
         .await
         .map_err(|e| match e {
-            Unavailable::Failed(m) => error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {m}")),
-            Unavailable::Timeout => timeout(path),
+            Missing::Absent(m) => error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {m}")),
+            Missing::Failed(m) => error(StatusCode::BAD_GATEWAY, format!("/ipfs/{path}: {m}")),
+            Missing::Timeout => timeout(path),
         })
 }
 
@@ -441,7 +596,7 @@ async fn car_blocks<S: BlockStore + 'static>(
     };
     let Ok(Some(data)) = fetching.get(&target).await else {
         return Err(error(
-            StatusCode::BAD_GATEWAY,
+            StatusCode::NOT_FOUND,
             format!("/ipfs/{path}: block {target} not found"),
         ));
     };
@@ -500,22 +655,6 @@ async fn serve<S: BlockStore + 'static>(
         Ok(f) => f,
         Err(r) => return r,
     };
-    // Whatever is missing comes from the network, verified block by block: the blocks on the
-    // path first, then what the format needs of the target.
-    let fetching = Fetching {
-        node: node.clone(),
-        cache: cache.clone(),
-    };
-    let recording = Recording::new(&fetching);
-    let target = match tokio::time::timeout(FETCH_TIMEOUT, resolve(&recording, &root, rest)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
-        Err(_) => return timeout(&path),
-    };
-    // The blocks that prove the path, for a CAR.
-    let path_blocks = recording.take();
-    let store = node.store().clone();
-    let etag_base = target.to_string();
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     h.insert(
@@ -532,13 +671,87 @@ async fn serve<S: BlockStore + 'static>(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox"),
     );
+    // An identity CID carries its block: answered as it is, nothing fetched.
+    if root.hash().code() == IDENTITY {
+        return identity(root, rest, format, &headers, h);
+    }
+    if only_if_cached(&headers) && !node.store().has(&root).await.unwrap_or(false) {
+        return error(
+            StatusCode::PRECONDITION_FAILED,
+            format!("/ipfs/{path}: not held here (only-if-cached)"),
+        );
+    }
+    // Whatever is missing comes from the network, verified block by block: the blocks on the
+    // path first, then what the format needs of the target.
+    let fetching = Fetching {
+        node: node.clone(),
+        cache: cache.clone(),
+    };
+    let recording = Recording::new(&fetching);
+    // Every CID on the path, for `X-Ipfs-Roots`.
+    let walk = async {
+        let mut roots = vec![root];
+        for segment in rest.split('/').filter(|s| !s.is_empty()) {
+            let here = roots[roots.len() - 1];
+            roots.push(resolve(&recording, &here, segment).await?);
+        }
+        Ok::<_, streamspace_shard::dag::ExportError>(roots)
+    };
+    let roots = match tokio::time::timeout(FETCH_TIMEOUT, walk).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, format!("/ipfs/{path}: {e}")),
+        Err(_) => return timeout(&path),
+    };
+    let target = roots[roots.len() - 1];
+    let list: Vec<String> = roots.iter().map(Cid::to_string).collect();
+    if let Ok(v) = HeaderValue::from_str(&list.join(",")) {
+        h.insert("x-ipfs-roots", v);
+    }
+    // The target itself: absent from every peer is 404, whatever the format.
+    match tokio::time::timeout(FETCH_TIMEOUT, fetching.get(&target)).await {
+        Ok(Ok(Some(_))) => {}
+        Ok(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("/ipfs/{path}: {target} is held by no peer reached"),
+            );
+        }
+        Err(_) => return timeout(&path),
+    }
+    // The blocks that prove the path, for a CAR.
+    let path_blocks = recording.take();
+    let store = node.store().clone();
+    let etag_base = target.to_string();
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // A 304 for a client that holds the answer already: the headers without the body.
+    let unchanged = |etag: &str, h: &HeaderMap| {
+        if_none_match
+            .as_deref()
+            .is_some_and(|inm| etag_matches(inm, etag))
+            .then(|| {
+                let mut h = h.clone();
+                h.remove(header::CONTENT_TYPE);
+                h.remove(header::CONTENT_DISPOSITION);
+                if let Ok(v) = HeaderValue::from_str(etag) {
+                    h.insert(header::ETAG, v);
+                }
+                (StatusCode::NOT_MODIFIED, h).into_response()
+            })
+    };
     match format {
         Format::Raw => {
+            let etag = format!("\"{etag_base}.raw\"");
+            if let Some(r) = unchanged(&etag, &h) {
+                return r;
+            }
             let Ok(Some(data)) = fetching.get(&target).await else {
                 return error(StatusCode::NOT_FOUND, format!("block {target} not held"));
             };
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.raw\"")) {
+            if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.bin\""))
@@ -552,15 +765,6 @@ async fn serve<S: BlockStore + 'static>(
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            let body_blocks = match car_blocks(&node, &cache, &fetching, target, scope, &path).await
-            {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/vnd.ipld.car; version=1; order=dfs; dups=n"),
-            );
             let tag = match scope {
                 Scope::All => "all".to_owned(),
                 Scope::Block => "block".to_owned(),
@@ -569,7 +773,17 @@ async fn serve<S: BlockStore + 'static>(
                     format!("entity.{a}-{}", b.map_or("*".to_owned(), |b| b.to_string()))
                 }
             };
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}.car.{tag}\"")) {
+            let etag = format!("\"{etag_base}.car.{tag}\"");
+            if let Some(r) = unchanged(&etag, &h) {
+                return r;
+            }
+            let body_blocks = match car_blocks(&node, &cache, &fetching, target, scope, &path).await
+            {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAR_TYPE));
+            if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{target}.car\""))
@@ -596,6 +810,10 @@ async fn serve<S: BlockStore + 'static>(
             (StatusCode::OK, h, body).into_response()
         }
         Format::File => {
+            let etag = format!("\"{etag_base}\"");
+            if let Some(r) = unchanged(&etag, &h) {
+                return r;
+            }
             let len = match file_size(&fetching, &target).await {
                 Ok(l) => l,
                 Err(e) => return error(StatusCode::NOT_ACCEPTABLE, format!("not a file: {e}")),
@@ -605,7 +823,7 @@ async fn serve<S: BlockStore + 'static>(
                 HeaderValue::from_static(content_type(rest)),
             );
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag_base}\"")) {
+            if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
             let (status, offset, count) = match byte_range(&headers, len, &mut h) {
@@ -624,6 +842,65 @@ async fn serve<S: BlockStore + 'static>(
             });
             (status, h, body).into_response()
         }
+    }
+}
+
+/// The answer for an identity CID, whose block is in the CID: nothing is fetched.
+fn identity(
+    root: Cid,
+    rest: &str,
+    format: Format,
+    headers: &HeaderMap,
+    mut h: HeaderMap,
+) -> Response {
+    if !rest.split('/').all(|s| s.is_empty()) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{root} is an inline block: no path below it"),
+        );
+    }
+    let data = bytes::Bytes::copy_from_slice(root.hash().digest());
+    if let Ok(v) = HeaderValue::from_str(&root.to_string()) {
+        h.insert("x-ipfs-roots", v);
+    }
+    let etag = match format {
+        Format::Raw => format!("\"{root}.raw\""),
+        Format::Car => format!("\"{root}.car.all\""),
+        Format::File => format!("\"{root}\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| etag_matches(inm, &etag))
+    {
+        return (StatusCode::NOT_MODIFIED, h).into_response();
+    }
+    match format {
+        Format::Raw => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
+            (StatusCode::OK, h, data).into_response()
+        }
+        Format::Car => {
+            use streamspace_shard::car::{encode_header, encode_section};
+            let mut car = bytes::BytesMut::from(&encode_header(&[root])[..]);
+            encode_section(&root, &data, &mut car);
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAR_TYPE));
+            (StatusCode::OK, h, car.freeze()).into_response()
+        }
+        Format::File if root.codec() == streamspace_shard::block::RAW => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            (StatusCode::OK, h, data).into_response()
+        }
+        Format::File => error(
+            StatusCode::NOT_ACCEPTABLE,
+            format!("{root} is an inline block, not a file: ask for it as raw or car"),
+        ),
     }
 }
 
@@ -1211,6 +1488,37 @@ mod tests {
         }
         gw_node.shutdown().await;
         origin.shutdown().await;
+    }
+
+    #[test]
+    fn accept_q_values_and_etags() {
+        assert_eq!(parse_accept("").0, Format::File);
+        assert_eq!(parse_accept(RAW).0, Format::Raw);
+        assert_eq!(
+            parse_accept("application/vnd.ipld.car;q=0.5, application/vnd.ipld.raw;q=0.9").0,
+            Format::Raw
+        );
+        assert_eq!(
+            parse_accept("application/vnd.ipld.raw;q=0, */*").0,
+            Format::File
+        );
+        assert_eq!(
+            parse_accept("application/vnd.ipld.raw;q=2, */*;q=0.1").0,
+            Format::File
+        );
+        assert_eq!(
+            parse_accept("text/html, application/vnd.ipld.car").0,
+            Format::File
+        );
+        let (f, p) = parse_accept("application/vnd.ipld.car; version=1; dups=Y");
+        assert_eq!(f, Format::Car);
+        assert!(p.contains(&("dups".into(), "y".into())));
+        assert_eq!(parse_q("0.125"), Some(125));
+        assert_eq!(parse_q("1.0"), Some(1000));
+        assert_eq!(parse_q("1.5"), None);
+        assert_eq!(parse_q("0.1234"), None);
+        assert!(etag_matches("W/\"a\", \"b\"", "\"a\""));
+        assert!(!etag_matches("\"b\"", "\"a\""));
     }
 
     #[test]

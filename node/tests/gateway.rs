@@ -316,3 +316,143 @@ async fn play_answers_run_in_no_origin_and_paths_have_one_spelling() {
     stop.send(true).expect("stop");
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_as_the_trustless_gateway_specification_asks() {
+    let repo = tempfile::tempdir().expect("dir");
+    let node = common::node(repo.path()).await;
+    let gw = node.gateway_addr().expect("gateway");
+    let get = |path: String, headers: Vec<(&'static str, String)>| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        tokio::time::timeout(GENEROUS, send(gw, "GET", &path, &h, Vec::new()))
+            .await
+            .expect("answered")
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).expect("dir");
+    std::fs::write(site.join("a.txt"), b"alpha").expect("write");
+    let root = streamspace_shard::store::add_path(
+        Some(node.transport().store().as_ref()),
+        site,
+        ImportOptions::default(),
+        false,
+        |_, _| {},
+    )
+    .await
+    .expect("add")
+    .cid;
+    let file = streamspace_shard::dag::resolve(node.transport().store().as_ref(), &root, "a.txt")
+        .await
+        .expect("file");
+
+    // Content nobody has: 404 in every format (not 502), 412 for a cache-only request.
+    let unknown = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy";
+    for q in ["?format=car", "?format=raw", ""] {
+        let r = get(format!("/ipfs/{unknown}{q}"), vec![]).await;
+        assert_eq!(r.status, 404, "{q}");
+    }
+    let cached = ("cache-control", "only-if-cached".to_owned());
+    let r = get(format!("/ipfs/{unknown}"), vec![cached.clone()]).await;
+    assert_eq!(r.status, 412);
+    let r = get(format!("/ipfs/{root}/a.txt"), vec![cached]).await;
+    assert_eq!((r.status, r.body.as_ref()), (200, b"alpha".as_ref()));
+
+    // The identity CID: its (empty) block is in the CID, answered as it is.
+    let r = get("/ipfs/bafkqaaa?format=raw".into(), vec![]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let r = get("/ipfs/bafkqaaa".into(), vec![]).await;
+    assert_eq!(r.status, 200);
+    let r = get("/ipfs/bafkqaaa?format=car".into(), vec![]).await;
+    assert_eq!(r.status, 200);
+    let check = streamspace_shard::store::MemoryStore::new();
+    let summary = streamspace_shard::car::read_car(std::io::Cursor::new(r.body.to_vec()), &check)
+        .await
+        .expect("a verified CAR");
+    assert_eq!(summary.roots, [Cid::try_from("bafkqaaa").expect("cid")]);
+
+    // The CIDs along the path.
+    let r = get(format!("/ipfs/{root}/a.txt"), vec![]).await;
+    assert_eq!(r.headers["x-ipfs-roots"], format!("{root},{file}").as_str());
+    // A client holding the answer gets 304 without the body.
+    let etag = r.headers["etag"].to_str().expect("etag").to_owned();
+    for inm in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"other\", {etag}"),
+        "*".into(),
+    ] {
+        let r = get(
+            format!("/ipfs/{root}/a.txt"),
+            vec![("if-none-match", inm.clone())],
+        )
+        .await;
+        assert_eq!(r.status, 304, "{inm}");
+        assert!(r.body.is_empty());
+    }
+    let r = get(
+        format!("/ipfs/{root}/a.txt"),
+        vec![("if-none-match", "\"other\"".into())],
+    )
+    .await;
+    assert_eq!((r.status, r.body.as_ref()), (200, b"alpha".as_ref()));
+    let r = get(format!("/ipfs/{root}?format=raw"), vec![]).await;
+    let raw_tag = r.headers["etag"].to_str().expect("etag").to_owned();
+    let r = get(
+        format!("/ipfs/{root}?format=raw"),
+        vec![("if-none-match", raw_tag)],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+
+    // CAR parameters this gateway cannot honour are refused, never silently ignored.
+    for (q, accept) in [
+        ("?format=car&car-dups=y", ""),
+        ("?format=car&car-version=2", ""),
+        ("?format=car&car-order=weird", ""),
+        ("", "application/vnd.ipld.car; dups=y"),
+        ("", "application/vnd.ipld.car; version=2"),
+    ] {
+        let r = get(
+            format!("/ipfs/{root}{q}"),
+            vec![("accept", accept.to_owned())],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{q} {accept}");
+    }
+    for (q, accept) in [
+        ("?format=car&car-dups=n&car-order=dfs", ""),
+        ("", "application/vnd.ipld.car; version=1; order=unk; dups=n"),
+    ] {
+        let r = get(
+            format!("/ipfs/{root}{q}"),
+            vec![("accept", accept.to_owned())],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{q} {accept}");
+    }
+
+    // Accept q-values choose the format.
+    for (accept, ty) in [
+        (
+            "application/vnd.ipld.car;q=0.5, application/vnd.ipld.raw;q=0.9",
+            "application/vnd.ipld.raw",
+        ),
+        (
+            "application/vnd.ipld.raw;q=0.1, application/vnd.ipld.car",
+            "application/vnd.ipld.car",
+        ),
+        ("application/vnd.ipld.raw;q=0, */*", "text/plain"),
+    ] {
+        let r = get(
+            format!("/ipfs/{root}/a.txt"),
+            vec![("accept", accept.to_owned())],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{accept}");
+        let got = r.headers["content-type"].to_str().expect("type");
+        assert!(got.starts_with(ty), "{accept}: {got}");
+    }
+    node.shutdown().await.expect("shutdown");
+}
