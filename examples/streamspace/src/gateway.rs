@@ -53,18 +53,20 @@ pub(crate) async fn run(
         node.peer_id(),
         node.dialable_addrs().await?
     );
-    axum::serve(
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(streamspace_node::http::serve(
         listener,
         router_with_keys(
             node.clone(),
             Arc::new(CacheStats::default()),
             Arc::new(keys),
         ),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+        streamspace_node::http::HttpLimits::default(),
+        stop_rx,
+    ));
+    crate::node::shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = server.await;
     let stats = node.stats();
     println!(
         "fetched {} shards ({} bytes) from the network; served {} shards to peers",
