@@ -280,7 +280,9 @@ pub async fn hamt_shards<S: BlockStore>(store: &S, root: &Cid) -> Result<Vec<Cid
             continue;
         }
         let fanout = match (node.fs.hash_type, node.fs.fanout) {
-            (Some(hamt::MURMUR3_X64_64), Some(f)) if f.is_power_of_two() && (2..=1024).contains(&f) => {
+            (Some(hamt::MURMUR3_X64_64), Some(f))
+                if f.is_power_of_two() && (2..=1024).contains(&f) =>
+            {
                 f as usize
             }
             (h, f) => {
