@@ -18,7 +18,7 @@
 //! | `dag/export` | `arg` (a CAR of the whole DAG) |
 //! | `pin/add`, `pin/rm`, `pin/ls` | `arg`, `recursive=true`, `stream`, `type` |
 //! | `swarm/peers`, `repo/stat`, `stats/bw` | |
-//! | `streamspace/status` | quota, use, tier, peers by tier, shards, earnings, settlement |
+//! | `streamspace/status` | quota, use, tier, peers by tier, shards, earnings, settlement, allowlist |
 //! | `streamspace/quota` | `arg`: bytes to offer (omitted: read) |
 //!
 //! Content missing from the store is fetched from the network (verified block by block), as
@@ -73,8 +73,18 @@ pub(crate) struct Api {
     /// The payment journal and this node's account, when paid.
     pub(crate) journal: Option<(streamspace_payments::Journal, streamspace_ledger::AccountId)>,
     pub(crate) bandwidth: Arc<Bandwidth>,
+    /// The signed allowlist the node admits peers by, when the network is closed.
+    pub(crate) allowlist: Option<AllowlistState>,
     /// The protocols the node speaks, for `id`.
     pub(crate) protocols: Arc<[String]>,
+}
+
+/// What `streamspace/status` says of the allowlist: who signed it, until when, for how many.
+#[derive(Debug, Clone)]
+pub(crate) struct AllowlistState {
+    pub(crate) operator: String,
+    pub(crate) expires: std::time::SystemTime,
+    pub(crate) peers: usize,
 }
 
 /// Bytes in and out, sampled for rates and the dashboard's chart.
@@ -1046,6 +1056,19 @@ async fn status(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) 
         "ShardsReceived": stats.shards_received,
         "BytesReceived": stats.bytes_received,
         "Bandwidth": history,
+        "Allowlist": api.allowlist.as_ref().map(|a| {
+            let expires = a
+                .expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let now = std::time::SystemTime::now();
+            serde_json::json!({
+                "Operator": a.operator,
+                "Peers": a.peers,
+                "ExpiresSecs": expires,
+                "Expired": a.expires <= now,
+            })
+        }),
         "Settlement": api.paid.as_ref().map(|_| {
             let (posted, locked) = crate::run::settlement_marks(&api.repo);
             serde_json::json!({

@@ -505,6 +505,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
         .node
         .quota
         .map_or(0, |q| q.saturating_sub(store.used_bytes()));
+    let mut allowlist_state = None;
     if let Some(a) = &cfg.allowlist {
         let operator = libp2p_ed25519(&config::hex32("allowlist.operator", &a.operator)?)?;
         let file = config::resolve(base, &a.file);
@@ -513,6 +514,11 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
             .with_context(|| format!("allowlist {}", file.display()))?;
         list.verify(&operator, &cfg.node.network, SystemTime::now())
             .with_context(|| format!("allowlist {}", file.display()))?;
+        allowlist_state = Some(crate::api::AllowlistState {
+            operator: hex::encode(operator.to_bytes()),
+            expires: list.expires,
+            peers: list.peers.len(),
+        });
         tc.admission = Some(Admission { operator, list });
     }
 
@@ -660,6 +666,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
             journal: settlement
                 .as_ref()
                 .map(|s| (s.journal.clone(), s.me.account)),
+            allowlist: allowlist_state,
             bandwidth,
             protocols: [
                 streamspace_transport::codec::PROTOCOL.to_string(),

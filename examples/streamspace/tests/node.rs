@@ -37,6 +37,24 @@ fn http_get(port: u16, path: &str) -> Option<(u16, Vec<u8>)> {
     Some((status, body))
 }
 
+/// A POST to the operator API, answered as JSON.
+fn api(port: u16, command: &str) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /api/v0/{command} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("read");
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").expect("head");
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{command}: {head}");
+    serde_json::from_slice(&all[split + 4..]).expect("JSON")
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
@@ -62,10 +80,11 @@ impl Drop for Nodes {
     }
 }
 
-fn start(dir: &Path, i: u16) -> Child {
+fn start(dir: &Path, i: u16, api_port: u16) -> Child {
     Command::new(BIN)
         .args(["node", "run", "--config"])
         .arg(dir.join(format!("node-{i}.toml")))
+        .args(["--api", &format!("127.0.0.1:{api_port}")])
         .env("RUST_LOG", "warn,streamspace=info")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
@@ -114,7 +133,7 @@ fn a_paid_network_serves_pays_settles_and_shuts_down() {
 
     let mut nodes = Nodes(Vec::new());
     for i in 1..=3u16 {
-        nodes.0.push(start(&dir, i));
+        nodes.0.push(start(&dir, i, base + 50 + i));
         wait_for("the node's metrics", Duration::from_secs(60), || {
             http_get(base + 200 + i, "/metrics").is_some_and(|(s, _)| s == 200)
         });
@@ -176,15 +195,42 @@ fn a_paid_network_serves_pays_settles_and_shuts_down() {
         })
     });
 
-    // SIGTERM: every node exits cleanly.
-    for c in &nodes.0 {
+    // Node 2's operator API: the closed network's allowlist, paid service, and what it
+    // earned by the receipts it holds.
+    let status = api(base + 52, "streamspace/status");
+    assert_eq!(status["Allowlist"]["Peers"], 3, "{status}");
+    assert_eq!(status["Allowlist"]["Expired"], false, "{status}");
+    assert!(
+        status["Payments"]["Receipts"]["Accepted"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{status}"
+    );
+    assert!(
+        !status["Settlement"]["CollateralLockedFor"].is_null(),
+        "{status}"
+    );
+    let earned = api(base + 52, "streamspace/earnings");
+    assert!(
+        earned["Periods"]
+            .as_array()
+            .expect("periods")
+            .iter()
+            .any(|p| p["Shards"].as_u64().is_some_and(|s| s >= 9)
+                && p["Tinybars"].as_u64().is_some_and(|t| t >= 90_000)),
+        "{earned}"
+    );
+
+    // SIGTERM: every node exits cleanly. The members stop first, posting what they hold
+    // through node 1's ledger; node 1, which keeps the ledger, stops last (stopped first, it
+    // would leave the others nowhere to post).
+    for i in [2usize, 1, 0] {
+        let c = &mut nodes.0[i];
         let ok = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status()
             .expect("kill");
         assert!(ok.success());
-    }
-    for (i, c) in nodes.0.iter_mut().enumerate() {
         let status = c.wait().expect("wait");
         let log =
             std::fs::read_to_string(dir.join(format!("node-{}.log", i + 1))).unwrap_or_default();
