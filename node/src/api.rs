@@ -548,6 +548,7 @@ async fn add(
     // directory; top-level files are streamed straight into the importer.
     let mut tree: Option<tempfile::TempDir> = None;
     let mut top_dirs: Vec<String> = Vec::new();
+    let mut tree_bytes = 0u64;
     while let Some(mut field) = form
         .next_field()
         .await
@@ -625,14 +626,15 @@ async fn add(
         let room = store
             .quota()
             .map_or(u64::MAX, |q| q.saturating_sub(store.used_bytes()));
-        let mut written = 0u64;
         while let Some(chunk) = field
             .chunk()
             .await
             .map_err(|e| ApiError::client(format!("multipart body: {e}")))?
         {
-            written += chunk.len() as u64;
-            if written > room {
+            // Counted over the whole upload: many files each under the space offered must
+            // not fill the disk together.
+            tree_bytes = tree_bytes.saturating_add(chunk.len() as u64);
+            if tree_bytes > room {
                 return Err(ApiError::client(format!(
                     "{path}: the upload exceeds the space offered ({room} bytes free)"
                 )));

@@ -154,6 +154,20 @@ async fn an_upload_cannot_write_outside_its_tree_or_past_the_space_offered() {
     .await;
     assert_eq!(over.status, 400, "{}", String::from_utf8_lossy(&over.body));
     assert!(over.kubo_error().contains("space offered"));
+    // Nor can many files, each under the quota, fill the disk together.
+    let part = common::data(40 * 1024, 4);
+    let many = post_multipart(
+        api,
+        "/api/v0/add",
+        &[
+            ("dir", "m", "application/x-directory", b""),
+            ("file", "m%2Fa", "application/octet-stream", &part),
+            ("file", "m%2Fb", "application/octet-stream", &part),
+        ],
+    )
+    .await;
+    assert_eq!(many.status, 400, "{}", String::from_utf8_lossy(&many.body));
+    assert!(many.kubo_error().contains("space offered"));
     // A single file past the quota fails in the store, which keeps what it held.
     let over = post_multipart(
         api,
