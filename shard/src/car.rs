@@ -169,21 +169,19 @@ impl Default for CarDecoder {
 
 /// Reads a varint-prefixed frame from the front of `buf`; `Ok(None)` when more bytes are needed.
 fn frame(buf: &BytesMut, offset: u64, limit: usize) -> Result<Option<(usize, usize)>, CarError> {
-    match unsigned_varint::decode::u64(buf) {
-        Ok((len, rest)) => {
-            let prefix = buf.len() - rest.len();
-            if len > limit as u64 {
-                return Err(CarError::TooLarge { offset, len, limit });
-            }
-            let len = len as usize;
-            if rest.len() < len {
-                Ok(None)
-            } else {
-                Ok(Some((prefix, len)))
-            }
-        }
-        Err(unsigned_varint::decode::Error::Insufficient) => Ok(None),
-        Err(_) => Err(CarError::BadVarint { offset }),
+    let Some((len, prefix)) =
+        crate::wire::uvarint(buf, 0).map_err(|_| CarError::BadVarint { offset })?
+    else {
+        return Ok(None);
+    };
+    if len > limit as u64 {
+        return Err(CarError::TooLarge { offset, len, limit });
+    }
+    let len = len as usize;
+    if buf.len() - prefix < len {
+        Ok(None)
+    } else {
+        Ok(Some((prefix, len)))
     }
 }
 
@@ -368,8 +366,7 @@ pub fn encode_header(roots: &[Cid]) -> Bytes {
 }
 
 fn put_uvarint(out: &mut BytesMut, v: u64) {
-    let mut buf = unsigned_varint::encode::u64_buffer();
-    out.put_slice(unsigned_varint::encode::u64(v, &mut buf));
+    crate::wire::put_varint(out, v);
 }
 
 /// Appends one CAR section (`varint(len) CID bytes`) to `out`.

@@ -11,6 +11,7 @@ pub mod import;
 pub mod keywrap;
 pub mod pb;
 pub mod store;
+pub mod wire;
 
 pub use block::Block;
 pub use cid::Cid;

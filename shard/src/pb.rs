@@ -23,6 +23,7 @@
 //! [dag-pb spec]: https://ipld.io/specs/codecs/dag-pb/spec/
 //! [UnixFS spec]: https://specs.ipfs.tech/unixfs/
 
+use crate::wire::{self, WireError, WireType, put_varint, varint_len};
 use bytes::{BufMut, Bytes, BytesMut};
 use cid::Cid;
 
@@ -105,105 +106,88 @@ pub enum PbError {
     NoData,
 }
 
-const WT_VARINT: u8 = 0;
-const WT_I64: u8 = 1;
-const WT_LEN: u8 = 2;
-const WT_I32: u8 = 5;
+const WT_VARINT: u8 = WireType::Varint.number();
+const WT_LEN: u8 = WireType::Len.number();
+const WT_I32: u8 = WireType::I32.number();
 
-/// A cursor over a protobuf message that tracks its absolute offset for error reports.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    base: usize,
+impl From<WireError> for PbError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated { offset } => PbError::Truncated { offset },
+            WireError::FieldZero { offset } => PbError::UnknownField {
+                field: 0,
+                message: "protobuf",
+                offset,
+            },
+            WireError::BadWireType {
+                field,
+                wire_type,
+                offset,
+            } => PbError::WrongWireType {
+                field,
+                wire_type,
+                expected: WT_LEN,
+                offset,
+            },
+            WireError::BadVarint { offset } | WireError::NotMinimal { offset } => {
+                PbError::BadVarint { offset }
+            }
+        }
+    }
 }
+
+/// The workspace's protobuf reader ([`crate::wire::Reader`]) with this module's error type.
+struct Reader<'a>(wire::Reader<'a>);
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], base: usize) -> Self {
-        Self { buf, pos: 0, base }
-    }
-
-    fn offset(&self) -> usize {
-        self.base + self.pos
+        Self(wire::Reader::with_base(buf, base))
     }
 
     fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
+        self.0.is_empty()
     }
 
     fn varint(&mut self) -> Result<u64, PbError> {
-        let start = self.offset();
-        let mut value: u64 = 0;
-        for i in 0..10 {
-            let Some(&byte) = self.buf.get(self.pos) else {
-                return Err(PbError::Truncated { offset: start });
-            };
-            self.pos += 1;
-            let low = u64::from(byte & 0x7f);
-            if i == 9 && low > 1 {
-                return Err(PbError::BadVarint { offset: start });
-            }
-            value |= low << (7 * i);
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(PbError::BadVarint { offset: start })
+        Ok(self.0.varint()?)
     }
 
     /// Reads a field key, returning (field number, wire type, offset of the key).
     fn key(&mut self) -> Result<(u64, u8, usize), PbError> {
-        let at = self.offset();
-        let key = self.varint()?;
-        let field = key >> 3;
-        if field == 0 {
-            return Err(PbError::UnknownField {
-                field,
-                message: "protobuf",
-                offset: at,
-            });
-        }
-        Ok((field, (key & 7) as u8, at))
+        let k = self.0.key()?;
+        Ok((k.field, k.wire_type.number(), k.offset))
     }
 
     /// Reads a length-delimited payload, returning its range in the buffer.
     fn len_delimited(&mut self) -> Result<std::ops::Range<usize>, PbError> {
-        let at = self.offset();
-        let len = self.varint()?;
-        let start = self.pos;
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| start.checked_add(l))
-            .filter(|&end| end <= self.buf.len())
-            .ok_or(PbError::Truncated { offset: at })?;
-        self.pos = end;
-        Ok(start..end)
+        Ok(self.0.len_range()?)
     }
 
     fn skip(&mut self, wire_type: u8, field: u64, at: usize) -> Result<(), PbError> {
-        match wire_type {
-            WT_VARINT => self.varint().map(drop),
-            WT_I64 => self.fixed(8).map(drop),
-            WT_LEN => self.len_delimited().map(drop),
-            WT_I32 => self.fixed(4).map(drop),
-            other => Err(PbError::WrongWireType {
-                field,
-                wire_type: other,
-                expected: WT_LEN,
-                offset: at,
-            }),
-        }
+        let wire_type = match wire_type {
+            0 => WireType::Varint,
+            1 => WireType::I64,
+            2 => WireType::Len,
+            5 => WireType::I32,
+            other => {
+                return Err(PbError::WrongWireType {
+                    field,
+                    wire_type: other,
+                    expected: WT_LEN,
+                    offset: at,
+                });
+            }
+        };
+        let key = wire::Key {
+            field,
+            wire_type,
+            offset: at,
+        };
+        Ok(self.0.skip(&key)?)
     }
 
     fn fixed(&mut self, n: usize) -> Result<&'a [u8], PbError> {
-        let at = self.offset();
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or(PbError::Truncated { offset: at })?;
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
+        Ok(self.0.fixed(n)?)
     }
 }
 
@@ -220,26 +204,12 @@ fn expect_wt(field: u64, got: u8, expected: u8, offset: usize) -> Result<(), PbE
     }
 }
 
-fn put_varint(buf: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        buf.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    buf.put_u8(v as u8);
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
 fn put_key(buf: &mut impl BufMut, field: u64, wire_type: u8) {
     put_varint(buf, (field << 3) | u64::from(wire_type));
 }
 
 fn put_bytes_field(buf: &mut impl BufMut, field: u64, data: &[u8]) {
-    put_key(buf, field, WT_LEN);
-    put_varint(buf, data.len() as u64);
-    buf.put_slice(data);
+    wire::put_bytes_field(buf, field, data);
 }
 
 /// One link of a dag-pb node.

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use libp2p::PeerId;
 use libp2p::identity::ed25519;
+use streamspace_shard::wire;
 
 const DOMAIN: &[u8; 24] = b"streamspace-allowlist-v1";
 const MAX_NETWORK: usize = 64;
@@ -69,14 +70,13 @@ fn unix(t: SystemTime) -> u64 {
 fn body(network: &str, expires: SystemTime, peers: &BTreeSet<PeerId>) -> BytesMut {
     let mut out = BytesMut::new();
     out.put_slice(DOMAIN);
-    let mut buf = unsigned_varint::encode::usize_buffer();
-    out.put_slice(unsigned_varint::encode::usize(network.len(), &mut buf));
+    wire::put_varint(&mut out, network.len() as u64);
     out.put_slice(network.as_bytes());
     out.put_u64(unix(expires));
-    out.put_slice(unsigned_varint::encode::usize(peers.len(), &mut buf));
+    wire::put_varint(&mut out, peers.len() as u64);
     for p in peers {
         let b = p.to_bytes();
-        out.put_slice(unsigned_varint::encode::usize(b.len(), &mut buf));
+        wire::put_varint(&mut out, b.len() as u64);
         out.put_slice(&b);
     }
     out
@@ -140,10 +140,12 @@ impl SignedAllowlist {
         }
         let mut at = DOMAIN.len();
         let varint = |at: &mut usize, what| -> Result<usize, AllowlistError> {
-            let (v, rest) =
-                unsigned_varint::decode::usize(&b[*at..]).map_err(|_| bad(*at, what))?;
-            *at = b.len() - rest.len();
-            Ok(v)
+            let (v, used) = wire::uvarint(&b[*at..], *at)
+                .ok()
+                .flatten()
+                .ok_or_else(|| bad(*at, what))?;
+            *at += used;
+            usize::try_from(v).map_err(|_| bad(*at, what))
         };
         let take = |at: &mut usize, n: usize, what| -> Result<&[u8], AllowlistError> {
             let s = b

@@ -29,6 +29,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use cid::Cid;
 use streamspace_shard::block::MAX_BLOCK_SIZE;
+use streamspace_shard::wire;
 
 /// Most CIDs in one want or have list.
 pub const MAX_WANT: usize = 64;
@@ -211,19 +212,12 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &'static str) -> Result<u64, MessageError> {
-        let rest = &self.buf[self.at..];
-        match unsigned_varint::decode::u64(rest) {
-            Ok((v, tail)) => {
-                let used = rest.len() - tail.len();
-                // Canonical: a tenth byte may not carry bits beyond the 64th.
-                let mut b = unsigned_varint::encode::u64_buffer();
-                if unsigned_varint::encode::u64(v, &mut b) != &rest[..used] {
-                    return Err(MessageError::Varint { offset: self.at });
-                }
+        match wire::uvarint(&self.buf[self.at..], self.at) {
+            Ok(Some((v, used))) => {
                 self.at += used;
                 Ok(v)
             }
-            Err(unsigned_varint::decode::Error::Insufficient) => Err(MessageError::Truncated {
+            Ok(None) => Err(MessageError::Truncated {
                 offset: self.at,
                 what,
             }),
@@ -290,8 +284,7 @@ impl<'a> Reader<'a> {
 }
 
 fn put_varint(out: &mut BytesMut, v: u64) {
-    let mut b = unsigned_varint::encode::u64_buffer();
-    out.put_slice(unsigned_varint::encode::u64(v, &mut b));
+    wire::put_varint(out, v);
 }
 
 fn put_cid(out: &mut BytesMut, cid: &Cid) {
