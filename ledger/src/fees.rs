@@ -33,6 +33,12 @@ pub const MAX_MINT_BATCH: usize = 10;
 pub const MAX_METADATA_BYTES: usize = 100;
 /// Largest topic message in one transaction (`consensus.message.maxBytesAllowed`).
 pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// Largest transaction, signatures included (`hedera.transaction.maxBytes`): above it Hedera
+/// answers `TRANSACTION_OVERSIZE`. The embedded ledger counts its body encoding plus 96 bytes
+/// (key and signature) per signature.
+pub const MAX_TRANSACTION_BYTES: usize = 6144;
+/// Shortest and longest auto-renew period Hedera accepts, in seconds.
+pub const AUTO_RENEW_SECS: std::ops::RangeInclusive<i64> = 2_592_000..=8_000_001;
 /// Longest memo, in bytes.
 pub const MAX_MEMO_BYTES: usize = 100;
 /// Seconds of its valid duration a transaction must have left to be accepted.

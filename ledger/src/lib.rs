@@ -296,6 +296,7 @@ pub trait LedgerExt: Ledger {
                 TxKind::CreateAccount {
                     key,
                     initial_balance: initial,
+                    receiver_sig_required: false,
                 },
             );
             let r = self.execute(tx, &[&payer.key]).await?;

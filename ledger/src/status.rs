@@ -108,6 +108,14 @@ statuses! {
     SenderDoesNotOwnNftSerialNo => "SENDER_DOES_NOT_OWN_NFT_SERIAL_NO",
     /// A token name or symbol that is empty or too long.
     MissingTokenName => "MISSING_TOKEN_NAME",
+    /// An auto-renew period outside what the network accepts.
+    AutorenewDurationNotInRange => "AUTORENEW_DURATION_NOT_IN_RANGE",
+    /// Decimals on a non-fungible token.
+    InvalidTokenDecimals => "INVALID_TOKEN_DECIMALS",
+    /// An initial supply on a non-fungible token.
+    InvalidTokenInitialSupply => "INVALID_TOKEN_INITIAL_SUPPLY",
+    /// A fungible amount in a mint of non-fungible tokens.
+    InvalidTokenMintAmount => "INVALID_TOKEN_MINT_AMOUNT",
 }
 
 impl fmt::Display for Status {

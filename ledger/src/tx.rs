@@ -69,6 +69,9 @@ pub enum TxKind {
         key: PublicKey,
         /// Tinybars moved from the payer to the new account.
         initial_balance: i64,
+        /// Whether every transfer crediting the account (hbar or NFTs) must be signed by its
+        /// key too (Hedera's `receiverSigRequired`).
+        receiver_sig_required: bool,
     },
     /// CryptoTransfer: one atomic transfer of hbar (amounts sum to zero) and NFTs.
     Transfer {

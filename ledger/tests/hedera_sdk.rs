@@ -137,3 +137,166 @@ impl tonic::codec::Encoder for RawEncoder {
         Ok(())
     }
 }
+
+/// A loopback node and an SDK client of it paying with the treasury, for driving the SDK
+/// directly with fields the [`Ledger`] trait does not have.
+async fn raw_sdk() -> (LoopbackNode, LocalLedger, hedera::Client) {
+    let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+    let k = key(200);
+    let local = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&k),
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let node = LoopbackNode::start(local.clone()).await.unwrap();
+    let client = hedera::Client::for_network(std::collections::HashMap::from([(
+        node.node.to_string(),
+        hedera::AccountId::new(0, 0, 3),
+    )]))
+    .unwrap();
+    client.set_mirror_network([node.mirror.to_string()]);
+    client.set_operator(
+        hedera::AccountId::new(0, 0, TREASURY.num()),
+        hedera::PrivateKey::from_bytes_ed25519(&k.to_bytes()).unwrap(),
+    );
+    client.set_max_attempts(3);
+    client.set_request_timeout(Some(std::time::Duration::from_secs(10)));
+    (node, local, client)
+}
+
+/// The Hedera status an SDK error carries (precheck or receipt).
+fn sdk_status(e: hedera::Error) -> hedera::Status {
+    match e {
+        hedera::Error::TimedOut(inner) => sdk_status(*inner),
+        hedera::Error::TransactionPreCheckStatus { status, .. }
+        | hedera::Error::ReceiptStatus { status, .. }
+        | hedera::Error::QueryNoPaymentPreCheckStatus { status }
+        | hedera::Error::QueryPreCheckStatus { status, .. }
+        | hedera::Error::QueryPaymentPreCheckStatus { status, .. } => status,
+        other => panic!("no Hedera status in {other:?}"),
+    }
+}
+
+/// Fields the ledger does not model are refused with `NOT_SUPPORTED` before consensus — a
+/// royalty fee is never accepted and then not charged — and the payer is charged nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_not_modelled_are_refused_not_ignored() {
+    let (node, local, client) = raw_sdk().await;
+    let before = local.balance(TREASURY).await.unwrap();
+    let supply = hedera::PrivateKey::from_bytes_ed25519(&[9; 32]).unwrap();
+
+    // A token whose resales would owe a royalty.
+    let royalty = hedera::AnyCustomFee {
+        fee: hedera::Fee::Royalty(hedera::RoyaltyFeeData {
+            numerator: 1,
+            denominator: 10,
+            fallback_fee: Some(hedera::FixedFeeData::from_hbar(hedera::Hbar::new(1))),
+        }),
+        fee_collector_account_id: Some(hedera::AccountId::new(0, 0, TREASURY.num())),
+        all_collectors_are_exempt: false,
+    };
+    let mut t = hedera::TokenCreateTransaction::new();
+    t.name("Film")
+        .symbol("FILM")
+        .token_type(hedera::TokenType::NonFungibleUnique)
+        .treasury_account_id(hedera::AccountId::new(0, 0, TREASURY.num()))
+        .supply_key(supply.public_key())
+        .custom_fees([royalty]);
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+
+    // An account that would associate tokens on its own.
+    let mut t = hedera::AccountCreateTransaction::new();
+    t.set_key_without_alias(supply.public_key())
+        .max_automatic_token_associations(5);
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+
+    // An admin key on a topic (updates and deletes are not modelled).
+    let mut t = hedera::TopicCreateTransaction::new();
+    t.admin_key(supply.public_key());
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+
+    // An auto-renew period Hedera would refuse.
+    let mut t = hedera::AccountCreateTransaction::new();
+    t.set_key_without_alias(supply.public_key())
+        .auto_renew_period(time::Duration::days(1));
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::AutorenewDurationNotInRange);
+
+    // A transaction kind the node does not serve.
+    let mut t = hedera::AccountDeleteTransaction::new();
+    t.account_id(hedera::AccountId::new(0, 0, 3))
+        .transfer_account_id(hedera::AccountId::new(0, 0, TREASURY.num()));
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+
+    // Nothing was charged: every refusal came before consensus.
+    assert_eq!(local.balance(TREASURY).await.unwrap(), before);
+
+    // The same token without the royalty is created.
+    let mut t = hedera::TokenCreateTransaction::new();
+    t.name("Film")
+        .symbol("FILM")
+        .token_type(hedera::TokenType::NonFungibleUnique)
+        .treasury_account_id(hedera::AccountId::new(0, 0, TREASURY.num()))
+        .supply_key(supply.public_key());
+    let r = t
+        .execute(&client)
+        .await
+        .unwrap()
+        .get_receipt(&client)
+        .await
+        .unwrap();
+    assert!(r.token_id.is_some());
+    node.stop().await;
+}
+
+/// Queries the node does not serve answer with `NOT_SUPPORTED` in the response header, which
+/// the SDK reads as a status, not as a bare gRPC error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_queries_answer_not_supported() {
+    let (node, _local, client) = raw_sdk().await;
+    let e = hedera::AccountInfoQuery::new()
+        .account_id(hedera::AccountId::new(0, 0, TREASURY.num()))
+        .execute(&client)
+        .await
+        .unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+    let e = hedera::TokenInfoQuery::new()
+        .token_id(hedera::TokenId::new(0, 0, 1001))
+        .execute(&client)
+        .await
+        .unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::NotSupported);
+    node.stop().await;
+}
+
+/// A 12 KB transaction sent as one (no chunking) is refused with `TRANSACTION_OVERSIZE`, with
+/// no fee and no message; the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_transaction_on_the_wire() {
+    let (node, local, client) = raw_sdk().await;
+    let r = hedera::TopicCreateTransaction::new()
+        .execute(&client)
+        .await
+        .unwrap()
+        .get_receipt(&client)
+        .await
+        .unwrap();
+    let topic = r.topic_id.unwrap();
+    let before = local.balance(TREASURY).await.unwrap();
+    let mut t = hedera::TopicMessageSubmitTransaction::new();
+    t.topic_id(topic)
+        .message(vec![1u8; 12 * 1024])
+        .chunk_size(12 * 1024)
+        .max_chunks(1);
+    let e = t.execute(&client).await.unwrap_err();
+    assert_eq!(sdk_status(e), hedera::Status::TransactionOversize);
+    assert_eq!(local.balance(TREASURY).await.unwrap(), before);
+    let ours = streamspace_ledger::TopicId::new(topic.num);
+    assert_eq!(local.topic_info(ours).await.unwrap().sequence, 0);
+    node.stop().await;
+}

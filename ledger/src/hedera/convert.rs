@@ -110,12 +110,45 @@ pub(crate) fn tx_id_out(id: TransactionId) -> pb::TransactionId {
     }
 }
 
+/// An Ed25519 key. Key kinds this ledger does not model (ECDSA, key lists, threshold keys,
+/// contract ids) are refused with `NOT_SUPPORTED`; a missing or malformed key is a bad body.
 fn key_in(k: Option<&pb::Key>) -> WireResult<PublicKey> {
     match k.and_then(|k| k.key.as_ref()) {
         Some(pb::key::Key::Ed25519(b)) => <[u8; 32]>::try_from(b.as_slice())
             .map(PublicKey)
             .map_err(|_| Status::InvalidTransactionBody),
-        _ => Err(Status::InvalidTransactionBody),
+        Some(_) => Err(Status::NotSupported),
+        None => Err(Status::InvalidTransactionBody),
+    }
+}
+
+/// `NOT_SUPPORTED` when a field this ledger does not model is set: it is refused, never
+/// ignored.
+fn unmodelled(set: bool) -> WireResult<()> {
+    if set {
+        Err(Status::NotSupported)
+    } else {
+        Ok(())
+    }
+}
+
+/// Entities never expire on this ledger, so an auto-renew period only has to be one Hedera
+/// accepts.
+fn auto_renew(d: Option<&pb::Duration>) -> WireResult<()> {
+    match d {
+        Some(d) if !crate::fees::AUTO_RENEW_SECS.contains(&d.seconds) => {
+            Err(Status::AutorenewDurationNotInRange)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An auto-renew account is accepted only where it changes nothing: absent, or one of the
+/// accounts that sign the transaction anyway (the SDKs set the payer).
+fn auto_renew_account(a: Option<&pb::AccountId>, signing: &[AccountId]) -> WireResult<()> {
+    match a {
+        None => Ok(()),
+        Some(a) => unmodelled(!signing.contains(&account_in(Some(a))?)),
     }
 }
 
@@ -125,29 +158,54 @@ pub(crate) fn key_out(k: PublicKey) -> pb::Key {
     }
 }
 
-fn kind_in(data: Option<&pb::transaction_body::Data>) -> WireResult<TxKind> {
+/// What a transaction body does. Every field is either modelled or, when set, refused with
+/// `NOT_SUPPORTED` (deprecated fields Hedera itself ignores are ignored).
+fn kind_in(data: Option<&pb::transaction_body::Data>, payer: AccountId) -> WireResult<TxKind> {
     use pb::transaction_body::Data;
     Ok(match data.ok_or(Status::InvalidTransactionBody)? {
-        Data::CryptoCreateAccount(b) => TxKind::CreateAccount {
-            key: key_in(b.key.as_ref())?,
-            initial_balance: i64::try_from(b.initial_balance)
-                .map_err(|_| Status::InvalidInitialBalance)?,
-        },
+        Data::CryptoCreateAccount(b) => {
+            #[allow(deprecated)]
+            let unmodelled_set = b.proxy_account_id.is_some()
+                || b.shard_id.as_ref().is_some_and(|s| s.shard_num != 0)
+                || b.realm_id
+                    .as_ref()
+                    .is_some_and(|r| r.realm_num != 0 || r.shard_num != 0)
+                || b.new_realm_admin_key.is_some()
+                || !b.memo.is_empty()
+                || b.max_automatic_token_associations != 0
+                || b.staked_id.is_some()
+                || b.decline_reward
+                || !b.alias.is_empty()
+                || !b.hook_creation_details.is_empty()
+                || !b.delegation_address.is_empty();
+            unmodelled(unmodelled_set)?;
+            auto_renew(b.auto_renew_period.as_ref())?;
+            TxKind::CreateAccount {
+                key: key_in(b.key.as_ref())?,
+                initial_balance: i64::try_from(b.initial_balance)
+                    .map_err(|_| Status::InvalidInitialBalance)?,
+                receiver_sig_required: b.receiver_sig_required,
+            }
+        }
         Data::CryptoTransfer(b) => {
-            let hbar = b
-                .transfers
-                .iter()
-                .flat_map(|l| l.account_amounts.iter())
-                .map(|aa| Ok((account_in(aa.account_id.as_ref())?, aa.amount)))
+            let amounts = b.transfers.iter().flat_map(|l| l.account_amounts.iter());
+            let hbar = amounts
+                .map(|aa| {
+                    unmodelled(aa.is_approval || aa.hook_call.is_some())?;
+                    Ok((account_in(aa.account_id.as_ref())?, aa.amount))
+                })
                 .collect::<WireResult<Vec<_>>>()?;
             let mut nfts = Vec::new();
             for list in &b.token_transfers {
-                if !list.transfers.is_empty() {
-                    // Fungible tokens are not part of this ledger.
-                    return Err(Status::InvalidTransactionBody);
-                }
+                // Fungible tokens are not part of this ledger.
+                unmodelled(!list.transfers.is_empty() || list.expected_decimals.is_some())?;
                 let token = token_in(list.token.as_ref())?;
                 for n in &list.nft_transfers {
+                    unmodelled(
+                        n.is_approval
+                            || n.sender_allowance_hook_call.is_some()
+                            || n.receiver_allowance_hook_call.is_some(),
+                    )?;
                     nfts.push(NftTransfer {
                         nft: NftId {
                             token,
@@ -161,10 +219,20 @@ fn kind_in(data: Option<&pb::transaction_body::Data>) -> WireResult<TxKind> {
             }
             TxKind::Transfer { hbar, nfts }
         }
-        Data::ConsensusCreateTopic(b) => TxKind::CreateTopic {
-            memo: b.memo.clone(),
-            submit_key: b.submit_key.as_ref().map(|k| key_in(Some(k))).transpose()?,
-        },
+        Data::ConsensusCreateTopic(b) => {
+            unmodelled(
+                b.admin_key.is_some()
+                    || b.fee_schedule_key.is_some()
+                    || !b.fee_exempt_key_list.is_empty()
+                    || !b.custom_fees.is_empty(),
+            )?;
+            auto_renew(b.auto_renew_period.as_ref())?;
+            auto_renew_account(b.auto_renew_account.as_ref(), &[payer])?;
+            TxKind::CreateTopic {
+                memo: b.memo.clone(),
+                submit_key: b.submit_key.as_ref().map(|k| key_in(Some(k))).transpose()?,
+            }
+        }
         Data::ConsensusSubmitMessage(b) => TxKind::SubmitMessage {
             topic: topic_in(b.topic_id.as_ref())?,
             message: Bytes::from(b.message.clone()),
@@ -182,20 +250,49 @@ fn kind_in(data: Option<&pb::transaction_body::Data>) -> WireResult<TxKind> {
                 .transpose()?,
         },
         Data::TokenCreation(b) => {
-            if b.token_type != pb::TokenType::NonFungibleUnique as i32 {
-                return Err(Status::InvalidTransactionBody);
+            // Fungible tokens are not part of this ledger.
+            unmodelled(b.token_type != pb::TokenType::NonFungibleUnique as i32)?;
+            if b.decimals != 0 {
+                return Err(Status::InvalidTokenDecimals);
             }
+            if b.initial_supply != 0 {
+                return Err(Status::InvalidTokenInitialSupply);
+            }
+            unmodelled(
+                b.admin_key.is_some()
+                    || b.kyc_key.is_some()
+                    || b.freeze_key.is_some()
+                    || b.wipe_key.is_some()
+                    || b.freeze_default
+                    || b.expiry.is_some()
+                    || !b.memo.is_empty()
+                    || b.supply_type != pb::TokenSupplyType::Infinite as i32
+                    || b.max_supply != 0
+                    || b.fee_schedule_key.is_some()
+                    || !b.custom_fees.is_empty()
+                    || b.pause_key.is_some()
+                    || !b.metadata.is_empty()
+                    || b.metadata_key.is_some(),
+            )?;
+            let treasury = account_in(b.treasury.as_ref())?;
+            auto_renew(b.auto_renew_period.as_ref())?;
+            auto_renew_account(b.auto_renew_account.as_ref(), &[payer, treasury])?;
             TxKind::CreateNft {
                 name: b.name.clone(),
                 symbol: b.symbol.clone(),
-                treasury: account_in(b.treasury.as_ref())?,
+                treasury,
                 supply_key: key_in(b.supply_key.as_ref())?,
             }
         }
-        Data::TokenMint(b) => TxKind::MintNft {
-            token: token_in(b.token.as_ref())?,
-            metadata: b.metadata.iter().map(|m| Bytes::from(m.clone())).collect(),
-        },
+        Data::TokenMint(b) => {
+            if b.amount != 0 {
+                return Err(Status::InvalidTokenMintAmount);
+            }
+            TxKind::MintNft {
+                token: token_in(b.token.as_ref())?,
+                metadata: b.metadata.iter().map(|m| Bytes::from(m.clone())).collect(),
+            }
+        }
         Data::TokenAssociate(b) => TxKind::Associate {
             account: account_in(b.account.as_ref())?,
             tokens: b
@@ -217,13 +314,23 @@ pub(crate) fn transaction_in(t: &pb::Transaction) -> WireResult<SignedTransactio
     let body = pb::TransactionBody::decode(signed.body_bytes.as_slice())
         .map_err(|_| Status::InvalidTransactionBody)?;
     let id = tx_id_in(body.transaction_id.as_ref())?;
+    // Scheduled and nonce'd (child) ids, batches, custom-fee limits and high-volume pricing
+    // are not modelled.
+    unmodelled(
+        body.transaction_id
+            .as_ref()
+            .is_some_and(|i| i.scheduled || i.nonce != 0)
+            || body.batch_key.is_some()
+            || !body.max_custom_fees.is_empty()
+            || body.high_volume,
+    )?;
     let tx = Transaction {
         id,
         node: account_in(body.node_account_id.as_ref())?,
         max_fee: i64::try_from(body.transaction_fee).unwrap_or(i64::MAX),
         valid_duration_secs: body.transaction_valid_duration.map_or(0, |d| d.seconds),
         memo: body.memo.clone(),
-        kind: kind_in(body.data.as_ref())?,
+        kind: kind_in(body.data.as_ref(), id.payer)?,
     };
     let sigs = signed
         .sig_map

@@ -339,10 +339,12 @@ impl Ledger for HederaLedger {
             TxKind::CreateAccount {
                 key,
                 initial_balance,
+                receiver_sig_required,
             } => {
                 let mut t = hedera::AccountCreateTransaction::new();
                 t.set_key_without_alias(sdk_public(*key)?)
-                    .initial_balance(Hbar::from_tinybars(*initial_balance));
+                    .initial_balance(Hbar::from_tinybars(*initial_balance))
+                    .receiver_signature_required(*receiver_sig_required);
                 self.run(t, &tx, signers).await
             }
             TxKind::Transfer { hbar, nfts } => {

@@ -37,7 +37,9 @@ use mirror::consensus_service_server::{
 
 type GrpcResult<T> = Result<Response<T>, tonic::Status>;
 
-/// Largest request a loopback node accepts (Hedera's transaction size limit with headroom).
+/// Largest gRPC request a loopback node decodes; transactions above Hedera's limit
+/// ([`crate::fees::MAX_TRANSACTION_BYTES`]) but below this one are answered with
+/// `TRANSACTION_OVERSIZE`.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// Messages buffered per mirror subscription.
 const MIRROR_BUFFER: usize = 256;
@@ -49,6 +51,11 @@ struct Node {
 
 impl Node {
     async fn submit(&self, req: Request<pb::Transaction>) -> GrpcResult<pb::TransactionResponse> {
+        use prost::Message;
+        // Hedera measures the whole `Transaction`, signatures included.
+        if req.get_ref().encoded_len() > crate::fees::MAX_TRANSACTION_BYTES {
+            return Ok(precheck(Status::TransactionOversize));
+        }
         let code = match transaction_in(req.get_ref()) {
             Err(status) => status_code(status),
             Ok(signed) => match self.ledger.execute_signed(signed).await {
@@ -219,15 +226,68 @@ impl Node {
                     })
                 }
             }
-            _ => {
-                return Err(tonic::Status::unimplemented(
-                    "query not served by this node",
-                ));
-            }
+            other => not_supported(other),
         };
         Ok(Response::new(pb::Response {
             response: Some(response),
         }))
+    }
+}
+
+/// A precheck answer with no cost.
+fn precheck(status: Status) -> Response<pb::TransactionResponse> {
+    Response::new(pb::TransactionResponse {
+        node_transaction_precheck_code: status_code(status),
+        cost: 0,
+    })
+}
+
+/// The answer to a query this node does not serve: the response of the query's own kind with
+/// `NOT_SUPPORTED` in its header, as an SDK reads a node's refusal.
+fn not_supported(q: pb::query::Query) -> pb::response::Response {
+    use pb::query::Query as Q;
+    use pb::response::Response as R;
+    macro_rules! answer {
+        ($($q:ident => $r:ident($resp:ident)),* $(,)?) => {
+            match q {
+                $(Q::$q(q) => R::$r(pb::$resp {
+                    header: Some(pb::ResponseHeader {
+                        node_transaction_precheck_code: status_code(Status::NotSupported),
+                        response_type: q.header.as_ref().map_or(0, |h| h.response_type),
+                        cost: 0,
+                        state_proof: Vec::new(),
+                    }),
+                    ..Default::default()
+                }),)*
+            }
+        };
+    }
+    answer! {
+        GetByKey => GetByKey(GetByKeyResponse),
+        GetBySolidityId => GetBySolidityId(GetBySolidityIdResponse),
+        ContractCallLocal => ContractCallLocal(ContractCallLocalResponse),
+        ContractGetInfo => ContractGetInfo(ContractGetInfoResponse),
+        ContractGetBytecode => ContractGetBytecodeResponse(ContractGetBytecodeResponse),
+        ContractGetRecords => ContractGetRecordsResponse(ContractGetRecordsResponse),
+        CryptogetAccountBalance => CryptogetAccountBalance(CryptoGetAccountBalanceResponse),
+        CryptoGetAccountRecords => CryptoGetAccountRecords(CryptoGetAccountRecordsResponse),
+        CryptoGetInfo => CryptoGetInfo(CryptoGetInfoResponse),
+        CryptoGetLiveHash => CryptoGetLiveHash(CryptoGetLiveHashResponse),
+        CryptoGetProxyStakers => CryptoGetProxyStakers(CryptoGetStakersResponse),
+        FileGetContents => FileGetContents(FileGetContentsResponse),
+        FileGetInfo => FileGetInfo(FileGetInfoResponse),
+        TransactionGetReceipt => TransactionGetReceipt(TransactionGetReceiptResponse),
+        TransactionGetRecord => TransactionGetRecord(TransactionGetRecordResponse),
+        TransactionGetFastRecord => TransactionGetFastRecord(TransactionGetFastRecordResponse),
+        ConsensusGetTopicInfo => ConsensusGetTopicInfo(ConsensusGetTopicInfoResponse),
+        NetworkGetVersionInfo => NetworkGetVersionInfo(NetworkGetVersionInfoResponse),
+        TokenGetInfo => TokenGetInfo(TokenGetInfoResponse),
+        ScheduleGetInfo => ScheduleGetInfo(ScheduleGetInfoResponse),
+        TokenGetAccountNftInfos => TokenGetAccountNftInfos(TokenGetAccountNftInfosResponse),
+        TokenGetNftInfo => TokenGetNftInfo(TokenGetNftInfoResponse),
+        TokenGetNftInfos => TokenGetNftInfos(TokenGetNftInfosResponse),
+        NetworkGetExecutionTime => NetworkGetExecutionTime(NetworkGetExecutionTimeResponse),
+        AccountDetails => AccountDetails(GetAccountDetailsResponse),
     }
 }
 
@@ -244,7 +304,8 @@ fn outcome<T>(r: Result<T, LedgerError>) -> Result<Result<T, Status>, tonic::Sta
 }
 
 /// Implements one of Hedera's node services: the listed transactions and queries are served,
-/// every other method of the service answers `UNIMPLEMENTED`.
+/// every other method of the service answers with Hedera's `NOT_SUPPORTED` status (the
+/// precheck code of a transaction, the header of a query's response).
 macro_rules! node_service {
     (
         $service:ident {
@@ -268,12 +329,18 @@ macro_rules! node_service {
             )*
             $(
                 async fn $utx(&self, _: Request<pb::Transaction>) -> GrpcResult<pb::TransactionResponse> {
-                    Err(tonic::Status::unimplemented(concat!(stringify!($utx), " is not served by this node")))
+                    Ok(precheck(Status::NotSupported))
                 }
             )*
             $(
-                async fn $uq(&self, _: Request<pb::Query>) -> GrpcResult<pb::Response> {
-                    Err(tonic::Status::unimplemented(concat!(stringify!($uq), " is not served by this node")))
+                async fn $uq(&self, r: Request<pb::Query>) -> GrpcResult<pb::Response> {
+                    let q = r
+                        .into_inner()
+                        .query
+                        .ok_or_else(|| tonic::Status::invalid_argument("empty query"))?;
+                    Ok(Response::new(pb::Response {
+                        response: Some(not_supported(q)),
+                    }))
                 }
             )*
         }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::{
-    ACCOUNTS, AccountRec, MESSAGES, META, Meta, NFTS, NftRec, RECORDS, TOKENS, TOPICS, TokenRec,
-    TopicRec, dec, enc, storage,
+    ACCOUNTS, AccountRec, MESSAGES, META, Meta, NFTS, NftRec, RECEIVER_SIG, RECORDS, TOKENS,
+    TOPICS, TokenRec, TopicRec, dec, enc, storage,
 };
 use crate::fees::{self, FEE_COLLECTOR};
 use crate::running_hash;
@@ -22,6 +22,7 @@ pub(super) struct Tables<'t> {
     nfts: Table<'t, (u64, u64), &'static [u8]>,
     records: Table<'t, &'static [u8], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
+    receiver_sig: Table<'t, u64, ()>,
 }
 
 impl<'t> Tables<'t> {
@@ -34,6 +35,7 @@ impl<'t> Tables<'t> {
             nfts: txn.open_table(NFTS).map_err(storage)?,
             records: txn.open_table(RECORDS).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
+            receiver_sig: txn.open_table(RECEIVER_SIG).map_err(storage)?,
         })
     }
 
@@ -53,6 +55,11 @@ impl<'t> Tables<'t> {
             .map_err(storage)?
             .map(|v| dec(v.value()))
             .transpose()
+    }
+
+    /// Whether transfers crediting `id` must carry its signature.
+    fn receiver_sig_required(&self, id: AccountId) -> Result<bool, LedgerError> {
+        Ok(self.receiver_sig.get(id.num()).map_err(storage)?.is_some())
     }
 
     fn put_account(&mut self, id: AccountId, rec: &AccountRec) -> Result<(), LedgerError> {
@@ -273,12 +280,18 @@ fn handle(
         TxKind::CreateAccount {
             key,
             initial_balance,
+            receiver_sig_required,
         } => {
             let Some(mut payer) = t.account(tx.id.payer)? else {
                 return Ok(Err(Status::PayerAccountNotFound));
             };
             if payer.balance < *initial_balance {
                 return Ok(Err(Status::InsufficientPayerBalance));
+            }
+            // Hedera requires the new account's key to sign a creation that sets
+            // `receiverSigRequired`.
+            if *receiver_sig_required && !signers.contains(key) {
+                return Ok(Err(Status::InvalidSignature));
             }
             payer.balance -= initial_balance;
             t.put_account(tx.id.payer, &payer)?;
@@ -291,6 +304,9 @@ fn handle(
                     tokens: Vec::new(),
                 },
             )?;
+            if *receiver_sig_required {
+                t.receiver_sig.insert(new.num(), ()).map_err(storage)?;
+            }
             fx.receipt_account = Some(new);
             fx.transfers = vec![(tx.id.payer, -initial_balance), (new, *initial_balance)];
         }
@@ -300,7 +316,8 @@ fn handle(
                 let Some(rec) = t.account(*a)? else {
                     return Ok(Err(Status::InvalidAccountId));
                 };
-                if *v < 0 && !signers.contains(&rec.key) {
+                let must_sign = *v < 0 || (*v > 0 && t.receiver_sig_required(*a)?);
+                if must_sign && !signers.contains(&rec.key) {
                     return Ok(Err(Status::InvalidSignature));
                 }
                 if rec.balance.checked_add(*v).is_none_or(|b| b < 0) {
@@ -334,6 +351,9 @@ fn handle(
                 let Some(to) = t.account(n.to)? else {
                     return Ok(Err(Status::InvalidAccountId));
                 };
+                if t.receiver_sig_required(n.to)? && !signers.contains(&to.key) {
+                    return Ok(Err(Status::InvalidSignature));
+                }
                 if !to.tokens.contains(&n.nft.token.num()) {
                     return Ok(Err(Status::TokenNotAssociatedToAccount));
                 }

@@ -30,6 +30,9 @@ pub(crate) const TOKENS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new(
 pub(crate) const NFTS: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("nfts");
 pub(crate) const RECORDS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("records");
 pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Accounts that must sign every transfer crediting them (`receiverSigRequired`), kept apart
+/// from the account records so that ledgers written before it still open.
+pub(crate) const RECEIVER_SIG: TableDefinition<'_, u64, ()> = TableDefinition::new("receiver_sig");
 
 /// The treasury account created at genesis.
 pub const TREASURY: AccountId = AccountId::new(2);
@@ -258,6 +261,7 @@ impl LocalLedger {
         txn.open_table(NFTS).map_err(storage)?;
         txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(ACCOUNTS).map_err(storage)?;
+        txn.open_table(RECEIVER_SIG).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(meta)
     }
@@ -269,6 +273,18 @@ impl LocalLedger {
     ///
     /// As [`Ledger::execute`].
     pub async fn execute_signed(&self, signed: SignedTransaction) -> Result<Receipt, LedgerError> {
+        // Hedera's size limit covers the body and every signature (32-byte key, 64-byte
+        // signature each).
+        let size = signed
+            .body_bytes
+            .len()
+            .saturating_add(signed.sigs.len().saturating_mul(96));
+        if size > crate::fees::MAX_TRANSACTION_BYTES {
+            return Err(LedgerError::Precheck {
+                status: Status::TransactionOversize,
+                id: signed.body.id,
+            });
+        }
         let signers = signed.verified_signers();
         let (reply, rx) = oneshot::channel();
         let jobs = self.shared.jobs.as_ref().ok_or(LedgerError::Closed)?;

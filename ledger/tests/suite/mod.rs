@@ -597,6 +597,113 @@ pub(crate) async fn concurrent_callers_conserve_hbar<L: Ledger + Clone + 'static
     );
 }
 
+/// An account created with `receiverSigRequired` must sign every transfer that credits it;
+/// its creation must carry its key's signature too.
+pub(crate) async fn receiver_signature_required<L: Ledger>(h: Harness<L>) {
+    let guarded_key = key(41);
+    let create = |id| {
+        Transaction::new(
+            id,
+            TxKind::CreateAccount {
+                key: PublicKey::from(&guarded_key),
+                initial_balance: HBAR,
+                receiver_sig_required: true,
+            },
+        )
+    };
+    // Without the new key's signature the creation fails.
+    let id = TransactionId::generate(h.treasury.account, h.ledger.now());
+    assert_eq!(
+        status(h.ledger.execute(create(id), &[&h.treasury.key]).await),
+        Status::InvalidSignature
+    );
+    let id = TransactionId::generate(h.treasury.account, h.ledger.now());
+    let guarded = h
+        .ledger
+        .execute(create(id), &[&h.treasury.key, &guarded_key])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    let sender = funded(&h, 42, 5 * HBAR).await;
+    // A transfer to it signed by the sender only is refused and moves nothing.
+    let r = h.ledger.transfer(&sender, guarded, HBAR).await;
+    assert_eq!(status(r), Status::InvalidSignature);
+    assert_eq!(h.ledger.balance(guarded).await.unwrap(), HBAR);
+    let fee = fees::fee(&TxKind::Transfer {
+        hbar: vec![],
+        nfts: vec![],
+    });
+    assert_eq!(
+        h.ledger.balance(sender.account).await.unwrap(),
+        5 * HBAR - fee
+    );
+    // Signed by both, it goes through.
+    let id = TransactionId::generate(sender.account, h.ledger.now());
+    let tx = transfer(id, vec![(sender.account, -HBAR), (guarded, HBAR)]);
+    h.ledger
+        .execute(tx, &[&sender.key, &guarded_key])
+        .await
+        .unwrap();
+    assert_eq!(h.ledger.balance(guarded).await.unwrap(), 2 * HBAR);
+    // Sending from it needs only its own signature, as for any account.
+    let g = Operator {
+        account: guarded,
+        key: guarded_key.clone(),
+    };
+    h.ledger
+        .transfer(&g, sender.account, HBAR / 2)
+        .await
+        .unwrap();
+}
+
+/// A transaction above 6,144 bytes is refused with `TRANSACTION_OVERSIZE` before consensus:
+/// no fee, nothing applied.
+pub(crate) async fn oversize_transactions_are_refused<L: Ledger>(h: Harness<L>) {
+    let poster = funded(&h, 43, 5 * HBAR).await;
+    let id = TransactionId::generate(poster.account, h.ledger.now());
+    let topic = h
+        .ledger
+        .execute(
+            Transaction::new(
+                id,
+                TxKind::CreateTopic {
+                    memo: "big".into(),
+                    submit_key: None,
+                },
+            ),
+            &[&poster.key],
+        )
+        .await
+        .unwrap()
+        .topic
+        .unwrap();
+    let before = h.ledger.balance(poster.account).await.unwrap();
+    let id = TransactionId::generate(poster.account, h.ledger.now());
+    let big = Transaction::new(
+        id,
+        TxKind::SubmitMessage {
+            topic,
+            message: Bytes::from(vec![7u8; 12 * 1024]),
+            chunk: None,
+        },
+    );
+    assert_eq!(
+        status(h.ledger.execute(big, &[&poster.key]).await),
+        Status::TransactionOversize
+    );
+    assert_eq!(h.ledger.balance(poster.account).await.unwrap(), before);
+    assert_eq!(h.ledger.topic_info(topic).await.unwrap().sequence, 0);
+    // The same bytes, chunked as the SDKs chunk them, go through.
+    let rs = h
+        .ledger
+        .submit_message(&poster, topic, Bytes::from(vec![7u8; 12 * 1024]), None)
+        .await
+        .unwrap();
+    assert_eq!(rs.len(), 12);
+    assert_eq!(h.ledger.topic_info(topic).await.unwrap().sequence, 12);
+}
+
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
@@ -631,6 +738,14 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn nfts() {
             suite::nfts($make.await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn receiver_signature_required() {
+            suite::receiver_signature_required($make.await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn oversize_transactions_are_refused() {
+            suite::oversize_transactions_are_refused($make.await).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_callers_conserve_hbar() {
