@@ -2,7 +2,7 @@
 //! receipt per payer, never serve more than `max_ahead` shards beyond it, refuse bad receipts)
 //! and the payer's [`PayerTab`] (sign only for what was received at the agreed price).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use ed25519_dalek::SigningKey;
 use streamspace_ledger::{AccountId, PublicKey};
@@ -344,41 +344,75 @@ impl BookError {
     }
 }
 
+/// One period's account of a payer: its credit and the newest receipt for the period.
+#[derive(Debug, Clone)]
+struct PeriodAccount {
+    credit: u64,
+    /// Cumulative bytes of the shards the newest receipt acknowledges.
+    paid_bytes: u64,
+    newest: Option<SignedReceipt>,
+}
+
+impl PeriodAccount {
+    fn new(credit: u64) -> Self {
+        Self {
+            credit,
+            paid_bytes: 0,
+            newest: None,
+        }
+    }
+
+    fn paid_shards(&self) -> u64 {
+        self.newest.map_or(0, |r| r.body.shards)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct PayerState {
     key: PublicKey,
     credit: u64,
     max_ahead: u64,
-    /// Shards served, and the bytes they held.
+    /// Shards served in the current period, and the bytes they held (for reports).
     served: u64,
     served_bytes: u64,
-    /// Cumulative bytes after each shard served beyond the newest receipt (at most `max_ahead`),
-    /// to price a receipt acknowledging any of them.
-    unpaid_bytes: VecDeque<u64>,
-    /// Cumulative bytes of the shards the newest receipt acknowledges.
-    paid_bytes: u64,
+    /// Bytes of each shard served that no receipt acknowledges yet, oldest first (at most
+    /// `max_ahead`). Shards are not tied to a period: a receipt of either period open at a
+    /// boundary acknowledges the oldest ones, so clocks skewed around the boundary neither
+    /// lose an honest payee's pay nor let a shard be paid twice.
+    pool: VecDeque<u64>,
+    current: PeriodAccount,
+    /// The previous period while its grace lasts and the payer has not moved on to the
+    /// current one (a receipt of the current period closes it for that payer).
+    closing: Option<PeriodAccount>,
     refused: u64,
-    newest: Option<SignedReceipt>,
 }
 
 impl PayerState {
-    fn paid_shards(&self) -> u64 {
-        self.newest.map_or(0, |r| r.body.shards)
+    /// Cumulative bytes a receipt of `account` acknowledging `shards` shards covers, and how
+    /// many shards of the pool it takes (`None` when fewer were served).
+    fn covers(&self, account: &PeriodAccount, shards: u64) -> Option<(u64, usize)> {
+        let new = usize::try_from(shards.checked_sub(account.paid_shards())?).ok()?;
+        if new > self.pool.len() {
+            return None;
+        }
+        let bytes = self
+            .pool
+            .iter()
+            .take(new)
+            .try_fold(account.paid_bytes, |sum, b| sum.checked_add(*b))?;
+        Some((bytes, new))
     }
+}
 
-    /// Cumulative bytes of the first `shards` shards served (`shards` is at most the count
-    /// served: receipts acknowledging more are refused before they are priced).
-    fn bytes_at(&self, shards: u64) -> u64 {
-        let paid = self.paid_shards();
-        if shards <= paid {
-            return self.paid_bytes;
-        }
-        let k = usize::try_from(shards - paid).unwrap_or(usize::MAX);
-        match self.unpaid_bytes.get(k - 1) {
-            Some(b) => *b,
-            None => self.served_bytes,
-        }
-    }
+/// What [`ReceiptBook::tick`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Tick {
+    /// The book moved on to this period (its receipts are accepted from now on).
+    pub opened: Option<u64>,
+    /// The previous period's grace ended: these are its final receipts, one per payer, for
+    /// settlement; later receipts of that period are refused.
+    pub closed: Option<(u64, Vec<SignedReceipt>)>,
 }
 
 /// The payee's book for one period: storage is O(payers), one receipt each.
@@ -412,6 +446,8 @@ pub struct ReceiptBook {
     domain: DomainId,
     me: AccountId,
     period: u64,
+    /// The previous period, while its receipts are still accepted.
+    closing: Option<u64>,
     terms: Terms,
     allowlist: Allowlist,
     payers: HashMap<AccountId, PayerState>,
@@ -438,6 +474,7 @@ impl ReceiptBook {
             domain,
             me,
             period,
+            closing: None,
             terms,
             allowlist,
             payers: HashMap::new(),
@@ -450,8 +487,13 @@ impl ReceiptBook {
         &self.allowlist
     }
 
-    /// Admits a payer with its key and the collateral it locked for the period. Its credit is
-    /// the collateral, capped by its credit tier if it has one.
+    /// The period whose receipts the book takes, and the previous one while its grace lasts.
+    pub fn periods(&self) -> (u64, Option<u64>) {
+        (self.period, self.closing)
+    }
+
+    /// Admits a payer with its key and the collateral it locked for the current period. Its
+    /// credit is the collateral, capped by its credit tier if it has one.
     ///
     /// # Errors
     ///
@@ -474,24 +516,80 @@ impl ReceiptBook {
             max_ahead,
             served: 0,
             served_bytes: 0,
-            unpaid_bytes: VecDeque::new(),
-            paid_bytes: 0,
+            pool: VecDeque::new(),
+            current: PeriodAccount::new(credit),
+            closing: None,
             refused: 0,
-            newest: None,
         });
         entry.key = key;
         entry.credit = credit;
+        entry.current.credit = credit;
         entry.max_ahead = max_ahead;
         Ok(())
+    }
+
+    /// Moves the book on to `period` (later than the current one): receipts of `period` are
+    /// accepted from now on, and those of the period it leaves keep being accepted until
+    /// [`ReceiptBook::end_grace`] — a payer whose clock is behind still pays for what it
+    /// received before it saw the boundary. A payer's credit carries over until it is
+    /// admitted again with the new period's collateral. A grace still open for an older
+    /// period ends first; its final receipts are returned.
+    pub fn roll(&mut self, period: u64) -> Option<(u64, Vec<SignedReceipt>)> {
+        if period <= self.period {
+            return None;
+        }
+        let ended = self.end_grace();
+        self.closing = Some(self.period);
+        self.period = period;
+        for p in self.payers.values_mut() {
+            let next = PeriodAccount::new(p.credit);
+            p.closing = Some(std::mem::replace(&mut p.current, next));
+            p.served = 0;
+            p.served_bytes = 0;
+        }
+        ended
+    }
+
+    /// Ends the previous period's grace: its receipts are refused from now on. Returns the
+    /// period and its final receipts (one per payer that sent any), for settlement.
+    pub fn end_grace(&mut self) -> Option<(u64, Vec<SignedReceipt>)> {
+        let period = self.closing.take()?;
+        let receipts = self
+            .payers
+            .values_mut()
+            .filter_map(|p| p.closing.take().and_then(|c| c.newest))
+            .collect();
+        Some((period, receipts))
+    }
+
+    /// Drives the book by the clock (Unix seconds `now`, periods of `period_secs`): the next
+    /// period opens `grace_secs` before its start, so that a payer whose clock is ahead is not
+    /// refused, and the period before it stays open until `grace_secs` after its end, so that
+    /// one whose clock is behind is not either. Outside that window a period's receipts are
+    /// refused ([`BookError::WrongPeriod`]). The grace is at most half a period.
+    pub fn tick(&mut self, now: u64, period_secs: u64, grace_secs: u64) -> Tick {
+        let period_secs = period_secs.max(1);
+        let grace = grace_secs.min(period_secs / 2);
+        let mut out = Tick::default();
+        let ahead = now.saturating_add(grace) / period_secs;
+        if ahead > self.period {
+            out.closed = self.roll(ahead);
+            out.opened = Some(ahead);
+        }
+        let start = self.period.saturating_mul(period_secs);
+        if self.closing.is_some() && now >= start.saturating_add(grace) {
+            out.closed = self.end_grace();
+        }
+        out
     }
 
     /// Removes a payer after a fraud proof (or a settlement that struck it off, see
     /// [`crate::netting::StruckOff`]) and strikes it off the allowlist: it is not served or
     /// admitted again, and [`ReceiptBook::should_disconnect`] says to drop it. Its newest
-    /// receipt is returned for settlement.
+    /// receipt of the current period is returned for settlement.
     pub fn expel(&mut self, payer: AccountId) -> Option<SignedReceipt> {
         self.allowlist.ban(payer);
-        self.payers.remove(&payer).and_then(|p| p.newest)
+        self.payers.remove(&payer).and_then(|p| p.current.newest)
     }
 
     /// Records one shard of `bytes` bytes served to `payer`, if the exposure limit allows it.
@@ -504,7 +602,7 @@ impl ReceiptBook {
         let result = match self.payers.get_mut(&payer) {
             None => Err(BookError::UnknownPayer(payer)),
             Some(p) => {
-                let unpaid = p.served.saturating_sub(p.paid_shards());
+                let unpaid = p.pool.len() as u64;
                 if unpaid >= p.max_ahead {
                     Err(BookError::ReceiptDue { payer, unpaid })
                 } else {
@@ -512,7 +610,7 @@ impl ReceiptBook {
                         (Some(served), Some(served_bytes)) => {
                             p.served = served;
                             p.served_bytes = served_bytes;
-                            p.unpaid_bytes.push_back(served_bytes);
+                            p.pool.push_back(bytes);
                             Ok(())
                         }
                         _ => Err(BookError::Overflow(payer)),
@@ -549,25 +647,37 @@ impl ReceiptBook {
     /// A receipt may acknowledge only shards this book served the payer, and must pay exactly
     /// their price under the book's [`Terms`] (per shard and per byte, on cumulative totals,
     /// as [`PayerTab::sign`] computes it): a payer cannot sign ahead for shards it has not
-    /// received, so it never holds more than `max_ahead` shards no receipt pays for.
+    /// received, so it never holds more than `max_ahead` shards no receipt pays for. It may be
+    /// of the current period or, during its grace, of the previous one; either acknowledges
+    /// the oldest shards no receipt paid for, and a receipt of the current period closes the
+    /// previous one for its payer.
     ///
     /// # Errors
     ///
     /// A [`BookError`] (counted); the book is unchanged.
     pub fn accept(&mut self, bytes: &[u8]) -> Result<SignedReceipt, BookError> {
         let r = self.check(bytes);
-        let r = self.count(r)?;
+        let (r, bytes_at, new) = self.count(r)?;
+        let current = r.body.period == self.period;
         if let Some(p) = self.payers.get_mut(&r.body.payer) {
-            let newly = r.body.shards - p.paid_shards();
-            p.paid_bytes = p.bytes_at(r.body.shards);
-            let drop = usize::try_from(newly).unwrap_or(usize::MAX);
-            p.unpaid_bytes.drain(..drop.min(p.unpaid_bytes.len()));
-            p.newest = Some(r);
+            p.pool.drain(..new.min(p.pool.len()));
+            let account = if current {
+                // The payer has moved on: the previous period is final for it.
+                p.closing = None;
+                &mut p.current
+            } else {
+                match p.closing.as_mut() {
+                    Some(c) => c,
+                    None => &mut p.current,
+                }
+            };
+            account.paid_bytes = bytes_at;
+            account.newest = Some(r);
         }
         Ok(r)
     }
 
-    fn check(&self, bytes: &[u8]) -> Result<SignedReceipt, BookError> {
+    fn check(&self, bytes: &[u8]) -> Result<(SignedReceipt, u64, usize), BookError> {
         let r = SignedReceipt::decode(bytes)?;
         let b = r.body;
         if b.domain != self.domain {
@@ -576,11 +686,12 @@ impl ReceiptBook {
         if b.payee != self.me {
             return Err(BookError::WrongPayee(b.payee));
         }
-        if b.period != self.period {
-            return Err(BookError::WrongPeriod {
-                got: b.period,
-                current: self.period,
-            });
+        let wrong_period = BookError::WrongPeriod {
+            got: b.period,
+            current: self.period,
+        };
+        if b.period != self.period && Some(b.period) != self.closing {
+            return Err(wrong_period);
         }
         let p = match self.payers.get(&b.payer) {
             Some(p) => p,
@@ -589,11 +700,17 @@ impl ReceiptBook {
             }
             None => return Err(BookError::UnknownPayer(b.payer)),
         };
+        let account = if b.period == self.period {
+            &p.current
+        } else {
+            // The previous period, closed for this payer once it paid in the current one.
+            p.closing.as_ref().ok_or(wrong_period)?
+        };
         if p.key != r.payer_key {
             return Err(BookError::KeyMismatch(b.payer));
         }
         r.verify()?;
-        if let Some(held) = p.newest {
+        if let Some(held) = account.newest {
             if b.shards <= held.body.shards || b.amount < held.body.amount {
                 return Err(BookError::Stale {
                     payer: b.payer,
@@ -601,14 +718,14 @@ impl ReceiptBook {
                 });
             }
         }
-        if b.shards > p.served {
+        let Some((bytes_at, new)) = p.covers(account, b.shards) else {
             return Err(BookError::Unserved {
                 payer: b.payer,
                 shards: b.shards,
-                served: p.served,
+                served: account.paid_shards().saturating_add(p.pool.len() as u64),
             });
-        }
-        let owed = self.terms.price.owed(b.shards, p.bytes_at(b.shards));
+        };
+        let owed = self.terms.price.owed(b.shards, bytes_at);
         if b.amount < owed {
             return Err(BookError::Underpaid {
                 payer: b.payer,
@@ -625,19 +742,28 @@ impl ReceiptBook {
                 owed,
             });
         }
-        if b.amount > p.credit {
+        if b.amount > account.credit {
             return Err(BookError::BeyondCollateral {
                 payer: b.payer,
                 amount: b.amount,
-                credit: p.credit,
+                credit: account.credit,
             });
         }
-        Ok(r)
+        Ok((r, bytes_at, new))
     }
 
-    /// The newest receipt of every payer, for settlement.
+    /// The newest receipt of every payer for the current period, for settlement.
     pub fn newest(&self) -> impl Iterator<Item = &SignedReceipt> {
-        self.payers.values().filter_map(|p| p.newest.as_ref())
+        self.payers
+            .values()
+            .filter_map(|p| p.current.newest.as_ref())
+    }
+
+    /// The newest receipt of every payer for the previous period, while its grace lasts.
+    pub fn closing(&self) -> impl Iterator<Item = &SignedReceipt> {
+        self.payers
+            .values()
+            .filter_map(|p| p.closing.as_ref().and_then(|c| c.newest.as_ref()))
     }
 
     /// Refusals so far, by kind.
@@ -646,7 +772,7 @@ impl ReceiptBook {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 struct Received {
     price: Price,
     shards: u64,
@@ -659,15 +785,69 @@ impl Received {
     }
 }
 
+/// Most blocks a payer keeps asked of one payee and not yet received ([`PayerTab::ask`]).
+pub const MAX_ASKED_PER_PAYEE: usize = 65_536;
+
 /// The payer's side: counts shards and bytes received per payee and signs cumulative receipts,
 /// never for more than was received at the agreed price.
-#[derive(Debug)]
+///
+/// A block counts only if it was asked of that payee and not received from it yet
+/// ([`PayerTab::ask`], then [`PayerTab::receive`]): a payee that pads its answers with valid
+/// blocks nobody asked for, sends a block asked of another peer, or sends one block twice is
+/// not paid for them, and each is counted against it ([`PayerTab::unrequested`]).
 pub struct PayerTab {
     domain: DomainId,
     account: AccountId,
     signer: ReceiptSigner,
     period: u64,
     received: HashMap<AccountId, Received>,
+    asked: HashMap<AccountId, HashSet<Vec<u8>>>,
+    unrequested: HashMap<AccountId, u64>,
+    store: Option<redb::Database>,
+}
+
+/// What the payer signed for, per period and payee: `(period, shard, realm, num)` →
+/// postcard of the counts and price.
+const TAB: redb::TableDefinition<'_, (u64, u64, u64, u64), &[u8]> =
+    redb::TableDefinition::new("tab");
+/// The domain the tab file belongs to.
+const TAB_META: redb::TableDefinition<'_, &str, &[u8]> = redb::TableDefinition::new("meta");
+
+/// The payer's persisted tab could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TabError {
+    /// The file could not be opened, read or written.
+    #[error("payer tab storage: {0}")]
+    Storage(String),
+    /// The file belongs to another deployment.
+    #[error("the payer tab file belongs to another domain")]
+    OtherDomain,
+}
+
+fn tab_err(e: impl std::fmt::Display) -> TabError {
+    TabError::Storage(e.to_string())
+}
+
+impl std::fmt::Debug for PayerTab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayerTab")
+            .field("account", &self.account)
+            .field("period", &self.period)
+            .field("payees", &self.received.len())
+            .field("persisted", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A block the payer did not ask of this payee (or already received from it): not paid.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("payee {payee} sent a block that was not asked of it; {count} so far")]
+pub struct Unrequested {
+    /// The payee.
+    pub payee: AccountId,
+    /// Unrequested blocks from this payee so far.
+    pub count: u64,
 }
 
 /// The payer refuses to sign.
@@ -695,7 +875,137 @@ impl PayerTab {
             signer: ReceiptSigner::new(&key),
             period,
             received: HashMap::new(),
+            asked: HashMap::new(),
+            unrequested: HashMap::new(),
+            store: None,
         }
+    }
+
+    /// The tab of `period`, kept in the redb file at `path` so that a payer that restarts
+    /// (or is killed) resumes its cumulative counts where the last receipt it sent left
+    /// them, instead of at zero: its next receipt is accepted, and the payee is owed exactly
+    /// what it served. Receipts signed with [`PayerTab::sign_durable`] are on disk before they
+    /// are returned. Periods older than the previous one are pruned. Asks are not kept: a
+    /// block in flight at a crash is not paid (at most the blocks in flight per payee).
+    ///
+    /// # Errors
+    ///
+    /// [`TabError`] when the file cannot be used or is of another domain.
+    pub fn open(
+        path: impl AsRef<std::path::Path>,
+        domain: DomainId,
+        account: AccountId,
+        key: SigningKey,
+        period: u64,
+    ) -> Result<Self, TabError> {
+        use redb::ReadableTable;
+        let db = redb::Database::create(path.as_ref()).map_err(tab_err)?;
+        let mut tab = Self::new(domain, account, key, period);
+        let txn = db.begin_write().map_err(tab_err)?;
+        {
+            let mut meta = txn.open_table(TAB_META).map_err(tab_err)?;
+            let held = meta
+                .get("domain")
+                .map_err(tab_err)?
+                .map(|v| v.value().to_vec());
+            match held {
+                Some(d) if d != domain.0 => return Err(TabError::OtherDomain),
+                Some(_) => {}
+                None => {
+                    meta.insert("domain", domain.0.as_slice())
+                        .map_err(tab_err)?;
+                }
+            }
+            let mut t = txn.open_table(TAB).map_err(tab_err)?;
+            let keep = period.saturating_sub(1);
+            t.retain(|(p, ..), _| p >= keep).map_err(tab_err)?;
+            for row in t
+                .range((period, 0, 0, 0)..=(period, u64::MAX, u64::MAX, u64::MAX))
+                .map_err(tab_err)?
+            {
+                let (k, v) = row.map_err(tab_err)?;
+                let (_, shard, realm, num) = k.value();
+                let r: Received = postcard::from_bytes(v.value()).map_err(tab_err)?;
+                let payee = AccountId(streamspace_ledger::EntityId { shard, realm, num });
+                tab.received.insert(payee, r);
+            }
+        }
+        txn.commit().map_err(tab_err)?;
+        tab.store = Some(db);
+        Ok(tab)
+    }
+
+    /// Signs a cumulative receipt to `payee` as [`PayerTab::sign`], after making the counts
+    /// it states durable (when the tab was [opened](PayerTab::open) from a file).
+    ///
+    /// # Errors
+    ///
+    /// [`TabError::Storage`] when they cannot be written: no receipt is signed then.
+    pub fn sign_durable(&self, payee: AccountId) -> Result<SignedReceipt, TabError> {
+        if let Some(db) = &self.store {
+            let r = self.received.get(&payee).copied().unwrap_or_default();
+            let v = postcard::to_allocvec(&r).map_err(tab_err)?;
+            let txn = db.begin_write().map_err(tab_err)?;
+            txn.open_table(TAB)
+                .map_err(tab_err)?
+                .insert(
+                    (self.period, payee.0.shard, payee.0.realm, payee.0.num),
+                    v.as_slice(),
+                )
+                .map_err(tab_err)?;
+            txn.commit().map_err(tab_err)?;
+        }
+        Ok(self.sign(payee))
+    }
+
+    /// Records that `block` (its CID's bytes) was asked of `payee`. Returns `false`, recording
+    /// nothing, when [`MAX_ASKED_PER_PAYEE`] blocks are already outstanding there: the caller
+    /// asks again once some arrive. Asking twice for one block is one ask.
+    pub fn ask(&mut self, payee: AccountId, block: &[u8]) -> bool {
+        let asked = self.asked.entry(payee).or_default();
+        if asked.contains(block) {
+            return true;
+        }
+        if asked.len() >= MAX_ASKED_PER_PAYEE {
+            return false;
+        }
+        asked.insert(block.to_vec())
+    }
+
+    /// Records a verified block of `bytes` bytes from `payee`: counted, to be paid, only if it
+    /// was asked of `payee` and not received from it since. An ask is answered once; a
+    /// block asked of two peers (a hedged request) is paid to each that sends it.
+    ///
+    /// # Errors
+    ///
+    /// [`Unrequested`] (counted against `payee`, nothing owed) otherwise.
+    pub fn receive(
+        &mut self,
+        payee: AccountId,
+        block: &[u8],
+        bytes: u64,
+    ) -> Result<(), Unrequested> {
+        let was_asked = self
+            .asked
+            .get_mut(&payee)
+            .is_some_and(|asked| asked.remove(block));
+        if !was_asked {
+            let n = self.unrequested.entry(payee).or_default();
+            *n = n.saturating_add(1);
+            return Err(Unrequested { payee, count: *n });
+        }
+        self.received(payee, bytes);
+        Ok(())
+    }
+
+    /// Blocks `payee` sent that were not asked of it (see [`PayerTab::receive`]).
+    pub fn unrequested(&self, payee: AccountId) -> u64 {
+        self.unrequested.get(&payee).copied().unwrap_or(0)
+    }
+
+    /// Blocks asked of `payee` and not received yet.
+    pub fn outstanding(&self, payee: AccountId) -> usize {
+        self.asked.get(&payee).map_or(0, HashSet::len)
     }
 
     /// Agrees on `payee`'s price (zero until agreed). Amounts are computed on cumulative totals,
@@ -704,8 +1014,9 @@ impl PayerTab {
         self.received.entry(payee).or_default().price = price;
     }
 
-    /// Records one verified shard of `bytes` bytes received from `payee`. Counts stop at
-    /// `u64::MAX` (a payee's book refuses to serve past it).
+    /// Records one verified shard of `bytes` bytes received from `payee`, which the caller
+    /// has matched to a request made of `payee` ([`PayerTab::receive`] does the matching).
+    /// Counts stop at `u64::MAX` (a payee's book refuses to serve past it).
     pub fn received(&mut self, payee: AccountId, bytes: u64) {
         let r = self.received.entry(payee).or_default();
         r.shards = r.shards.saturating_add(1);

@@ -11,8 +11,8 @@ use streamspace_ledger::{
     Transaction, TransactionId, TxKind,
 };
 use streamspace_payments::book::{
-    Allowlist, BookError, CreditTier, DEFAULT_MAX_AHEAD, DEFAULT_PRICE_PER_SHARD, PayerTab, Price,
-    ReceiptBook, Terms,
+    Allowlist, BookError, CreditTier, DEFAULT_MAX_AHEAD, DEFAULT_PRICE_PER_SHARD, Overcharged,
+    PayerTab, Price, ReceiptBook, Terms, Unrequested,
 };
 use streamspace_payments::clearing::{Clearing, Member};
 use streamspace_payments::fraud::{FraudProof, FraudProofError};
@@ -778,4 +778,102 @@ fn a_payer_that_stops_paying_takes_at_most_max_ahead_shards() {
         .unwrap();
     let served = (0..10).filter(|_| book.serve(viewer, 1).is_ok()).count();
     assert_eq!(served, 3);
+}
+
+/// A payee pads its answers with valid blocks nobody asked for (self-made, or asked of another
+/// peer, or sent twice) and bills them: the payer pays only for the blocks it asked of that
+/// payee, refuses to sign for more, and the padding counts against the payee. An honest payee
+/// asked for the same kind of blocks is paid for each.
+#[test]
+fn a_payee_padding_its_answers_is_paid_only_for_blocks_asked_of_it() {
+    let (padder, honest, viewer) = (
+        AccountId::new(2000),
+        AccountId::new(2001),
+        AccountId::new(1001),
+    );
+    let terms = Terms::default();
+    let price = terms.price;
+    let mut padder_book = ReceiptBook::new(domain().id(), padder, 1, terms);
+    let mut honest_book = ReceiptBook::new(domain().id(), honest, 1, terms);
+    for b in [&mut padder_book, &mut honest_book] {
+        b.admit(viewer, PublicKey::from(&key(1)), 1 << 40).unwrap();
+    }
+    let mut tab = PayerTab::new(domain().id(), viewer, key(1), 1);
+    tab.agree(padder, price);
+    tab.agree(honest, price);
+
+    // The viewer asks the padder for two blocks and the honest payee for one.
+    assert!(tab.ask(padder, b"cid-a"));
+    assert!(tab.ask(padder, b"cid-b"));
+    assert!(tab.ask(honest, b"cid-c"));
+    // The padder answers with both, plus three blocks of its own, the block asked of the
+    // honest payee, and a second copy of one it already sent — and meters all seven.
+    let sent: [&[u8]; 7] = [
+        b"cid-a", b"cid-b", b"pad-1", b"pad-2", b"pad-3", b"cid-c", b"cid-a",
+    ];
+    let mut refused = 0;
+    for block in sent {
+        padder_book.serve(viewer, 262_144).unwrap();
+        match tab.receive(padder, block, 262_144) {
+            Ok(()) => {}
+            Err(Unrequested { payee, count }) => {
+                assert_eq!(payee, padder);
+                refused += 1;
+                assert_eq!(count, refused);
+            }
+        }
+    }
+    assert_eq!(refused, 5);
+    assert_eq!(tab.unrequested(padder), 5);
+    // The payer signs for the two blocks it asked for, and not a tinybar more.
+    let r = tab.sign(padder);
+    assert_eq!(
+        (r.body.shards, r.body.amount),
+        (2, price.owed(2, 2 * 262_144))
+    );
+    assert_eq!(
+        tab.sign_asked(padder, price.owed(7, 7 * 262_144)),
+        Err(Overcharged {
+            payee: padder,
+            asked: price.owed(7, 7 * 262_144),
+            shards: 2,
+            allowed: price.owed(2, 2 * 262_144),
+        })
+    );
+    padder_book.accept(&r.encode()).unwrap();
+    let held: u64 = padder_book.newest().map(|r| r.body.amount).sum();
+    assert_eq!(held, price.owed(2, 2 * 262_144));
+    // The unpaid padding counts against the padder's own exposure limit: it can serve that
+    // much less on credit, so padding costs it service, never the payer money.
+    let mut more = 0;
+    while padder_book.serve(viewer, 262_144).is_ok() {
+        more += 1;
+    }
+    assert_eq!(more, DEFAULT_MAX_AHEAD - 5);
+
+    // The honest payee, asked for one block and sending it, is paid for it in full, even
+    // though the padder sent a copy first.
+    honest_book.serve(viewer, 262_144).unwrap();
+    tab.receive(honest, b"cid-c", 262_144).unwrap();
+    let r = tab.sign(honest);
+    honest_book.accept(&r.encode()).unwrap();
+    assert_eq!((r.body.shards, r.body.amount), (1, price.owed(1, 262_144)));
+    assert_eq!(tab.unrequested(honest), 0);
+    assert_eq!(tab.outstanding(honest), 0);
+    assert_eq!(tab.outstanding(padder), 0);
+}
+
+/// A payer's asks are bounded per payee: memory does not grow without limit.
+#[test]
+fn asks_outstanding_at_one_payee_are_bounded() {
+    use streamspace_payments::book::MAX_ASKED_PER_PAYEE;
+    let payee = AccountId::new(2000);
+    let mut tab = PayerTab::new(domain().id(), AccountId::new(1001), key(1), 1);
+    for i in 0..MAX_ASKED_PER_PAYEE {
+        assert!(tab.ask(payee, &(i as u64).to_be_bytes()));
+    }
+    assert!(!tab.ask(payee, b"one more"));
+    // Asking again for one already asked is not a new ask.
+    assert!(tab.ask(payee, &0u64.to_be_bytes()));
+    assert_eq!(tab.outstanding(payee), MAX_ASKED_PER_PAYEE);
 }
