@@ -91,6 +91,15 @@ pub enum ExportError {
     /// The DAG is deeper than [`MAX_DEPTH`].
     #[error("DAG deeper than {MAX_DEPTH} levels at {0}")]
     TooDeep(Cid),
+    /// A directory entry whose name is not a single path segment (empty, `.`, `..`, or
+    /// holding `/` or NUL): refused rather than let it climb out of a tree it is written to.
+    #[error("directory {dir}: entry name {name:?} is not a single path segment")]
+    BadName {
+        /// The directory.
+        dir: Cid,
+        /// The name.
+        name: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -125,6 +134,178 @@ pub async fn fetch<S: BlockStore>(store: &S, cid: &Cid) -> Result<Bytes, ExportE
         .ok_or(ExportError::MissingBlock(*cid))?;
     verify(cid, &data)?;
     Ok(data)
+}
+
+/// One entry of a UnixFS directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name: one path segment.
+    pub name: String,
+    /// The entry's root.
+    pub cid: Cid,
+}
+
+/// What a UnixFS node is, read from its root block alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Entity {
+    /// A file (a raw block, or a UnixFS file or raw node).
+    File {
+        /// Its size in bytes, as the root declares it.
+        size: u64,
+        /// Its UnixFS mode, when the root records one.
+        mode: Option<u32>,
+        /// Its modification time in seconds since the epoch, when recorded.
+        mtime: Option<i64>,
+    },
+    /// A directory, flat or HAMT-sharded.
+    Directory {
+        /// Its UnixFS mode, when recorded.
+        mode: Option<u32>,
+        /// Its modification time, when recorded.
+        mtime: Option<i64>,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Where it points (not resolved: UnixFS stores the text).
+        target: String,
+    },
+}
+
+/// Reads what `cid` is from its root block (fetched and verified).
+///
+/// # Errors
+///
+/// [`ExportError::UnsupportedCodec`], [`ExportError::WrongType`] for a metadata node or a
+/// symlink whose target is not UTF-8, or any fetch or decode error.
+pub async fn entity<S: BlockStore>(store: &S, cid: &Cid) -> Result<Entity, ExportError> {
+    match cid.codec() {
+        RAW => {
+            let data = fetch(store, cid).await?;
+            Ok(Entity::File {
+                size: data.len() as u64,
+                mode: None,
+                mtime: None,
+            })
+        }
+        DAG_PB => {
+            let node = decode_node(cid, fetch(store, cid).await?)?;
+            let mtime = node.fs.mtime.map(|(secs, _)| secs);
+            match node.fs.kind {
+                DataType::File | DataType::Raw => Ok(Entity::File {
+                    size: node
+                        .fs
+                        .filesize
+                        .unwrap_or_else(|| node.fs.data.as_ref().map_or(0, |d| d.len() as u64)),
+                    mode: node.fs.mode,
+                    mtime,
+                }),
+                DataType::Directory | DataType::HamtShard => Ok(Entity::Directory {
+                    mode: node.fs.mode,
+                    mtime,
+                }),
+                DataType::Symlink => {
+                    let target = node.fs.data.as_deref().unwrap_or_default();
+                    match std::str::from_utf8(target) {
+                        Ok(t) => Ok(Entity::Symlink {
+                            target: t.to_owned(),
+                        }),
+                        Err(_) => Err(ExportError::WrongType {
+                            cid: *cid,
+                            expected: "a symlink with a UTF-8 target",
+                            found: DataType::Symlink,
+                        }),
+                    }
+                }
+                found => Err(ExportError::WrongType {
+                    cid: *cid,
+                    expected: "file, directory or symlink",
+                    found,
+                }),
+            }
+        }
+        codec => Err(ExportError::UnsupportedCodec { cid: *cid, codec }),
+    }
+}
+
+/// The entries of the directory `dir`, flat or HAMT-sharded, in the directory's own order
+/// (for a HAMT, shard by shard depth-first).
+///
+/// Every name is checked to be one path segment ([`ExportError::BadName`] otherwise), so a
+/// hostile directory cannot make a writer of the tree step outside it.
+///
+/// # Errors
+///
+/// [`ExportError::WrongType`] when `dir` is not a directory, [`ExportError::BadName`],
+/// or any error of [`hamt_shards`] and [`fetch`].
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use streamspace_shard::dag::entries;
+/// use streamspace_shard::import::{build_directory, DirEntry, ImportOptions};
+/// use streamspace_shard::store::{add_reader, BlockStore, MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let file = add_reader(Some(&store), &b"a"[..], ImportOptions::default()).await?;
+/// let mut blocks = Vec::new();
+/// let entry = DirEntry { name: "a.txt".into(), root: file };
+/// let dir = build_directory(vec![entry], &ImportOptions::default(), |b| {
+///     blocks.push(b);
+///     Ok(())
+/// })?;
+/// store.put_many(blocks).await?;
+/// let names: Vec<String> = entries(&store, &dir.cid).await?.into_iter().map(|e| e.name).collect();
+/// assert_eq!(names, ["a.txt"]);
+/// # Ok(()) }
+/// ```
+pub async fn entries<S: BlockStore>(store: &S, dir: &Cid) -> Result<Vec<Entry>, ExportError> {
+    let check = |name: String, cid: Cid| -> Result<Entry, ExportError> {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(ExportError::BadName { dir: *dir, name });
+        }
+        Ok(Entry { name, cid })
+    };
+    if dir.codec() != DAG_PB {
+        return Err(ExportError::UnsupportedCodec {
+            cid: *dir,
+            codec: dir.codec(),
+        });
+    }
+    let node = decode_node(dir, fetch(store, dir).await?)?;
+    match node.fs.kind {
+        DataType::Directory => node
+            .pb
+            .links
+            .into_iter()
+            .map(|l| check(l.name.unwrap_or_default(), l.cid))
+            .collect(),
+        DataType::HamtShard => {
+            let mut out = Vec::new();
+            for shard in hamt_shards(store, dir).await? {
+                let node = decode_node(&shard, fetch(store, &shard).await?)?;
+                let Some(fanout) = node.fs.fanout else {
+                    continue;
+                };
+                let width = hamt::prefix_width(fanout as usize);
+                for l in node.pb.links {
+                    let name = l.name.unwrap_or_default();
+                    if name.len() > width && name.is_char_boundary(width) {
+                        out.push(check(name[width..].to_owned(), l.cid)?);
+                    } else if name.len() != width {
+                        return Err(ExportError::BadName { dir: *dir, name });
+                    }
+                }
+            }
+            Ok(out)
+        }
+        found => Err(ExportError::WrongType {
+            cid: *dir,
+            expected: "directory",
+            found,
+        }),
+    }
 }
 
 /// A decoded UnixFS node.
