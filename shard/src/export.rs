@@ -4,12 +4,21 @@
 //! against its CID before any of its bytes are yielded, and the `blocksizes` of each node are
 //! used to skip every subtree outside the requested range, so a read of the last second of a
 //! video fetches only the blocks that hold it (plus their ancestors).
+//!
+//! Blocks are read ahead: the next few blocks in file order are fetched (and, unless the store
+//! verifies its reads itself, hashed on the rayon pool) concurrently, and their bytes yielded
+//! in order.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use cid::Cid;
-use futures::Stream;
+use futures::stream::FuturesUnordered;
+use futures::{Stream, StreamExt};
 
-use crate::block::{DAG_PB, RAW};
+use crate::block::{DAG_PB, RAW, verify};
 use crate::dag::{ExportError, MAX_DEPTH, decode_node, fetch};
 use crate::pb::DataType;
 use crate::store::BlockStore;
@@ -106,6 +115,8 @@ fn node_size(cid: &Cid, node: &crate::dag::Node) -> Result<u64, ExportError> {
 }
 
 struct Pending {
+    /// Order of creation, naming the node's read-ahead.
+    seq: u64,
     cid: Cid,
     /// File offset of the node's first byte.
     start: u64,
@@ -114,23 +125,101 @@ struct Pending {
     depth: usize,
 }
 
+/// Blocks shorter than this are hashed where they arrive rather than on the rayon pool.
+const PARALLEL_VERIFY_MIN: usize = 16 << 10;
+
+/// Blocks fetched ahead of the one being yielded: enough to keep every core hashing.
+fn read_ahead() -> usize {
+    (rayon::current_num_threads() * 2).clamp(4, 16)
+}
+
+/// Fetches `cid` and checks it against the CID, on the rayon pool for large blocks; a store
+/// that verifies its own reads ([`BlockStore::VERIFIES_READS`]) is not hashed twice.
+async fn fetch_verified<S: BlockStore>(store: &S, cid: Cid) -> Result<Bytes, ExportError> {
+    let data = store
+        .get(&cid)
+        .await?
+        .ok_or(ExportError::MissingBlock(cid))?;
+    if S::VERIFIES_READS {
+        return Ok(data);
+    }
+    if data.len() < PARALLEL_VERIFY_MIN {
+        verify(&cid, &data)?;
+        return Ok(data);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let bytes = data.clone();
+    rayon::spawn(move || {
+        let _ = tx.send(verify(&cid, &bytes));
+    });
+    match rx.await {
+        Ok(checked) => checked?,
+        // The pool dropped the job: check here.
+        Err(_) => verify(&cid, &data)?,
+    }
+    Ok(data)
+}
+
+type Fetch<'a> = Pin<Box<dyn Future<Output = (u64, Result<Bytes, ExportError>)> + Send + 'a>>;
+
 struct CatState<'a, S> {
     store: &'a S,
     stack: Vec<Pending>,
+    /// Fetches under way, by `Pending::seq`.
+    inflight: FuturesUnordered<Fetch<'a>>,
+    /// Fetches done, not yet consumed.
+    ready: HashMap<u64, Result<Bytes, ExportError>>,
+    /// Seqs fetched or being fetched.
+    requested: HashSet<u64>,
+    next_seq: u64,
+    window: usize,
     range_start: u64,
     range_end: u64,
     first: bool,
     failed: bool,
 }
 
-impl<S: BlockStore> CatState<'_, S> {
+impl<'a, S: BlockStore> CatState<'a, S> {
+    /// Starts fetching the nodes that come next in file order (the top of the stack).
+    fn prefetch(&mut self) {
+        let store = self.store;
+        for p in self.stack.iter().rev().take(self.window) {
+            if p.depth <= MAX_DEPTH && self.requested.insert(p.seq) {
+                let (seq, cid) = (p.seq, p.cid);
+                self.inflight.push(Box::pin(
+                    async move { (seq, fetch_verified(store, cid).await) },
+                ));
+            }
+        }
+    }
+
+    /// The verified bytes of `p`, fetched ahead or now.
+    async fn take(&mut self, p: &Pending) -> Result<Bytes, ExportError> {
+        if self.requested.remove(&p.seq) {
+            loop {
+                if let Some(r) = self.ready.remove(&p.seq) {
+                    return r;
+                }
+                match self.inflight.next().await {
+                    Some((seq, r)) => {
+                        self.ready.insert(seq, r);
+                    }
+                    None => break,
+                }
+            }
+        }
+        fetch_verified(self.store, p.cid).await
+    }
+
     /// Processes nodes until one yields bytes in range; `None` at the end.
     async fn step(&mut self) -> Result<Option<Bytes>, ExportError> {
-        while let Some(p) = self.stack.pop() {
+        loop {
+            self.prefetch();
+            let Some(p) = self.stack.pop() else { break };
             if p.depth > MAX_DEPTH {
                 return Err(ExportError::TooDeep(p.cid));
             }
-            let data = fetch(self.store, &p.cid).await?;
+            let data = self.take(&p).await?;
             let (inline, size, children) = match p.cid.codec() {
                 RAW => {
                     let len = data.len() as u64;
@@ -188,7 +277,9 @@ impl<S: BlockStore> CatState<'_, S> {
                 let s = child_start;
                 child_start += len;
                 if s < self.range_end && s + len > self.range_start {
+                    self.next_seq += 1;
                     pushes.push(Pending {
+                        seq: self.next_seq,
                         cid,
                         start: s,
                         expected: Some(len),
@@ -209,10 +300,11 @@ impl<S: BlockStore> CatState<'_, S> {
     }
 }
 
-/// Streams the bytes of the file `cid` within `range`, block by block.
+/// Streams the bytes of the file `cid` within `range`, block by block, in order.
 ///
-/// Blocks are fetched one at a time and verified before their bytes are yielded; memory use
-/// is one block plus one pending entry per child of the nodes on the current path.
+/// Every block is verified before its bytes are yielded. The next few blocks are fetched and
+/// verified concurrently (on every core); memory use is that read-ahead (a few blocks per
+/// level of the DAG) plus one pending entry per child of the nodes on the current path.
 ///
 /// # Errors
 ///
@@ -238,7 +330,13 @@ pub fn cat<S: BlockStore>(
 ) -> impl Stream<Item = Result<Bytes, ExportError>> + '_ {
     let state = CatState {
         store,
+        inflight: FuturesUnordered::new(),
+        ready: HashMap::new(),
+        requested: HashSet::new(),
+        next_seq: 0,
+        window: read_ahead(),
         stack: vec![Pending {
+            seq: 0,
             cid,
             start: 0,
             expected: None,

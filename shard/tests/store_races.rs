@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use cid::Cid;
 use futures::TryStreamExt;
-use redb::ReadableTable;
 use streamspace_shard::block::{Block, RAW, verify};
 use streamspace_shard::dag::ExportError;
 use streamspace_shard::dag::walk;
@@ -18,7 +17,7 @@ use streamspace_shard::export::{ByteRange, cat};
 use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{BlockStore, DiskStore, MemoryStore, StoreError, add_reader};
 
-/// The store's tables as the tests write them with redb directly.
+/// The tables of the layout before pack files, as the tests write them with redb directly.
 const BLOCKS: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new("blocks");
 const SIZES: redb::TableDefinition<'_, &[u8], u64> = redb::TableDefinition::new("sizes");
 const PINNED: redb::TableDefinition<'_, &[u8], u64> = redb::TableDefinition::new("pinned");
@@ -68,20 +67,30 @@ async fn blocks_of(store: &DiskStore, root: Cid) -> Vec<(Cid, Bytes)> {
     blocks
 }
 
-/// Overwrites the stored bytes of `cid` in the closed store file at `path` with other bytes of
-/// the same length, as a failing disk would.
+/// The store's index: multihash → (pack, offset, length) of the block's bytes.
+const INDEX: redb::TableDefinition<'_, &[u8], (u64, u64, u64)> =
+    redb::TableDefinition::new("block_index");
+
+/// Overwrites the stored bytes of `cid` in the closed store at `path` (in its pack file) with
+/// other bytes of the same length, as a failing disk would.
 fn corrupt_in_file(path: &Path, cid: &Cid) {
-    let db = redb::Database::open(path).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut table = txn.open_table(BLOCKS).unwrap();
-        let key = cid.to_bytes();
-        let good = table.get(key.as_slice()).unwrap().unwrap().value().to_vec();
-        let bad: Vec<u8> = good.iter().map(|b| b ^ 0x5a).collect();
-        assert_eq!(bad.len(), good.len());
-        table.insert(key.as_slice(), bad.as_slice()).unwrap();
-    }
-    txn.commit().unwrap();
+    let (pack, offset, len) = {
+        let db = redb::Database::open(path).unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(INDEX).unwrap();
+        table
+            .get(cid.hash().to_bytes().as_slice())
+            .unwrap()
+            .unwrap()
+            .value()
+    };
+    let mut packs = path.as_os_str().to_owned();
+    packs.push(".packs");
+    let file = Path::new(&packs).join(format!("{pack:016x}.pack"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let block = &mut bytes[offset as usize..(offset + len) as usize];
+    block.iter_mut().for_each(|b| *b ^= 0x5a);
+    std::fs::write(&file, bytes).unwrap();
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 #[cfg(feature = "disk")]
 mod disk;
 mod memory;
+#[cfg(feature = "disk")]
+mod pack;
 mod policy;
 
 #[cfg(feature = "disk")]
@@ -64,6 +66,14 @@ pub enum StoreError {
     /// A blocking task panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The store was written in a layout this version does not read (a newer one).
+    #[error("store layout {found} is not supported (this version reads layouts up to {supported})")]
+    Layout {
+        /// The layout found in the file.
+        found: u64,
+        /// The newest layout this version reads.
+        supported: u64,
+    },
 }
 
 /// Storage of blocks by CID.
@@ -74,6 +84,11 @@ pub enum StoreError {
 /// made. Readers of DAGs verify every block once more (see [`crate::dag::fetch`]), so a store
 /// that breaks the rule is detected, not believed.
 pub trait BlockStore: Send + Sync {
+    /// Whether [`BlockStore::get`] itself hashes every block it answers against the CID asked
+    /// for (as [`DiskStore`] does), so that readers need not hash it again. Stores that hold
+    /// only checked [`Block`]s but do not hash on read leave it `false`: readers then verify.
+    const VERIFIES_READS: bool = false;
+
     /// The block named `cid`, if present (and, for stores that verify on read, intact).
     fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 
