@@ -381,9 +381,11 @@ struct PayerState {
     /// lose an honest payee's pay nor let a shard be paid twice.
     pool: VecDeque<u64>,
     current: PeriodAccount,
-    /// The previous period while its grace lasts and the payer has not moved on to the
-    /// current one (a receipt of the current period closes it for that payer).
+    /// The previous period while its grace lasts.
     closing: Option<PeriodAccount>,
+    /// Whether the payer may still pay in the previous period: not once it paid in the
+    /// current one.
+    closing_open: bool,
     refused: u64,
 }
 
@@ -519,6 +521,7 @@ impl ReceiptBook {
             pool: VecDeque::new(),
             current: PeriodAccount::new(credit),
             closing: None,
+            closing_open: false,
             refused: 0,
         });
         entry.key = key;
@@ -544,6 +547,7 @@ impl ReceiptBook {
         for p in self.payers.values_mut() {
             let next = PeriodAccount::new(p.credit);
             p.closing = Some(std::mem::replace(&mut p.current, next));
+            p.closing_open = true;
             p.served = 0;
             p.served_bytes = 0;
         }
@@ -557,7 +561,10 @@ impl ReceiptBook {
         let receipts = self
             .payers
             .values_mut()
-            .filter_map(|p| p.closing.take().and_then(|c| c.newest))
+            .filter_map(|p| {
+                p.closing_open = false;
+                p.closing.take().and_then(|c| c.newest)
+            })
             .collect();
         Some((period, receipts))
     }
@@ -663,7 +670,7 @@ impl ReceiptBook {
             p.pool.drain(..new.min(p.pool.len()));
             let account = if current {
                 // The payer has moved on: the previous period is final for it.
-                p.closing = None;
+                p.closing_open = false;
                 &mut p.current
             } else {
                 match p.closing.as_mut() {
@@ -704,7 +711,10 @@ impl ReceiptBook {
             &p.current
         } else {
             // The previous period, closed for this payer once it paid in the current one.
-            p.closing.as_ref().ok_or(wrong_period)?
+            p.closing
+                .as_ref()
+                .filter(|_| p.closing_open)
+                .ok_or(wrong_period)?
         };
         if p.key != r.payer_key {
             return Err(BookError::KeyMismatch(b.payer));

@@ -877,3 +877,219 @@ fn asks_outstanding_at_one_payee_are_bounded() {
     assert!(tab.ask(payee, &0u64.to_be_bytes()));
     assert_eq!(tab.outstanding(payee), MAX_ASKED_PER_PAYEE);
 }
+
+/// What a payer with a clock `skew` seconds off the payee's paid, served one shard a second
+/// from the middle of period 1 to the middle of period 2 (periods of 100 s, a grace of 10 s).
+struct Boundary {
+    served: u64,
+    /// Final receipts per period, as the book hands them to settlement.
+    paid: u64,
+    refused_wrong_period: u64,
+}
+
+fn across_a_boundary(skew: i64) -> Boundary {
+    const PERIOD: u64 = 100;
+    const GRACE: u64 = 10;
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let terms = Terms::default();
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    let mut tab = PayerTab::new(domain().id(), viewer, key(1), 1);
+    tab.agree(me, terms.price);
+    let (mut served, mut paid, mut refused) = (0, 0, 0);
+    let mut settle = |closed: Option<(u64, Vec<SignedReceipt>)>| {
+        if let Some((_, rs)) = closed {
+            paid += rs.iter().map(|r| r.body.amount).sum::<u64>();
+        }
+    };
+    for t in 150..=260u64 {
+        settle(book.tick(t, PERIOD, GRACE).closed);
+        let payer_now = t.checked_add_signed(skew).unwrap();
+        let payer_period = payer_now / PERIOD;
+        if payer_period > 1 && tab.sign(me).body.period < payer_period {
+            tab = PayerTab::new(domain().id(), viewer, key(1), payer_period);
+            tab.agree(me, terms.price);
+        }
+        if book.serve(viewer, 262_144).is_err() {
+            continue;
+        }
+        served += 1;
+        tab.received(me, 262_144);
+        match book.accept(&tab.sign(me).encode()) {
+            Ok(_) => {}
+            Err(BookError::WrongPeriod { .. }) => refused += 1,
+            Err(e) => panic!("honest receipt refused: {e}"),
+        }
+    }
+    settle(book.end_grace());
+    paid += book.newest().map(|r| r.body.amount).sum::<u64>();
+    Boundary {
+        served,
+        paid,
+        refused_wrong_period: refused,
+    }
+}
+
+/// Clocks skewed around a period boundary: a payer whose clock is behind keeps paying for the
+/// closing period after the payee moved on, one whose clock is ahead pays for the next one
+/// before the payee got there — within the grace every shard served is paid exactly once.
+/// After the grace, receipts of the closed period are refused and the payee loses at most
+/// what it served on credit meanwhile (never more than `max_ahead` shards).
+#[test]
+fn receipts_at_a_period_boundary_are_kept_for_a_grace_and_never_after() {
+    let price = DEFAULT_PRICE_PER_SHARD;
+    for skew in [-9, -5, -1, 0, 1, 5, 9] {
+        let b = across_a_boundary(skew);
+        assert_eq!(b.served, 111, "skew {skew}: an honest payer was paused");
+        assert_eq!(
+            b.paid,
+            b.served * price,
+            "skew {skew}: paid for other than served"
+        );
+        assert_eq!(b.refused_wrong_period, 0, "skew {skew}");
+    }
+    // 30 s behind, beyond the grace: its receipts of period 1 sent between the end of the
+    // grace (t = 210) and its own boundary (t = 230) are refused.
+    let b = across_a_boundary(-30);
+    assert_eq!(b.refused_wrong_period, 20);
+    let lost = b.served * price - b.paid;
+    assert!(lost <= DEFAULT_MAX_AHEAD * price, "lost {lost}");
+    assert_eq!(lost, 20 * price);
+
+    // A receipt of the closed period, sent after the grace, is refused outright.
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let mut book = ReceiptBook::new(domain().id(), me, 1, Terms::default());
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    let mut tab = PayerTab::new(domain().id(), viewer, key(1), 1);
+    tab.agree(me, Terms::default().price);
+    book.serve(viewer, 1).unwrap();
+    tab.received(me, 1);
+    assert_eq!(book.tick(195, 100, 10).opened, Some(2));
+    assert_eq!(book.periods(), (2, Some(1)));
+    let closed = book.tick(210, 100, 10).closed.unwrap();
+    assert_eq!(closed, (1, Vec::new()));
+    assert!(matches!(
+        book.accept(&tab.sign(me).encode()),
+        Err(BookError::WrongPeriod { got: 1, current: 2 })
+    ));
+    // A receipt of a period not open yet is refused too.
+    let early = PayerTab::new(domain().id(), viewer, key(1), 3);
+    assert!(matches!(
+        book.accept(&early.sign(me).encode()),
+        Err(BookError::WrongPeriod { got: 3, .. })
+    ));
+}
+
+/// A payer that paid in the new period cannot go back and pay the closing one again for the
+/// same shards: its receipt of the new period closed the old one for it.
+#[test]
+fn a_shard_is_paid_once_across_the_boundary() {
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let terms = Terms::default();
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    for _ in 0..4 {
+        book.serve(viewer, 1).unwrap();
+    }
+    book.roll(2);
+    // Four shards served, none acknowledged: the payer acknowledges them in period 2…
+    let mut new_tab = PayerTab::new(domain().id(), viewer, key(1), 2);
+    new_tab.agree(me, terms.price);
+    for _ in 0..4 {
+        new_tab.received(me, 1);
+    }
+    book.accept(&new_tab.sign(me).encode()).unwrap();
+    // …then tries to have the same four paid from period 1 as well.
+    let mut old_tab = PayerTab::new(domain().id(), viewer, key(1), 1);
+    old_tab.agree(me, terms.price);
+    for _ in 0..4 {
+        old_tab.received(me, 1);
+    }
+    assert!(matches!(
+        book.accept(&old_tab.sign(me).encode()),
+        Err(BookError::WrongPeriod { got: 1, .. })
+    ));
+    // A receipt for more shards than were served, split across the two periods, is refused.
+    book.serve(viewer, 1).unwrap();
+    for _ in 0..2 {
+        new_tab.received(me, 1);
+    }
+    assert!(matches!(
+        book.accept(&new_tab.sign(me).encode()),
+        Err(BookError::Unserved {
+            shards: 6,
+            served: 5,
+            ..
+        })
+    ));
+    let (_, closed) = book.end_grace().unwrap();
+    assert!(closed.is_empty());
+    let held: u64 = book.newest().map(|r| r.body.amount).sum();
+    assert_eq!(held, terms.price.owed(4, 4));
+}
+
+/// A payer killed mid-period restarts from its persisted tab: its next receipt is accepted and
+/// the payee is owed exactly what it served. Restarted at zero instead, its receipts are
+/// refused as stale and the payee stops serving it after `max_ahead` shards.
+#[test]
+fn a_payer_killed_mid_period_resumes_its_tab() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tab.redb");
+    let (me, viewer) = (AccountId::new(2000), AccountId::new(1001));
+    let terms = Terms::default();
+    let mut book = ReceiptBook::new(domain().id(), me, 1, terms);
+    book.admit(viewer, PublicKey::from(&key(1)), 1 << 40)
+        .unwrap();
+    {
+        let mut tab = PayerTab::open(&path, domain().id(), viewer, key(1), 1).unwrap();
+        tab.agree(me, terms.price);
+        for _ in 0..10 {
+            book.serve(viewer, 262_144).unwrap();
+            tab.received(me, 262_144);
+            book.accept(&tab.sign_durable(me).unwrap().encode())
+                .unwrap();
+        }
+        // Killed here: one more shard arrived, its receipt never signed.
+        book.serve(viewer, 262_144).unwrap();
+        tab.received(me, 262_144);
+    }
+    // Restarted from the file: it resumes at 10 shards.
+    let mut tab = PayerTab::open(&path, domain().id(), viewer, key(1), 1).unwrap();
+    assert_eq!(tab.sign(me).body.shards, 10);
+    book.serve(viewer, 262_144).unwrap();
+    tab.received(me, 262_144);
+    let r = tab.sign_durable(me).unwrap();
+    // The shard received before the kill and never acknowledged is not paid (it counts as
+    // one unpaid in the book), the one after is: 11 paid, 12 served.
+    book.accept(&r.encode()).unwrap();
+    assert_eq!(r.body.shards, 11);
+    let held: u64 = book.newest().map(|r| r.body.amount).sum();
+    assert_eq!(held, 11 * DEFAULT_PRICE_PER_SHARD);
+
+    // The same file under another deployment is refused, not reused.
+    drop(tab);
+    let other = Domain::new("other", "private", AccountId::new(1), TopicId::new(2));
+    assert!(matches!(
+        PayerTab::open(&path, other.id(), viewer, key(1), 1),
+        Err(streamspace_payments::book::TabError::OtherDomain)
+    ));
+
+    // Restarted at zero (no file), the payer's receipts are stale and service stops.
+    let mut fresh = PayerTab::new(domain().id(), viewer, key(1), 1);
+    fresh.agree(me, terms.price);
+    let mut served_after = 0;
+    while book.serve(viewer, 262_144).is_ok() {
+        served_after += 1;
+        fresh.received(me, 262_144);
+        if fresh.sign(me).body.shards <= 11 {
+            assert!(matches!(
+                book.accept(&fresh.sign(me).encode()),
+                Err(BookError::Stale { .. })
+            ));
+        }
+    }
+    assert!(served_after < DEFAULT_MAX_AHEAD);
+}
