@@ -9,6 +9,7 @@ use redb::{
     Database, MultimapTableDefinition, ReadableMultimapTable, ReadableTable, ReadableTableMetadata,
     TableDefinition, WriteTransaction,
 };
+use tokio::sync::mpsc;
 
 use super::pack::{
     DEFAULT_PACK_SIZE, Done, INDEX, LOCS, Loc, PACKS, PackFiles, PackInfo, Packs, Tx, canonical,
@@ -669,6 +670,150 @@ fn evictions(
     Ok(victims)
 }
 
+/// Bytes an import writes before it commits what it wrote (and syncs it), so that its
+/// pending index stays small.
+const SESSION_COMMIT: u64 = 1 << 30;
+
+/// An import being written: block bytes appended to packs of its own, outside any lock, and
+/// indexed with one sync and one commit at the end (or every [`SESSION_COMMIT`] bytes).
+struct Session<'a> {
+    inner: &'a Inner,
+    /// Packs written, each with its length and blocks (key, canonical CID, offset, length).
+    done: Vec<(u64, u64, Vec<(Vec<u8>, Cid, u64, u64)>)>,
+    /// The pack being written.
+    open: Option<(u64, std::fs::File, u64, Vec<(Vec<u8>, Cid, u64, u64)>)>,
+    /// Keys written since the last commit.
+    keys: HashSet<Vec<u8>>,
+    pending: u64,
+}
+
+impl Session<'_> {
+    fn write(&mut self, blocks: Vec<Block>) -> Result<(), StoreError> {
+        let mut touched = Vec::new();
+        let mut fresh = Vec::new();
+        {
+            let read = self.inner.db.begin_read().map_err(db_err)?;
+            let index = read.open_table(INDEX).map_err(db_err)?;
+            for b in blocks {
+                let (cid, data) = b.into_parts();
+                if is_inline(&cid) {
+                    continue;
+                }
+                let key = key_of(&cid);
+                if self.keys.contains(&key) {
+                    continue;
+                }
+                if index.get(key.as_slice()).map_err(db_err)?.is_some() {
+                    touched.push(canonical(&cid));
+                } else {
+                    self.keys.insert(key.clone());
+                    fresh.push((key, canonical(&cid), data));
+                }
+            }
+        }
+        if !touched.is_empty() {
+            let mut st = self.inner.lock();
+            for cid in &touched {
+                st.policy.accessed(cid);
+            }
+        }
+        let pack_size = self.inner.pack_size.load(Ordering::Relaxed);
+        for (key, cid, data) in fresh {
+            let len = data.len() as u64;
+            if let Some(q) = self.inner.quota() {
+                if self.pending + len > q {
+                    return Err(StoreError::QuotaExceeded {
+                        quota: q,
+                        needed: self.pending + len,
+                        pinned: 0,
+                    });
+                }
+            }
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.2 > 0 && o.2 + len > pack_size)
+            {
+                if let Some((id, _, at, blocks)) = self.open.take() {
+                    self.done.push((id, at, blocks));
+                }
+            }
+            if self.open.is_none() {
+                let id = self
+                    .inner
+                    .packs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .reserve();
+                let file = self.inner.files.create(id)?;
+                self.open = Some((id, file, 0, Vec::new()));
+            }
+            if let Some((id, file, at, blocks)) = &mut self.open {
+                self.inner.files.write_at(*id, file, &data, *at)?;
+                blocks.push((key, cid, *at, len));
+                *at += len;
+            }
+            self.pending += len;
+        }
+        if self.pending >= SESSION_COMMIT {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Indexes what was written: one sync per pack, one commit.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        if let Some((id, _, at, blocks)) = self.open.take() {
+            self.done.push((id, at, blocks));
+        }
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        let packs = std::mem::take(&mut self.done);
+        self.keys.clear();
+        self.pending = 0;
+        let mut tx = self.inner.begin()?;
+        // Blocks another writer stored meanwhile are not indexed twice.
+        let mut added = 0;
+        for (_, _, blocks) in &packs {
+            for (key, _, _, len) in blocks {
+                if tx.lookup(key)?.is_none() {
+                    added += len;
+                }
+            }
+        }
+        let (quota, victims) = {
+            let st = self.inner.lock();
+            let used = st.used + added;
+            match st.quota {
+                Some(q) if used > q => (st.quota, evictions(&tx, &st, q, used)),
+                q => (q, Ok(Vec::new())),
+            }
+        };
+        // On an error the transaction aborts and deletes the packs it was to adopt.
+        for (id, len, blocks) in &packs {
+            tx.adopt(*id, *len, blocks)?;
+        }
+        for (key, loc) in &victims? {
+            tx.remove(key, *loc)?;
+        }
+        tx.reclaim(quota, 0)?;
+        let done = tx.commit()?;
+        self.inner.apply(done);
+        Ok(())
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        // Packs written and never committed (an error stopped the import).
+        let open = self.open.take().map(|o| o.0);
+        for id in self.done.iter().map(|d| d.0).chain(open) {
+            let _ = std::fs::remove_file(self.inner.files.path(id));
+        }
+    }
+}
+
 /// Most bytes of old-layout blocks copied per step of a migration.
 const MIGRATE_STEP: usize = 16 << 20;
 
@@ -866,6 +1011,21 @@ impl Inner {
         Ok(())
     }
 
+    /// Stores an import's batches as they come; see [`Session`].
+    fn put_batches(&self, batches: &mut mpsc::Receiver<Vec<Block>>) -> Result<(), StoreError> {
+        let mut session = Session {
+            inner: self,
+            done: Vec::new(),
+            open: None,
+            keys: HashSet::new(),
+            pending: 0,
+        };
+        while let Some(batch) = batches.blocking_recv() {
+            session.write(batch)?;
+        }
+        session.commit()
+    }
+
     fn get(&self, cid: Cid) -> Result<Option<Bytes>, StoreError> {
         if is_inline(&cid) {
             return Ok(Some(Bytes::copy_from_slice(cid.hash().digest())));
@@ -1018,6 +1178,15 @@ impl BlockStore for DiskStore {
     async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
         let inner = self.inner.clone();
         blocking(move || inner.put_many(blocks)).await
+    }
+
+    /// Writes the batches to packs of their own as they come, without waiting for the disk,
+    /// and indexes them with one sync per pack and one commit once the channel closes (and
+    /// every 1 GiB before): an import pays one `fsync`, not one per batch. Blocks become
+    /// visible when committed; after a crash, those not yet committed are gone.
+    async fn put_batches(&self, mut batches: mpsc::Receiver<Vec<Block>>) -> Result<(), StoreError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.put_batches(&mut batches)).await
     }
 
     /// Removes an unpinned block; returns whether it was present.

@@ -103,6 +103,24 @@ pub trait BlockStore: Send + Sync {
         self.put_many(vec![block])
     }
 
+    /// Stores the blocks of one import, arriving in batches, and returns once every batch is
+    /// stored (or at the first error, which drops the receiver and so stops the sender).
+    ///
+    /// Unlike [`BlockStore::put_many`], blocks may become visible only when it returns, and a
+    /// crash may keep some batches and lose others. The default puts each batch with
+    /// `put_many`; [`DiskStore`] syncs once for the whole import.
+    fn put_batches(
+        &self,
+        mut batches: mpsc::Receiver<Vec<Block>>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async move {
+            while let Some(batch) = batches.recv().await {
+                self.put_many(batch).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// Removes a block; returns whether it was present.
     ///
     /// Stores with pins refuse a pinned block with [`StoreError::Pinned`].
@@ -277,7 +295,7 @@ where
         + 'static,
 {
     let store_blocks = store.is_some();
-    let (tx, mut rx) = mpsc::channel::<Vec<Block>>(CHANNEL_BOUND);
+    let (tx, rx) = mpsc::channel::<Vec<Block>>(CHANNEL_BOUND);
     let worker = tokio::task::spawn_blocking(move || {
         let mut batch = Vec::with_capacity(PUT_BATCH);
         let mut batch_bytes = 0;
@@ -301,17 +319,14 @@ where
         }
         Ok(root)
     });
-    let mut store_err = None;
-    if let Some(store) = store {
-        while let Some(batch) = rx.recv().await {
-            if let Err(e) = store.put_many(batch).await {
-                store_err = Some(e);
-                // Dropping the receiver stops the importer at its next block.
-                break;
-            }
+    // An error drops the receiver, which stops the importer at its next block.
+    let store_err = match store {
+        Some(store) => store.put_batches(rx).await.err(),
+        None => {
+            drop(rx);
+            None
         }
-    }
-    drop(rx);
+    };
     let result = worker
         .await
         .map_err(|e| ImportError::Sink(Box::new(StoreError::Task(e.to_string()))))?;

@@ -140,6 +140,27 @@ impl PackFiles {
         }
     }
 
+    /// Creates pack `id` (a number reserved with [`Packs::reserve`]) for writing.
+    pub(super) fn create(&self, id: u64) -> Result<File, StoreError> {
+        let path = self.path(id);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err(&path))
+    }
+
+    /// Writes `data` at `offset` of `file`, pack `id`.
+    pub(super) fn write_at(
+        &self,
+        id: u64,
+        file: &File,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        write_all_at(file, data, offset).map_err(io_err(&self.path(id)))
+    }
+
     pub(super) fn forget(&self, id: u64) {
         self.open
             .lock()
@@ -201,6 +222,15 @@ pub(super) struct Packs {
     pub(super) disk: u64,
     pub(super) next_id: u64,
     active: Option<(u64, File)>,
+}
+
+impl Packs {
+    /// A pack number no other pack has or will have.
+    pub(super) fn reserve(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
 }
 
 /// What a committed transaction changed, for the in-memory accounting.
@@ -430,6 +460,35 @@ impl<'a> Tx<'a> {
         if let Ok(mh) = multihash::Multihash::<64>::from_bytes(key) {
             self.done.removed.push(Cid::new_v1(RAW, mh));
         }
+        Ok(())
+    }
+
+    /// Takes in pack `id`, written outside any transaction (by an import) to `len` bytes:
+    /// indexes its `blocks` (key, canonical CID, offset, length) not held yet; the bytes of
+    /// the others are dead from the start. The pack is synced before the commit, and deleted
+    /// if the transaction does not commit.
+    pub(super) fn adopt(
+        &mut self,
+        id: u64,
+        len: u64,
+        blocks: &[(Vec<u8>, Cid, u64, u64)],
+    ) -> Result<(), StoreError> {
+        self.guard.created.push(id);
+        self.set_info(id, Some(PackInfo { len, live: 0 }));
+        self.disk_delta += len as i64;
+        self.written.insert(id);
+        let mut live = 0;
+        for (key, cid, offset, size) in blocks {
+            if self.lookup(key)?.is_some() {
+                continue;
+            }
+            self.index(key, id, *offset, *size)?;
+            live += size;
+            self.done.used_delta += *size as i64;
+            self.done.count_delta += 1;
+            self.done.inserted.push((*cid, *size));
+        }
+        self.set_info(id, Some(PackInfo { len, live }));
         Ok(())
     }
 
