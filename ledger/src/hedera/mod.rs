@@ -148,6 +148,31 @@ fn sdk_error(e: hedera::Error, id: TransactionId) -> LedgerError {
     }
 }
 
+/// SDK calls that cannot panic.
+///
+/// hiero-sdk 0.45 panics ("timeout while network had no healthy nodes", in its retry loop)
+/// when no node of the network answers for longer than the request timeout. A ledger that
+/// is down must be an error the caller handles (a node retries next period), never a panic
+/// that takes the caller's task with it: [`Unpanic::unpanic`] turns such a panic into the
+/// SDK's own `Unavailable` error, which maps to [`LedgerError::Transport`].
+trait Unpanic<T>: std::future::Future<Output = Result<T, hedera::Error>> + Sized {
+    fn unpanic(self) -> impl std::future::Future<Output = Result<T, hedera::Error>> {
+        use futures::FutureExt;
+        std::panic::AssertUnwindSafe(self).catch_unwind().map(|r| {
+            r.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the SDK panicked".into());
+                Err(hedera::Error::GrpcStatus(tonic::Status::unavailable(what)))
+            })
+        })
+    }
+}
+
+impl<T, F: std::future::Future<Output = Result<T, hedera::Error>>> Unpanic<T> for F {}
+
 fn query_error(e: hedera::Error) -> LedgerError {
     match e {
         hedera::Error::TimedOut(inner) => query_error(*inner),
@@ -310,15 +335,18 @@ impl HederaLedger {
         }
         let response = tx
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(|e| sdk_error(e, id))?;
         let receipt = response
             .get_receipt(&self.client)
+            .unpanic()
             .await
             .map_err(|e| sdk_error(e, id))?;
         let record = hedera::TransactionRecordQuery::new()
             .transaction_id(sdk_tx_id(id)?)
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(|e| sdk_error(e, id))?;
         Ok(receipt_of(
@@ -451,12 +479,17 @@ impl Ledger for HederaLedger {
         }
         let responses = t
             .execute_all(client)
+            .unpanic()
             .await
             .map_err(|e| sdk_error(e, first))?;
         let mut out = Vec::with_capacity(responses.len());
         for r in responses {
             let id = our_tx_id(&r.transaction_id);
-            let receipt = r.get_receipt(client).await.map_err(|e| sdk_error(e, id))?;
+            let receipt = r
+                .get_receipt(client)
+                .unpanic()
+                .await
+                .map_err(|e| sdk_error(e, id))?;
             out.push(receipt_of(&receipt, id, Timestamp::default()));
         }
         Ok(out)
@@ -477,6 +510,7 @@ impl Ledger for HederaLedger {
             .transaction_id(sdk_tx_id(id)?)
             .validate_status(false)
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(query_error)?;
         let mut transfers: Vec<(AccountId, i64)> = r
@@ -516,6 +550,7 @@ impl Ledger for HederaLedger {
         let b = hedera::AccountBalanceQuery::new()
             .account_id(sdk_account(account))
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(query_error)?;
         Ok(b.hbars.to_tinybars())
@@ -525,6 +560,7 @@ impl Ledger for HederaLedger {
         let i = hedera::TopicInfoQuery::new()
             .topic_id(sdk_topic(topic))
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(query_error)?;
         let submit_key = match i.submit_key {
@@ -556,6 +592,7 @@ impl Ledger for HederaLedger {
             .start_time(to_time(Timestamp::default())?)
             .end_time(to_time(end)?)
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(query_error)?;
         let mut out = Vec::new();
@@ -612,6 +649,7 @@ impl Ledger for HederaLedger {
                 serial: nft.serial,
             })
             .execute(&self.client)
+            .unpanic()
             .await
             .map_err(query_error)?;
         Ok(NftInfo {
