@@ -37,6 +37,10 @@ pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// answers `TRANSACTION_OVERSIZE`. The embedded ledger counts its body encoding plus 96 bytes
 /// (key and signature) per signature.
 pub const MAX_TRANSACTION_BYTES: usize = 6144;
+/// Seconds after consensus during which the network answers receipt and record queries
+/// (Hedera keeps them about 3 minutes; older history is the mirror node's, see
+/// [`crate::Ledger::history`]).
+pub const RECEIPT_RETENTION_SECS: i64 = 180;
 /// Shortest and longest auto-renew period Hedera accepts, in seconds.
 pub const AUTO_RENEW_SECS: std::ops::RangeInclusive<i64> = 2_592_000..=8_000_001;
 /// Longest memo, in bytes.

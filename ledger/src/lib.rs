@@ -186,6 +186,24 @@ pub trait Ledger: Send + Sync {
     fn record(&self, id: TransactionId)
     -> impl Future<Output = Result<Record, LedgerError>> + Send;
 
+    /// The record of a transaction from the ledger's full history, as a mirror node keeps it
+    /// (its REST `GET /api/v1/transactions/{id}`), however long ago it reached consensus.
+    /// [`Ledger::receipt`] and [`Ledger::record`] answer only for
+    /// [`fees::RECEIPT_RETENTION_SECS`] after consensus, as Hedera's nodes do: whoever must
+    /// know whether an older transaction happened (recovery after a crash, a license claimed
+    /// long after its payment) asks here. The default asks [`Ledger::record`], for backends
+    /// whose records do not expire.
+    ///
+    /// # Errors
+    ///
+    /// `RECORD_NOT_FOUND` when the transaction never reached consensus.
+    fn history(
+        &self,
+        id: TransactionId,
+    ) -> impl Future<Output = Result<Record, LedgerError>> + Send {
+        self.record(id)
+    }
+
     /// An account's balance in tinybars.
     ///
     /// # Errors

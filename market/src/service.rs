@@ -765,7 +765,7 @@ impl KeyService {
                 Some(_) => Err(ServiceError::Replayed(payment)),
             };
         }
-        let record = ledger.record(payment).await?;
+        let record = ledger.history(payment).await?;
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(payment, record.receipt.status));
         }
@@ -896,7 +896,7 @@ impl KeyService {
         if listing.key_service != self.public() {
             return Err(ServiceError::NotMine(listing.id));
         }
-        let record = ledger.record(resale).await?;
+        let record = ledger.history(resale).await?;
         if record.receipt.status != Status::Success {
             return Err(ServiceError::NotPaid(resale, record.receipt.status));
         }

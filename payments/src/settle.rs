@@ -600,7 +600,6 @@ impl<L: Ledger> Settler<L> {
         if steps.is_empty() {
             // Plan once, durably, with the transaction id of every step: the payouts, the
             // proofs against payers struck off, the anchor.
-            let start = self.ledger.now().as_nanos() - 1_000_000_000;
             let mut actions: Vec<Action> =
                 transfers.iter().cloned().map(Action::Transfer).collect();
             for s in &netted.struck_off {
@@ -622,13 +621,14 @@ impl<L: Ledger> Settler<L> {
                 }
                 .into());
             }
-            steps = (0i128..)
-                .zip(actions)
-                .map(|(i, action)| Step {
-                    id: TransactionId {
-                        payer: self.clearing.account,
-                        valid_start: Timestamp::from_nanos(start + i),
-                    },
+            // Ids from the generator, which never hands out one twice in this process: an id
+            // computed here could equal one the clearing account used before, and a resend
+            // would then take that transaction's receipt for the step's.
+            let now = self.ledger.now();
+            steps = actions
+                .into_iter()
+                .map(|action| Step {
+                    id: TransactionId::generate(self.clearing.account, now),
                     action,
                     done: None,
                 })
@@ -704,10 +704,32 @@ impl<L: Ledger> Settler<L> {
                             });
                         }
                         Err(e) if e.status() == Some(Status::ReceiptNotFound) => {
-                            // Never reached consensus and can no longer: journal a fresh id.
-                            step.id =
-                                TransactionId::generate(self.clearing.account, self.ledger.now());
-                            self.journal.put_steps(period, &[(i, step)])?;
+                            // The node keeps receipts for minutes only: a step sent before a
+                            // crash long ago is found in the ledger's history, not resent.
+                            match self.ledger.history(step.id).await {
+                                Ok(r) if r.receipt.status == Status::Success => {
+                                    return Ok(r.receipt.consensus);
+                                }
+                                Ok(r) => {
+                                    return Err(SettleError::Ledger {
+                                        step: i,
+                                        source: LedgerError::Failed {
+                                            status: r.receipt.status,
+                                            id: step.id,
+                                        },
+                                    });
+                                }
+                                Err(e) if e.status() == Some(Status::RecordNotFound) => {
+                                    // Never reached consensus and can no longer (its valid
+                                    // start is past): journal a fresh id.
+                                    step.id = TransactionId::generate(
+                                        self.clearing.account,
+                                        self.ledger.now(),
+                                    );
+                                    self.journal.put_steps(period, &[(i, step)])?;
+                                }
+                                Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
+                            }
                         }
                         Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
                     }

@@ -518,14 +518,13 @@ struct World {
 
 /// 3 payers, 12 payees (so payouts need several transfers), collateral deposited.
 async fn world() -> World {
+    world_with(Arc::new(SystemClock)).await
+}
+
+async fn world_with(clock: Arc<dyn streamspace_ledger::Clock>) -> World {
     let dir = tempfile::tempdir().unwrap();
     let tk = key(200);
-    let ledger = LocalLedger::open(
-        dir.path().join("l.redb"),
-        PublicKey::from(&tk),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let ledger = LocalLedger::open(dir.path().join("l.redb"), PublicKey::from(&tk), clock).unwrap();
     let treasury = Operator {
         account: TREASURY,
         key: tk,
@@ -833,4 +832,89 @@ proptest! {
         prop_assert!(parse_receipts_message(short, &domain()).is_err(), "cut at {}", short.len());
         prop_assert_eq!(parse_receipts_message(b"streamspace-period-v1", &domain()), Err(ReceiptsMessageError::NotReceipts));
     }
+}
+
+/// Hedera keeps receipts for about three minutes. A settlement that crashed at any step and
+/// restarts ten minutes later (an injected clock) finds what it sent in the ledger's history
+/// instead of reading the missing receipt as "never happened" and paying again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_resumed_after_receipts_expired_pays_once() {
+    use streamspace_ledger::{ManualClock, Timestamp};
+    for phase in [Phase::BeforeSend, Phase::AfterSend] {
+        for crash_at in 0..3u32 {
+            let clock = ManualClock::new(Timestamp::now());
+            let w = world_with(Arc::new(clock.clone())).await;
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("j.redb");
+            {
+                let journal = Journal::open(&path, w.domain.id()).unwrap();
+                journal.record(&w.receipts).unwrap();
+                let settler =
+                    Settler::new(w.ledger.clone(), journal, w.clearing.clone(), &w.domain).unwrap();
+                let r = settler
+                    .close_with_faults(1, &w.collateral, |i, p| i == crash_at && p == phase)
+                    .await;
+                assert!(matches!(r, Err(SettleError::Interrupted(i)) if i == crash_at));
+            }
+            // Restarted ten minutes later: every receipt of what was sent has expired.
+            clock.advance(600);
+            let journal = Journal::open(&path, w.domain.id()).unwrap();
+            let settler =
+                Settler::new(w.ledger.clone(), journal, w.clearing.clone(), &w.domain).unwrap();
+            settler.close(1, &w.collateral).await.unwrap();
+            for q in &w.payees {
+                let earned: u64 = w
+                    .receipts
+                    .iter()
+                    .filter(|r| r.body.payee == q.account)
+                    .map(|r| r.body.amount)
+                    .sum();
+                assert_eq!(
+                    w.ledger.balance(q.account).await.unwrap(),
+                    earned as i64,
+                    "{phase:?} at {crash_at}: paid other than earned"
+                );
+            }
+            for p in &w.payers {
+                let owed: u64 = w
+                    .receipts
+                    .iter()
+                    .filter(|r| r.body.payer == p.account)
+                    .map(|r| r.body.amount)
+                    .sum();
+                assert_eq!(
+                    w.ledger.balance(p.account).await.unwrap(),
+                    10_000_000_000 - 100_000 - owed as i64,
+                    "{phase:?} at {crash_at}: refunded other than owed"
+                );
+            }
+            assert_eq!(
+                w.ledger.topic_messages(w.topic, 1, 10).await.unwrap().len(),
+                1,
+                "anchored once"
+            );
+        }
+    }
+}
+
+/// The embedded ledger answers receipt and record queries for three minutes after consensus,
+/// as Hedera's nodes do; its history keeps every record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_expire_history_stays() {
+    use streamspace_ledger::{ManualClock, Status, Timestamp, fees::RECEIPT_RETENTION_SECS};
+    let clock = ManualClock::new(Timestamp::now());
+    let w = world_with(Arc::new(clock.clone())).await;
+    let r = w
+        .ledger
+        .transfer(&w.payers[0], w.payees[0].account, 1)
+        .await
+        .unwrap();
+    clock.advance(RECEIPT_RETENTION_SECS);
+    assert_eq!(w.ledger.receipt(r.id).await.unwrap(), r);
+    clock.advance(1);
+    let gone = w.ledger.receipt(r.id).await.unwrap_err();
+    assert_eq!(gone.status(), Some(Status::ReceiptNotFound));
+    let gone = w.ledger.record(r.id).await.unwrap_err();
+    assert_eq!(gone.status(), Some(Status::RecordNotFound));
+    assert_eq!(w.ledger.history(r.id).await.unwrap().receipt, r);
 }

@@ -315,6 +315,21 @@ impl LocalLedger {
     }
 }
 
+impl LocalLedger {
+    /// The record of `id` if it reached consensus at most
+    /// [`RECEIPT_RETENTION_SECS`](crate::fees::RECEIPT_RETENTION_SECS) ago, as Hedera's nodes
+    /// answer receipt and record queries.
+    fn retained(&self, id: &TransactionId) -> Result<Option<Record>, LedgerError> {
+        let now = self.shared.clock.now();
+        Ok(self.get_record(id)?.filter(|r| {
+            r.receipt
+                .consensus
+                .plus_secs(crate::fees::RECEIPT_RETENTION_SECS)
+                >= now
+        }))
+    }
+}
+
 fn committer(db: &Database, clock: &dyn Clock, mut meta: Meta, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -376,12 +391,17 @@ impl Ledger for LocalLedger {
     }
 
     async fn receipt(&self, id: TransactionId) -> Result<Receipt, LedgerError> {
-        self.get_record(&id)?
+        self.retained(&id)?
             .map(|r| r.receipt)
             .ok_or(query_err(Status::ReceiptNotFound))
     }
 
     async fn record(&self, id: TransactionId) -> Result<Record, LedgerError> {
+        self.retained(&id)?.ok_or(query_err(Status::RecordNotFound))
+    }
+
+    /// Every record is kept in the file: the embedded ledger is its own mirror node.
+    async fn history(&self, id: TransactionId) -> Result<Record, LedgerError> {
         self.get_record(&id)?
             .ok_or(query_err(Status::RecordNotFound))
     }
