@@ -97,7 +97,12 @@ pub fn router_with_keys<S: BlockStore + 'static>(
     Router::new()
         .route("/ipfs/*path", get(serve::<S>))
         .route("/play/*path", get(play::<S>))
-        .with_state(Gateway { node, cache, keys })
+        .with_state(Gateway {
+            node: node.clone(),
+            cache: cache.clone(),
+            keys: keys.clone(),
+        })
+        .merge(crate::live::router(node, cache, keys))
 }
 
 /// Reads every key file (as `add --encrypt --key-out` writes them) in `dir`; each must name

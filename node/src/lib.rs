@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod gateway;
 pub mod http;
+mod live;
 mod metrics;
 mod run;
 

@@ -1,0 +1,299 @@
+//! Live streams on a viewer's gateway: a publisher's node announces signed manifests on the
+//! stream's topic; the viewer's gateway serves the verified sliding window as an HLS playlist
+//! and its segments (decrypted with the epoch keys it holds), refuses forged and replayed
+//! manifests sent by another peer, and ends the playlist when the publisher stops.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use ed25519_dalek::SigningKey;
+use http_body_util::BodyExt;
+use streamspace_live::{
+    EpochKey, Manifest, Publisher, PublisherConfig, Segment, StreamId, StreamKey,
+};
+use streamspace_node::gateway::{CacheStats, Keyring, router_with_keys};
+use streamspace_shard::store::MemoryStore;
+use streamspace_transport::{Config, Keypair, Node, ed25519, meter::Free};
+use tower::ServiceExt;
+
+async fn node_with(key: Keypair, join: Option<&Node<MemoryStore>>) -> Node<MemoryStore> {
+    let mut c = Config::new(key).loopback();
+    if let Some(j) = join {
+        c.bootstrap = j.dialable_addrs().await.expect("addrs");
+    }
+    Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+        .await
+        .expect("node")
+}
+
+/// A publisher's node: its identity is the stream's signing key.
+async fn publisher_node(signing: &SigningKey) -> Node<MemoryStore> {
+    let mut secret = signing.to_bytes();
+    let secret = ed25519::SecretKey::try_from_bytes(&mut secret).expect("secret");
+    node_with(ed25519::Keypair::from(secret).into(), None).await
+}
+
+async fn get(app: &axum::Router, path: &str) -> (u16, Vec<u8>) {
+    let r = app
+        .clone()
+        .oneshot(
+            Request::get(path)
+                .header("host", "127.0.0.1:8080")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    let status = r.status().as_u16();
+    (
+        status,
+        r.into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+/// Polls the playlist (the publisher repeating its window meanwhile) until `done` holds.
+async fn playlist_until<S: streamspace_shard::store::BlockStore + 'static>(
+    app: &axum::Router,
+    stream: &StreamId,
+    publisher: &mut Publisher<S>,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let path = format!("/live/{stream}/index.m3u8");
+    let app2 = app.clone();
+    let p2 = path.clone();
+    // The first request subscribes and waits for a manifest.
+    let first = tokio::spawn(async move { get(&app2, &p2).await });
+    loop {
+        if first.is_finished() {
+            break;
+        }
+        let _ = publisher.repeat().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = first.await.expect("task");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    loop {
+        let (status, body) = get(app, &path).await;
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).expect("utf-8");
+        if done(&text) {
+            return text;
+        }
+        let _ = publisher.repeat().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn segment_bytes(seq: u64) -> Vec<u8> {
+    format!("segment {seq} ").repeat(3000).into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_viewer_gets_the_window_and_sees_the_end() {
+    let signing = SigningKey::from_bytes(&[11; 32]);
+    let pub_node = publisher_node(&signing).await;
+    let viewer = node_with(Keypair::generate_ed25519(), Some(&pub_node)).await;
+    let mut config = PublisherConfig::default();
+    config.window = 3;
+    let mut p = Publisher::new(pub_node.clone(), signing, "news", None, config).expect("pub");
+    p.join().await.expect("topic");
+    // Five segments before the viewer arrives.
+    for seq in 0..5 {
+        p.push(segment_bytes(seq), 1500).await.expect("push");
+    }
+    let stream = p.stream().clone();
+    let app = router_with_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::new()),
+    );
+    let text = playlist_until(&app, &stream, &mut p, |t| t.contains("4.ts")).await;
+    assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:2\n"), "{text}");
+    assert!(text.contains("#EXTINF:1.500,\n2.ts\n"), "{text}");
+    assert!(!text.contains("ENDLIST"));
+    let (status, body) = get(&app, &format!("/live/{stream}/3.ts")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, segment_bytes(3));
+    // Segment 0 is behind the window this viewer ever saw.
+    assert_eq!(get(&app, &format!("/live/{stream}/0.ts")).await.0, 404);
+    // The publisher stops mid-stream: the playlist ends.
+    p.push(segment_bytes(5), 1500).await.expect("push");
+    p.finish().await.expect("finish");
+    let text = playlist_until(&app, &stream, &mut p, |t| t.contains("ENDLIST")).await;
+    assert!(text.ends_with("5.ts\n#EXT-X-ENDLIST\n"), "{text}");
+    let (_, stats) = get(&app, &format!("/live/{stream}/stats.json")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).expect("json");
+    assert_eq!(stats["ended"], true);
+    assert_eq!(stats["refused"]["total"], 0, "{stats}");
+    assert!(
+        stats["bytesFromPublisher"].as_u64().expect("n") > 0,
+        "{stats}"
+    );
+    viewer.shutdown().await;
+    pub_node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn epoch_keys_open_their_epoch_and_forgeries_are_refused() {
+    let signing = SigningKey::from_bytes(&[12; 32]);
+    let pub_node = publisher_node(&signing).await;
+    let viewer = node_with(Keypair::generate_ed25519(), Some(&pub_node)).await;
+    let mallory_key = SigningKey::from_bytes(&[66; 32]);
+    let mallory = node_with(Keypair::generate_ed25519(), Some(&viewer)).await;
+    let master = StreamKey::generate();
+    let mut config = PublisherConfig::default();
+    config.window = 4;
+    config.epoch_len = 2;
+    let mut p = Publisher::new(
+        pub_node.clone(),
+        signing,
+        "match",
+        Some(master.clone()),
+        config,
+    )
+    .expect("pub");
+    p.join().await.expect("topic");
+    let stream = p.stream().clone();
+    for seq in 0..4 {
+        p.push(segment_bytes(seq), 2000).await.expect("push");
+    }
+    // The viewer paid for epoch 1 (segments 2 and 3) only.
+    let mut keys = Keyring::new();
+    keys.insert(
+        EpochKey::label(&stream, 1),
+        master.epoch_key(&stream, 2, 1).to_content_key(),
+    );
+    let app = router_with_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(keys),
+    );
+    playlist_until(&app, &stream, &mut p, |t| t.contains("3.ts")).await;
+    let (status, body) = get(&app, &format!("/live/{stream}/2.ts")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, segment_bytes(2));
+    assert_eq!(
+        get(&app, &format!("/live/{stream}/3.ts")).await.1,
+        segment_bytes(3)
+    );
+    let (status, body) = get(&app, &format!("/live/{stream}/1.ts")).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    // Plaintext goes to programs on this machine only.
+    let r = app
+        .clone()
+        .oneshot(
+            Request::get(format!("/live/{stream}/2.ts"))
+                .header("host", "viewer.example:8080")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status().as_u16(), 403);
+
+    // Mallory, a peer on the topic, sends a window of her own segments: signed by her key
+    // naming the stream, and naming herself as its publisher.
+    mallory.subscribe(&stream.topic()).await.expect("sub");
+    let evil = Manifest {
+        stream: stream.clone(),
+        seq: 1_000,
+        first: 2,
+        segments: (2..6)
+            .map(|_| Segment {
+                cid: "bafkqaaa".parse().expect("cid"),
+                duration_ms: 2000,
+            })
+            .collect(),
+        epoch_len: 2,
+        key_epoch: 2,
+        encrypted: true,
+        ended: false,
+    };
+    let forged = evil.sign(&mallory_key).expect("sign");
+    let mut hers = evil.clone();
+    hers.stream = StreamId::new("match", &mallory_key.verifying_key()).expect("id");
+    let not_publisher = hers.sign(&mallory_key).expect("sign");
+    // And replays a manifest the publisher signed before.
+    let old = p.repeat().await.expect("repeat").manifest;
+    let stats = |app: axum::Router| {
+        let path = format!("/live/{stream}/stats.json");
+        async move {
+            let (_, b) = get(&app, &path).await;
+            serde_json::from_slice::<serde_json::Value>(&b).expect("json")
+        }
+    };
+    loop {
+        for m in [&forged, &not_publisher] {
+            let _ = mallory
+                .publish(&stream.topic(), bytes::Bytes::copy_from_slice(m.encode()))
+                .await;
+        }
+        let _ = p.repeat().await;
+        let _ = mallory
+            .publish(&stream.topic(), bytes::Bytes::copy_from_slice(old.encode()))
+            .await;
+        let s = stats(app.clone()).await;
+        let r = &s["refused"];
+        if r["forged"].as_u64() >= Some(1)
+            && r["notPublisher"].as_u64() >= Some(1)
+            && r["replayed"].as_u64().unwrap_or(0) + r["reordered"].as_u64().unwrap_or(0) >= 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The honest window is what the viewer keeps.
+    let s = stats(app.clone()).await;
+    assert_eq!(s["window"], serde_json::json!([0, 1, 2, 3]), "{s}");
+    assert_eq!(
+        get(&app, &format!("/live/{stream}/3.ts")).await.1,
+        segment_bytes(3)
+    );
+    mallory.shutdown().await;
+    viewer.shutdown().await;
+    pub_node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_dies_silently_ends_the_playlist() {
+    let signing = SigningKey::from_bytes(&[13; 32]);
+    let pub_node = publisher_node(&signing).await;
+    let viewer = node_with(Keypair::generate_ed25519(), Some(&pub_node)).await;
+    let mut p = Publisher::new(
+        pub_node.clone(),
+        signing,
+        "crash",
+        None,
+        PublisherConfig::default(),
+    )
+    .expect("pub");
+    p.join().await.expect("topic");
+    p.push(segment_bytes(0), 500).await.expect("push");
+    let stream = p.stream().clone();
+    let app = router_with_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::new()),
+    );
+    playlist_until(&app, &stream, &mut p, |t| t.contains("0.ts")).await;
+    // The publisher's node goes away without an end-of-stream manifest.
+    pub_node.shutdown().await;
+    drop(p);
+    let path = format!("/live/{stream}/index.m3u8");
+    loop {
+        let (status, body) = get(&app, &path).await;
+        assert_eq!(status, 200);
+        if String::from_utf8_lossy(&body).contains("#EXT-X-ENDLIST") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    viewer.shutdown().await;
+}
