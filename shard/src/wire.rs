@@ -273,18 +273,29 @@ impl<'a> Reader<'a> {
 /// absolute offset `offset`.
 ///
 /// Returns the value and the number of bytes it took, or `Ok(None)` when `buf` ends before
-/// the varint does (more bytes may come). Refuses varints longer than nine bytes and
-/// non-minimal encodings.
+/// the varint does (more bytes may come). Refuses what is not the one encoding of its value:
+/// non-minimal varints, and a tenth byte carrying bits beyond the 64th.
 ///
 /// ```
 /// use streamspace_shard::wire::{uvarint, WireError};
 /// assert_eq!(uvarint(&[0xac, 0x02, 0xff], 0), Ok(Some((300, 2))));
 /// assert_eq!(uvarint(&[0xac], 0), Ok(None));
 /// assert_eq!(uvarint(&[0x81, 0x00], 7), Err(WireError::NotMinimal { offset: 7 }));
+/// let too_wide = [0xf6, 0xbb, 0xc7, 0xff, 0xff, 0xff, 0xff, 0xff, 0x83, 0x2f];
+/// assert_eq!(uvarint(&too_wide, 2), Err(WireError::BadVarint { offset: 2 }));
 /// ```
 pub fn uvarint(buf: &[u8], offset: usize) -> Result<Option<(u64, usize)>, WireError> {
     match unsigned_varint::decode::u64(buf) {
-        Ok((v, rest)) => Ok(Some((v, buf.len() - rest.len()))),
+        Ok((v, rest)) => {
+            let used = buf.len() - rest.len();
+            // Canonical: a tenth byte may not carry bits beyond the 64th (the decoder drops
+            // them), so re-encoding gives back the bytes read.
+            let mut b = unsigned_varint::encode::u64_buffer();
+            if unsigned_varint::encode::u64(v, &mut b) != &buf[..used] {
+                return Err(WireError::BadVarint { offset });
+            }
+            Ok(Some((v, used)))
+        }
         Err(unsigned_varint::decode::Error::Insufficient) => Ok(None),
         Err(unsigned_varint::decode::Error::NotMinimal) => Err(WireError::NotMinimal { offset }),
         Err(_) => Err(WireError::BadVarint { offset }),
@@ -399,9 +410,7 @@ mod tests {
             put_varint(&mut b, v);
             prop_assert_eq!(b.len(), varint_len(v));
             prop_assert_eq!(Reader::new(&b).varint(), Ok(v));
-            if v <= i64::MAX as u64 {
-                prop_assert_eq!(uvarint(&b, 0), Ok(Some((v, b.len()))));
-            }
+            prop_assert_eq!(uvarint(&b, 0), Ok(Some((v, b.len()))));
         }
 
         #[test]
@@ -431,7 +440,12 @@ mod tests {
                 let Ok(k) = r.key() else { break };
                 if r.skip(&k).is_err() { break }
             }
-            let _ = uvarint(&b, 0);
+            // What is accepted is the one encoding of its value.
+            if let Ok(Some((v, n))) = uvarint(&b, 0) {
+                let mut again = Vec::new();
+                put_varint(&mut again, v);
+                prop_assert_eq!(&again[..], &b[..n]);
+            }
         }
     }
 }

@@ -674,14 +674,17 @@ fn evictions(
 /// pending index stays small.
 const SESSION_COMMIT: u64 = 1 << 30;
 
+/// A block written to a pack: its key, canonical CID, offset and length.
+type Written = (Vec<u8>, Cid, u64, u64);
+
 /// An import being written: block bytes appended to packs of its own, outside any lock, and
 /// indexed with one sync and one commit at the end (or every [`SESSION_COMMIT`] bytes).
 struct Session<'a> {
     inner: &'a Inner,
-    /// Packs written, each with its length and blocks (key, canonical CID, offset, length).
-    done: Vec<(u64, u64, Vec<(Vec<u8>, Cid, u64, u64)>)>,
-    /// The pack being written.
-    open: Option<(u64, std::fs::File, u64, Vec<(Vec<u8>, Cid, u64, u64)>)>,
+    /// Packs written: each one's number, length and blocks.
+    done: Vec<(u64, u64, Vec<Written>)>,
+    /// The pack being written: its number, file, length so far and blocks.
+    open: Option<(u64, std::fs::File, u64, Vec<Written>)>,
     /// Keys written since the last commit.
     keys: HashSet<Vec<u8>>,
     pending: u64,
