@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use local::{Clock, LocalLedger, ManualClock, SystemClock};
 pub use status::Status;
-pub use tx::{ChunkInfo, NftTransfer, PublicKey, SignedTransaction, Transaction, TxKind};
+pub use tx::{ChunkInfo, Key, NftTransfer, PublicKey, SignedTransaction, Transaction, TxKind};
 pub use types::{AccountId, EntityId, NftId, Timestamp, TokenId, TopicId, TransactionId};
 
 /// The receipt of a transaction that reached consensus.
@@ -312,7 +312,7 @@ pub trait LedgerExt: Ledger {
             let tx = Transaction::new(
                 id,
                 TxKind::CreateAccount {
-                    key,
+                    key: key.into(),
                     initial_balance: initial,
                     receiver_sig_required: false,
                 },

@@ -108,6 +108,9 @@ statuses! {
     SenderDoesNotOwnNftSerialNo => "SENDER_DOES_NOT_OWN_NFT_SERIAL_NO",
     /// A token name or symbol that is empty or too long.
     MissingTokenName => "MISSING_TOKEN_NAME",
+    /// A key that is malformed: an empty list, a threshold of 0 or above the keys listed, or
+    /// nested or sized beyond the limits.
+    InvalidKeyEncoding => "INVALID_KEY_ENCODING",
     /// An auto-renew period outside what the network accepts.
     AutorenewDurationNotInRange => "AUTORENEW_DURATION_NOT_IN_RANGE",
     /// Decimals on a non-fungible token.

@@ -37,6 +37,85 @@ impl From<VerifyingKey> for PublicKey {
     }
 }
 
+/// Deepest nesting of key lists in a key ([`Key::check`]).
+pub const MAX_KEY_DEPTH: usize = 5;
+/// Most Ed25519 keys in one key ([`Key::check`]).
+pub const MAX_KEY_LEAVES: usize = 64;
+
+/// A key an account is controlled by, as Hedera's `Key`: one Ed25519 key, or `threshold` of a
+/// list of keys (a Hedera `KeyList` is the threshold of all its keys; a `ThresholdKey` any
+/// number from 1 to all), nested.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::HashSet;
+/// use streamspace_ledger::{tx::Key, PublicKey};
+/// let [a, b, c] = [1u8, 2, 3].map(|s| PublicKey::from(&ed25519_dalek::SigningKey::from_bytes(&[s; 32])));
+/// let two_of_three = Key::Threshold { threshold: 2, keys: vec![a.into(), b.into(), c.into()] };
+/// assert!(!two_of_three.is_satisfied(&HashSet::from([a])));
+/// assert!(two_of_three.is_satisfied(&HashSet::from([a, c])));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Key {
+    /// One Ed25519 key.
+    Ed25519(PublicKey),
+    /// At least `threshold` of `keys` must be satisfied.
+    Threshold {
+        /// How many of `keys`.
+        threshold: u32,
+        /// The keys.
+        keys: Vec<Key>,
+    },
+}
+
+impl From<PublicKey> for Key {
+    fn from(k: PublicKey) -> Self {
+        Self::Ed25519(k)
+    }
+}
+
+impl Key {
+    /// Whether signatures by `signers` satisfy the key.
+    pub fn is_satisfied(&self, signers: &HashSet<PublicKey>) -> bool {
+        match self {
+            Self::Ed25519(k) => signers.contains(k),
+            Self::Threshold { threshold, keys } => {
+                let met = keys.iter().filter(|k| k.is_satisfied(signers)).count();
+                met >= *threshold as usize && *threshold > 0
+            }
+        }
+    }
+
+    /// Whether the key is well formed: every threshold between 1 and the keys it lists, at
+    /// most [`MAX_KEY_DEPTH`] levels of lists and [`MAX_KEY_LEAVES`] keys.
+    pub fn check(&self) -> bool {
+        fn walk(k: &Key, depth: usize, leaves: &mut usize) -> bool {
+            match k {
+                Key::Ed25519(_) => {
+                    *leaves += 1;
+                    *leaves <= MAX_KEY_LEAVES
+                }
+                Key::Threshold { threshold, keys } => {
+                    depth < MAX_KEY_DEPTH
+                        && *threshold >= 1
+                        && *threshold as usize <= keys.len()
+                        && keys.iter().all(|k| walk(k, depth + 1, leaves))
+                }
+            }
+        }
+        walk(self, 0, &mut 0)
+    }
+
+    /// Its first Ed25519 key (depth first).
+    pub fn first(&self) -> Option<PublicKey> {
+        match self {
+            Self::Ed25519(k) => Some(*k),
+            Self::Threshold { keys, .. } => keys.iter().find_map(Key::first),
+        }
+    }
+}
+
 /// One NFT moving between accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NftTransfer {
@@ -65,8 +144,8 @@ pub struct ChunkInfo {
 pub enum TxKind {
     /// CryptoCreate: a new account with `key`, funded by the payer.
     CreateAccount {
-        /// The account's key.
-        key: PublicKey,
+        /// The account's key: one Ed25519 key, or a threshold of several.
+        key: Key,
         /// Tinybars moved from the payer to the new account.
         initial_balance: i64,
         /// Whether every transfer crediting the account (hbar or NFTs) must be signed by its

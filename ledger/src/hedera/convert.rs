@@ -122,6 +122,33 @@ fn key_in(k: Option<&pb::Key>) -> WireResult<PublicKey> {
     }
 }
 
+/// An account's key: Ed25519, or a `KeyList` (all of its keys) or `ThresholdKey`, nested.
+fn account_key_in(k: Option<&pb::Key>, depth: usize) -> WireResult<crate::tx::Key> {
+    use crate::tx::{Key, MAX_KEY_DEPTH};
+    let list = |keys: &[pb::Key], threshold: u32| -> WireResult<Key> {
+        if depth >= MAX_KEY_DEPTH {
+            return Err(Status::InvalidKeyEncoding);
+        }
+        Ok(Key::Threshold {
+            threshold,
+            keys: keys
+                .iter()
+                .map(|k| account_key_in(Some(k), depth + 1))
+                .collect::<WireResult<_>>()?,
+        })
+    };
+    match k.and_then(|k| k.key.as_ref()) {
+        Some(pb::key::Key::KeyList(l)) => {
+            list(&l.keys, u32::try_from(l.keys.len()).unwrap_or(u32::MAX))
+        }
+        Some(pb::key::Key::ThresholdKey(t)) => list(
+            t.keys.as_ref().map_or(&[][..], |l| l.keys.as_slice()),
+            t.threshold,
+        ),
+        _ => key_in(k).map(Key::Ed25519),
+    }
+}
+
 /// `NOT_SUPPORTED` when a field this ledger does not model is set: it is refused, never
 /// ignored.
 fn unmodelled(set: bool) -> WireResult<()> {
@@ -181,7 +208,7 @@ fn kind_in(data: Option<&pb::transaction_body::Data>, payer: AccountId) -> WireR
             unmodelled(unmodelled_set)?;
             auto_renew(b.auto_renew_period.as_ref())?;
             TxKind::CreateAccount {
-                key: key_in(b.key.as_ref())?,
+                key: account_key_in(b.key.as_ref(), 0)?,
                 initial_balance: i64::try_from(b.initial_balance)
                     .map_err(|_| Status::InvalidInitialBalance)?,
                 receiver_sig_required: b.receiver_sig_required,

@@ -99,6 +99,16 @@ fn sdk_public(k: PublicKey) -> Result<hedera::PublicKey, LedgerError> {
     hedera::PublicKey::from_bytes_ed25519(&k.0).map_err(transport)
 }
 
+fn sdk_account_key(k: &crate::tx::Key) -> Result<hedera::Key, LedgerError> {
+    Ok(match k {
+        crate::tx::Key::Ed25519(p) => hedera::Key::Single(sdk_public(*p)?),
+        crate::tx::Key::Threshold { threshold, keys } => hedera::Key::KeyList(hedera::KeyList {
+            keys: keys.iter().map(sdk_account_key).collect::<Result<_, _>>()?,
+            threshold: Some(*threshold),
+        }),
+    })
+}
+
 fn to_time(t: Timestamp) -> Result<time::OffsetDateTime, LedgerError> {
     time::OffsetDateTime::from_unix_timestamp_nanos(t.as_nanos()).map_err(transport)
 }
@@ -370,7 +380,7 @@ impl Ledger for HederaLedger {
                 receiver_sig_required,
             } => {
                 let mut t = hedera::AccountCreateTransaction::new();
-                t.set_key_without_alias(sdk_public(*key)?)
+                t.set_key_without_alias(sdk_account_key(key)?)
                     .initial_balance(Hbar::from_tinybars(*initial_balance))
                     .receiver_signature_required(*receiver_sig_required);
                 self.run(t, &tx, signers).await

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashSet};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::{
-    ACCOUNTS, AccountRec, MESSAGES, META, Meta, NFTS, NftRec, RECEIVER_SIG, RECORDS, TOKENS,
-    TOPICS, TokenRec, TopicRec, dec, enc, storage,
+    ACCOUNT_KEYS, ACCOUNTS, AccountRec, MESSAGES, META, Meta, NFTS, NftRec, RECEIVER_SIG, RECORDS,
+    TOKENS, TOPICS, TokenRec, TopicRec, dec, enc, storage,
 };
 use crate::fees::{self, FEE_COLLECTOR};
 use crate::running_hash;
-use crate::tx::{PublicKey, Transaction, TxKind};
+use crate::tx::{Key, PublicKey, Transaction, TxKind};
 use crate::types::{AccountId, Timestamp, TokenId, TopicId};
 use crate::{LedgerError, NftTransfer, Receipt, Record, Status, TopicMessage};
 
@@ -23,6 +23,7 @@ pub(super) struct Tables<'t> {
     records: Table<'t, &'static [u8], &'static [u8]>,
     meta: Table<'t, &'static str, &'static [u8]>,
     receiver_sig: Table<'t, u64, ()>,
+    account_keys: Table<'t, u64, &'static [u8]>,
 }
 
 impl<'t> Tables<'t> {
@@ -36,6 +37,7 @@ impl<'t> Tables<'t> {
             records: txn.open_table(RECORDS).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
             receiver_sig: txn.open_table(RECEIVER_SIG).map_err(storage)?,
+            account_keys: txn.open_table(ACCOUNT_KEYS).map_err(storage)?,
         })
     }
 
@@ -55,6 +57,20 @@ impl<'t> Tables<'t> {
             .map_err(storage)?
             .map(|v| dec(v.value()))
             .transpose()
+    }
+
+    /// Whether `signers` satisfy the key of account `id` (record `rec`): its threshold key if
+    /// it has one, else its Ed25519 key.
+    fn signed(
+        &self,
+        id: AccountId,
+        rec: &AccountRec,
+        signers: &HashSet<PublicKey>,
+    ) -> Result<bool, LedgerError> {
+        match self.account_keys.get(id.num()).map_err(storage)? {
+            Some(v) => Ok(dec::<Key>(v.value())?.is_satisfied(signers)),
+            None => Ok(signers.contains(&rec.key)),
+        }
     }
 
     /// Whether transfers crediting `id` must carry its signature.
@@ -143,7 +159,7 @@ pub(super) fn apply(
     let Some(mut payer) = t.account(id.payer)? else {
         return precheck(Status::PayerAccountNotFound);
     };
-    if !signers.contains(&payer.key) {
+    if !t.signed(id.payer, &payer, signers)? {
         return precheck(Status::InvalidSignature);
     }
     let fee = fees::fee(&tx.kind);
@@ -240,6 +256,7 @@ fn syntax(kind: &TxKind) -> Option<Status> {
                 None
             }
         }
+        TxKind::CreateAccount { key, .. } if !key.check() => Some(Status::InvalidKeyEncoding),
         TxKind::CreateAccount {
             initial_balance, ..
         } if *initial_balance < 0 => Some(Status::InvalidInitialBalance),
@@ -290,20 +307,30 @@ fn handle(
             }
             // Hedera requires the new account's key to sign a creation that sets
             // `receiverSigRequired`.
-            if *receiver_sig_required && !signers.contains(key) {
+            if *receiver_sig_required && !key.is_satisfied(signers) {
                 return Ok(Err(Status::InvalidSignature));
             }
             payer.balance -= initial_balance;
             t.put_account(tx.id.payer, &payer)?;
             let new = AccountId::new(next_entity(meta));
+            // The record holds one Ed25519 key; a threshold key is kept beside it and is
+            // the only one that signs for the account.
+            let Some(first) = key.first() else {
+                return Ok(Err(Status::InvalidKeyEncoding));
+            };
             t.put_account(
                 new,
                 &AccountRec {
-                    key: *key,
+                    key: first,
                     balance: *initial_balance,
                     tokens: Vec::new(),
                 },
             )?;
+            if let Key::Threshold { .. } = key {
+                t.account_keys
+                    .insert(new.num(), enc(key).as_slice())
+                    .map_err(storage)?;
+            }
             if *receiver_sig_required {
                 t.receiver_sig.insert(new.num(), ()).map_err(storage)?;
             }
@@ -317,7 +344,7 @@ fn handle(
                     return Ok(Err(Status::InvalidAccountId));
                 };
                 let must_sign = *v < 0 || (*v > 0 && t.receiver_sig_required(*a)?);
-                if must_sign && !signers.contains(&rec.key) {
+                if must_sign && !t.signed(*a, &rec, signers)? {
                     return Ok(Err(Status::InvalidSignature));
                 }
                 if rec.balance.checked_add(*v).is_none_or(|b| b < 0) {
@@ -345,13 +372,13 @@ fn handle(
                 let Some(from) = t.account(n.from)? else {
                     return Ok(Err(Status::InvalidAccountId));
                 };
-                if !signers.contains(&from.key) {
+                if !t.signed(n.from, &from, signers)? {
                     return Ok(Err(Status::InvalidSignature));
                 }
                 let Some(to) = t.account(n.to)? else {
                     return Ok(Err(Status::InvalidAccountId));
                 };
-                if t.receiver_sig_required(n.to)? && !signers.contains(&to.key) {
+                if t.receiver_sig_required(n.to)? && !t.signed(n.to, &to, signers)? {
                     return Ok(Err(Status::InvalidSignature));
                 }
                 if !to.tokens.contains(&n.nft.token.num()) {
@@ -444,7 +471,7 @@ fn handle(
             let Some(mut tre) = t.account(*treasury)? else {
                 return Ok(Err(Status::InvalidAccountId));
             };
-            if !signers.contains(&tre.key) {
+            if !t.signed(*treasury, &tre, signers)? {
                 return Ok(Err(Status::InvalidSignature));
             }
             let token = TokenId::new(next_entity(meta));
@@ -494,7 +521,7 @@ fn handle(
             let Some(mut rec) = t.account(*account)? else {
                 return Ok(Err(Status::InvalidAccountId));
             };
-            if !signers.contains(&rec.key) {
+            if !t.signed(*account, &rec, signers)? {
                 return Ok(Err(Status::InvalidSignature));
             }
             for tok in tokens {

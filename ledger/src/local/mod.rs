@@ -33,6 +33,11 @@ pub(crate) const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("
 /// Accounts that must sign every transfer crediting them (`receiverSigRequired`), kept apart
 /// from the account records so that ledgers written before it still open.
 pub(crate) const RECEIVER_SIG: TableDefinition<'_, u64, ()> = TableDefinition::new("receiver_sig");
+/// Keys of accounts controlled by more than one Ed25519 key (postcard of a [`crate::Key`]),
+/// kept apart from the account records so that ledgers written before them still open. Where
+/// an account has a row here, only this key signs for it.
+pub(crate) const ACCOUNT_KEYS: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("account_keys");
 
 /// The treasury account created at genesis.
 pub const TREASURY: AccountId = AccountId::new(2);
@@ -262,6 +267,7 @@ impl LocalLedger {
         txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(ACCOUNTS).map_err(storage)?;
         txn.open_table(RECEIVER_SIG).map_err(storage)?;
+        txn.open_table(ACCOUNT_KEYS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(meta)
     }

@@ -605,7 +605,7 @@ pub(crate) async fn receiver_signature_required<L: Ledger>(h: Harness<L>) {
         Transaction::new(
             id,
             TxKind::CreateAccount {
-                key: PublicKey::from(&guarded_key),
+                key: PublicKey::from(&guarded_key).into(),
                 initial_balance: HBAR,
                 receiver_sig_required: true,
             },
@@ -655,6 +655,108 @@ pub(crate) async fn receiver_signature_required<L: Ledger>(h: Harness<L>) {
         .transfer(&g, sender.account, HBAR / 2)
         .await
         .unwrap();
+}
+
+/// An account under a 2-of-3 threshold key moves hbar only with two of its three keys' signatures;
+/// one is refused and moves nothing. Malformed keys are refused at precheck.
+pub(crate) async fn threshold_keys<L: Ledger>(h: Harness<L>) {
+    use streamspace_ledger::Key;
+    let members = [key(61), key(62), key(63)];
+    let two_of_three = Key::Threshold {
+        threshold: 2,
+        keys: members.iter().map(|k| PublicKey::from(k).into()).collect(),
+    };
+    let create = |key: Key| {
+        Transaction::new(
+            TransactionId::generate(h.treasury.account, h.ledger.now()),
+            TxKind::CreateAccount {
+                key,
+                initial_balance: 10 * HBAR,
+                receiver_sig_required: false,
+            },
+        )
+    };
+    let vault = h
+        .ledger
+        .execute(create(two_of_three.clone()), &[&h.treasury.key])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    let dest = funded(&h, 64, 0).await;
+    let out = |amount: i64| {
+        let id = TransactionId::generate(h.treasury.account, h.ledger.now());
+        transfer(id, vec![(vault, -amount), (dest.account, amount)])
+    };
+    // One member alone (the treasury paying the fee) moves nothing.
+    let r = h
+        .ledger
+        .execute(out(HBAR), &[&h.treasury.key, &members[0]])
+        .await;
+    assert_eq!(status(r), Status::InvalidSignature);
+    assert_eq!(h.ledger.balance(vault).await.unwrap(), 10 * HBAR);
+    // As its own payer with one key, refused before consensus.
+    let id = TransactionId::generate(vault, h.ledger.now());
+    let tx = transfer(id, vec![(vault, -HBAR), (dest.account, HBAR)]);
+    assert_eq!(
+        status(h.ledger.execute(tx, &[&members[2]]).await),
+        Status::InvalidSignature
+    );
+    assert_eq!(h.ledger.balance(vault).await.unwrap(), 10 * HBAR);
+    // Any two of the three move it.
+    h.ledger
+        .execute(out(HBAR), &[&h.treasury.key, &members[0], &members[2]])
+        .await
+        .unwrap();
+    h.ledger
+        .execute(out(HBAR), &[&h.treasury.key, &members[1], &members[2]])
+        .await
+        .unwrap();
+    assert_eq!(h.ledger.balance(dest.account).await.unwrap(), 2 * HBAR);
+    // A key list (all of its keys) nested in a threshold: 1 of [member 0, all of 1 and 2].
+    let nested = Key::Threshold {
+        threshold: 1,
+        keys: vec![
+            PublicKey::from(&members[0]).into(),
+            Key::Threshold {
+                threshold: 2,
+                keys: vec![
+                    PublicKey::from(&members[1]).into(),
+                    PublicKey::from(&members[2]).into(),
+                ],
+            },
+        ],
+    };
+    let other = h
+        .ledger
+        .execute(create(nested), &[&h.treasury.key])
+        .await
+        .unwrap()
+        .account
+        .unwrap();
+    let id = TransactionId::generate(h.treasury.account, h.ledger.now());
+    let tx = transfer(id, vec![(other, -HBAR), (dest.account, HBAR)]);
+    assert_eq!(
+        status(h.ledger.execute(tx, &[&h.treasury.key, &members[1]]).await),
+        Status::InvalidSignature
+    );
+    let id = TransactionId::generate(h.treasury.account, h.ledger.now());
+    let tx = transfer(id, vec![(other, -HBAR), (dest.account, HBAR)]);
+    h.ledger
+        .execute(tx, &[&h.treasury.key, &members[1], &members[2]])
+        .await
+        .unwrap();
+    // Thresholds of 0 or above the keys listed are refused before consensus.
+    for threshold in [0, 4] {
+        let bad = Key::Threshold {
+            threshold,
+            keys: members.iter().map(|k| PublicKey::from(k).into()).collect(),
+        };
+        assert_eq!(
+            status(h.ledger.execute(create(bad), &[&h.treasury.key]).await),
+            Status::InvalidKeyEncoding
+        );
+    }
 }
 
 /// A transaction above 6,144 bytes is refused with `TRANSACTION_OVERSIZE` before consensus:
@@ -742,6 +844,10 @@ macro_rules! conformance_tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn receiver_signature_required() {
             suite::receiver_signature_required($make.await).await
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn threshold_keys() {
+            suite::threshold_keys($make.await).await
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn oversize_transactions_are_refused() {
