@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(s) = SignedRelease::decode(data) {
         assert_eq!(s.encode(), data);
         let _ = s.verify(&[[7; 32]], 1);
+        let _ = s.check_stage(u64::MAX, s.stage().issued);
         let _ = s.release().upgrades_from("1.0.0");
         let _ = s.release().rollout_bucket(b"device");
     }

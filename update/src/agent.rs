@@ -3,12 +3,19 @@
 //!
 //! # Slots
 //!
-//! A device's slot directory holds `a.img`, `b.img` and `boot`, which names the active slot
-//! and its version (`a 1.0.0`). An install writes the new image to `<inactive>.img.part`,
-//! hashing it as it goes, syncs it, renames it to `<inactive>.img` only once size and SHA-256
-//! match the release, and then replaces `boot` (write, sync, rename). Power lost at any point
-//! leaves `boot` naming a complete, verified image: the old one until the last rename. Blocks
+//! See [`Slots`]: a new image is written beside the running one, verified, booted as a trial,
+//! and confirmed by the device's health check ([`HealthCheck`]); a trial that is not confirmed
+//! falls back to the old slot at the next boot, and the agent reports the fallback. Blocks
 //! already fetched stay in the device's disk store, so the next attempt fetches only the rest.
+//!
+//! # Delta updates
+//!
+//! A device keeps the blocks of the image it runs (pinned in its store, or imported from its
+//! slot with [`Agent::index_slot`]); fetching the next image asks the network only for the
+//! blocks it does not hold. With the fixed-size chunker the importer has today, two versions
+//! share the blocks before the first changed byte and the blocks of any region that kept its
+//! offset; kubo's content-defined chunkers (`rabin`, `buzhash`), which would keep blocks shared
+//! after an insertion, are not implemented yet.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,11 +26,13 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use streamspace_shard::crypto::cat_decrypted;
 use streamspace_shard::export::{ByteRange, cat};
+use streamspace_shard::import::ImportOptions;
 use streamspace_shard::keywrap::RecipientKey;
 use streamspace_shard::store::DiskStore;
+use streamspace_shard::store::add_reader;
 use streamspace_transport::{FetchOptions, Node, NodeEvent, PeerId};
-use tokio::io::AsyncWriteExt;
 
+use crate::durable::write_atomically;
 use crate::keys::{KeyError, image_key};
 use crate::release::{Release, ReleaseError};
 use crate::tuf::{Bundle, Offer, Trust, TufError};
@@ -46,6 +55,9 @@ pub struct Report {
     pub version: String,
     /// `None` if installed; otherwise why not.
     pub error: Option<String>,
+    /// The version tried is given up and the device runs the previous one again (the error
+    /// says why).
+    pub fallback: bool,
 }
 
 /// A message on a product's topic.
@@ -129,12 +141,21 @@ pub enum AgentError {
         /// The error.
         source: std::io::Error,
     },
-    /// The `boot` file is not `<a|b> <version>`.
-    #[error("{0}: malformed boot file")]
+    /// The `boot` file is not a boot record.
+    #[error("{0}: malformed boot record")]
     Boot(PathBuf),
     /// The block store.
     #[error("store: {0}")]
     Store(#[from] streamspace_shard::store::StoreError),
+    /// A trial slot awaits its boot or confirmation: nothing else is installed meanwhile.
+    #[error("version {0} awaits its boot or confirmation")]
+    TrialPending(String),
+    /// No trial runs (nothing to confirm or reject).
+    #[error("no trial slot is running")]
+    NoTrial,
+    /// The running slot's image could not be imported into the store.
+    #[error("importing the running image: {0}")]
+    Import(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
@@ -168,40 +189,188 @@ impl Slot {
             Slot::B => "b",
         }
     }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
 }
 
-/// What the device boots.
+/// A slot holding a verified image of a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootState {
-    /// The active slot.
+    /// The slot.
     pub active: Slot,
     /// Its version.
     pub version: String,
 }
 
+/// A new slot to be tried: written and verified, not yet confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trial {
+    /// The slot and version.
+    pub boot: BootState,
+    /// SHA-256 of the image in the slot (checked again before it boots).
+    pub sha256: [u8; 32],
+    /// Whether it has been booted once already (a second boot without a confirmation falls
+    /// back).
+    pub booted: bool,
+}
+
+/// A trial that was given up: the device runs the confirmed slot again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    /// The version that was tried.
+    pub version: String,
+    /// The version the device runs again.
+    pub back_to: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The boot record: the confirmed slot, the trial if any, and a fallback not yet reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// The confirmed slot: what boots when no trial is pending.
+    pub good: BootState,
+    /// A slot to try.
+    pub trial: Option<Trial>,
+    /// A fallback to report.
+    pub fallback: Option<Fallback>,
+}
+
+impl SlotState {
+    fn encode(&self) -> String {
+        let mut out = format!("good {} {}\n", self.good.active.name(), self.good.version);
+        if let Some(t) = &self.trial {
+            out.push_str(&format!(
+                "trial {} {} {} {}\n",
+                t.boot.active.name(),
+                t.boot.version,
+                hex::encode(t.sha256),
+                if t.booted { "booted" } else { "new" }
+            ));
+        }
+        if let Some(f) = &self.fallback {
+            // The reason is free text: last on its line, newlines removed.
+            out.push_str(&format!(
+                "fallback {} {} {}\n",
+                f.version,
+                f.back_to,
+                f.reason.replace(['\n', '\r'], " ")
+            ));
+        }
+        out
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let version = |v: &str| semver::Version::parse(v).is_ok().then(|| v.to_owned());
+        let mut good = None;
+        let mut trial = None;
+        let mut fallback = None;
+        for line in text.lines() {
+            let mut parts = line.splitn(4, ' ');
+            match parts.next()? {
+                "good" if good.is_none() => {
+                    let active = Slot::parse(parts.next()?)?;
+                    let v = version(parts.next()?)?;
+                    if parts.next().is_some() {
+                        return None;
+                    }
+                    good = Some(BootState { active, version: v });
+                }
+                "trial" if trial.is_none() => {
+                    let active = Slot::parse(parts.next()?)?;
+                    let v = version(parts.next()?)?;
+                    let mut rest = parts.next()?.split(' ');
+                    let sha256 = hex::decode(rest.next()?).ok()?.try_into().ok()?;
+                    let booted = match rest.next()? {
+                        "booted" => true,
+                        "new" => false,
+                        _ => return None,
+                    };
+                    if rest.next().is_some() {
+                        return None;
+                    }
+                    trial = Some(Trial {
+                        boot: BootState { active, version: v },
+                        sha256,
+                        booted,
+                    });
+                }
+                "fallback" if fallback.is_none() => {
+                    let v = version(parts.next()?)?;
+                    let back_to = version(parts.next()?)?;
+                    fallback = Some(Fallback {
+                        version: v,
+                        back_to,
+                        reason: parts.next().unwrap_or_default().to_owned(),
+                    });
+                }
+                _ => return None,
+            }
+        }
+        let good = good?;
+        if trial.as_ref().is_some_and(|t| t.boot.active == good.active) {
+            return None;
+        }
+        Some(Self {
+            good,
+            trial,
+            fallback,
+        })
+    }
+}
+
+/// What the bootloader booted, after [`Slots::boot_up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    /// The slot and version running.
+    pub running: BootState,
+    /// Whether it is a trial that awaits confirmation.
+    pub trial: bool,
+    /// A trial given up at this boot (it had been booted before and never confirmed, or its
+    /// image no longer matches).
+    pub fell_back: Option<Fallback>,
+}
+
 /// An A/B slot pair in a directory.
+///
+/// The directory holds `a.img`, `b.img` and `boot`, the boot record ([`SlotState`]). Every
+/// change to `boot` is one atomic replacement (write, sync, rename, sync the directory), and an
+/// image reaches its slot file only once complete and verified, by rename, so a power cut at
+/// any point leaves a record naming verified images. The life of an update:
+///
+/// 1. [`Slots::begin`] writes the image to `<inactive>.img.part`, verifying it on the way;
+///    [`ImageWriter::finish`] syncs it and renames it to `<inactive>.img`;
+/// 2. [`Slots::stage`] records it as a trial;
+/// 3. at power-on, [`Slots::boot_up`] (the bootloader's rule) boots a new trial once, marking it
+///    booted; a trial already booted and not confirmed is given up and the confirmed slot
+///    boots, the fallback recorded;
+/// 4. the running system checks its health and calls [`Slots::confirm`] (the trial becomes the
+///    confirmed slot) or [`Slots::reject`] (give it up now).
 #[derive(Debug, Clone)]
 pub struct Slots {
     dir: PathBuf,
 }
 
-fn write_atomically(path: &Path, data: &[u8]) -> Result<(), AgentError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(data).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(path)
-}
-
-fn sync_dir(path: &Path) -> Result<(), AgentError> {
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir))?;
+fn sha256_file(path: &Path) -> Result<[u8; 32], AgentError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
     }
-    Ok(())
+    Ok(h.finalize().into())
 }
 
 impl Slots {
@@ -210,17 +379,22 @@ impl Slots {
         Self { dir: dir.into() }
     }
 
-    /// Writes a factory image to slot A and boots it (a device leaving the factory).
+    /// Writes a factory image to slot A and confirms it (a device leaving the factory).
     ///
     /// # Errors
     ///
     /// [`AgentError::Io`].
     pub fn provision(&self, version: &str, image: &[u8]) -> Result<(), AgentError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        write_atomically(&self.image(Slot::A), image)?;
-        self.set_boot(&BootState {
-            active: Slot::A,
-            version: version.to_owned(),
+        let p = self.image(Slot::A);
+        write_atomically(&p, image, false).map_err(io(&p))?;
+        self.write_state(&SlotState {
+            good: BootState {
+                active: Slot::A,
+                version: version.to_owned(),
+            },
+            trial: None,
+            fallback: None,
         })
     }
 
@@ -229,78 +403,295 @@ impl Slots {
         self.dir.join(format!("{}.img", slot.name()))
     }
 
-    /// What boots now.
+    /// The boot record.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Io`] or [`AgentError::Boot`].
+    pub fn state(&self) -> Result<SlotState, AgentError> {
+        let p = self.dir.join("boot");
+        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+        SlotState::decode(&text).ok_or(AgentError::Boot(p))
+    }
+
+    fn write_state(&self, state: &SlotState) -> Result<(), AgentError> {
+        let p = self.dir.join("boot");
+        write_atomically(&p, state.encode().as_bytes(), false).map_err(io(&p))
+    }
+
+    /// What runs now: a trial once booted, otherwise the confirmed slot.
     ///
     /// # Errors
     ///
     /// [`AgentError::Io`] or [`AgentError::Boot`].
     pub fn boot(&self) -> Result<BootState, AgentError> {
-        let p = self.dir.join("boot");
-        let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-        let mut parts = text.split_whitespace();
-        let active = match parts.next() {
-            Some("a") => Slot::A,
-            Some("b") => Slot::B,
-            _ => return Err(AgentError::Boot(p)),
-        };
-        let version = parts.next().ok_or_else(|| AgentError::Boot(p.clone()))?;
-        if parts.next().is_some() || semver::Version::parse(version).is_err() {
-            return Err(AgentError::Boot(p));
-        }
-        Ok(BootState {
-            active,
-            version: version.to_owned(),
+        let s = self.state()?;
+        Ok(match s.trial {
+            Some(t) if t.booted => t.boot,
+            _ => s.good,
         })
     }
 
-    fn set_boot(&self, state: &BootState) -> Result<(), AgentError> {
-        write_atomically(
-            &self.dir.join("boot"),
-            format!("{} {}\n", state.active.name(), state.version).as_bytes(),
-        )
-    }
-
-    /// Writes `image` (a stream of pieces) into the inactive slot, verifying it against
-    /// `release` on the way, and switches `boot` to it once it is complete and verified.
-    /// On any error the inactive slot's partial file is removed and `boot` is unchanged.
+    /// Starts writing `release`'s image into the inactive slot.
     ///
     /// # Errors
     ///
-    /// [`AgentError::Image`] if the image is too long, too short or has another digest.
+    /// [`AgentError::TrialPending`] while a trial awaits its boot or confirmation;
+    /// [`AgentError::Io`].
+    pub fn begin(&self, release: &Release) -> Result<ImageWriter, AgentError> {
+        let state = self.state()?;
+        if let Some(t) = &state.trial {
+            return Err(AgentError::TrialPending(t.boot.version.clone()));
+        }
+        let target = state.good.active.other();
+        let part = self.dir.join(format!("{}.img.part", target.name()));
+        let file = std::fs::File::create(&part).map_err(io(&part))?;
+        Ok(ImageWriter {
+            file,
+            part,
+            dest: self.image(target),
+            slot: target,
+            verifier: ImageVerifier::for_release(release),
+            version: release.version.clone(),
+            sha256: release.sha256,
+        })
+    }
+
+    /// Records a written image as the trial the next boot runs.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::TrialPending`], [`AgentError::Io`].
+    pub fn stage(&self, image: StagedImage) -> Result<(), AgentError> {
+        let mut state = self.state()?;
+        if let Some(t) = &state.trial {
+            return Err(AgentError::TrialPending(t.boot.version.clone()));
+        }
+        if image.slot == state.good.active {
+            return Err(AgentError::Boot(self.dir.join("boot")));
+        }
+        state.trial = Some(Trial {
+            boot: BootState {
+                active: image.slot,
+                version: image.version,
+            },
+            sha256: image.sha256,
+            booted: false,
+        });
+        self.write_state(&state)
+    }
+
+    /// The bootloader's decision at power-on. A trial not booted before boots (and is marked
+    /// booted first, so a crash or hang in it falls back next time), if its image still
+    /// matches; a trial booted before and never confirmed is given up: the confirmed slot
+    /// boots and the fallback is recorded for the agent to report.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Io`] or [`AgentError::Boot`].
+    pub fn boot_up(&self) -> Result<Booted, AgentError> {
+        let mut state = self.state()?;
+        let Some(mut trial) = state.trial.clone() else {
+            return Ok(Booted {
+                running: state.good,
+                trial: false,
+                fell_back: None,
+            });
+        };
+        let intact = sha256_file(&self.image(trial.boot.active)).ok() == Some(trial.sha256);
+        if trial.booted || !intact {
+            let f = Fallback {
+                version: trial.boot.version.clone(),
+                back_to: state.good.version.clone(),
+                reason: if intact {
+                    "booted and not confirmed".into()
+                } else {
+                    "image no longer matches".into()
+                },
+            };
+            self.remember_failed(&f.version)?;
+            state.trial = None;
+            state.fallback = Some(f.clone());
+            self.write_state(&state)?;
+            return Ok(Booted {
+                running: state.good,
+                trial: false,
+                fell_back: Some(f),
+            });
+        }
+        trial.booted = true;
+        state.trial = Some(trial.clone());
+        self.write_state(&state)?;
+        Ok(Booted {
+            running: trial.boot,
+            trial: true,
+            fell_back: None,
+        })
+    }
+
+    /// Confirms the running trial: it becomes the slot that boots.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::NoTrial`] if no trial is running; [`AgentError::Io`].
+    pub fn confirm(&self) -> Result<BootState, AgentError> {
+        let mut state = self.state()?;
+        match state.trial.take() {
+            Some(t) if t.booted => {
+                state.good = t.boot.clone();
+                self.write_state(&state)?;
+                Ok(t.boot)
+            }
+            _ => Err(AgentError::NoTrial),
+        }
+    }
+
+    /// Gives up the trial (its health check failed): the confirmed slot boots next, and the
+    /// fallback is recorded for the agent to report.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::NoTrial`], [`AgentError::Io`].
+    pub fn reject(&self, reason: &str) -> Result<Fallback, AgentError> {
+        let mut state = self.state()?;
+        let t = state.trial.take().ok_or(AgentError::NoTrial)?;
+        let f = Fallback {
+            version: t.boot.version,
+            back_to: state.good.version.clone(),
+            reason: reason.to_owned(),
+        };
+        self.remember_failed(&f.version)?;
+        state.fallback = Some(f.clone());
+        self.write_state(&state)?;
+        Ok(f)
+    }
+
+    /// Versions given up on this device: they are not installed again.
+    pub fn failed(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("failed"))
+            .map(|t| t.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
+    fn remember_failed(&self, version: &str) -> Result<(), AgentError> {
+        let mut failed = self.failed();
+        if !failed.iter().any(|v| v == version) {
+            failed.push(version.to_owned());
+            // The newest 64 are enough to stop a device retrying a bad release.
+            let keep = failed.len().saturating_sub(64);
+            let p = self.dir.join("failed");
+            write_atomically(&p, failed[keep..].join("\n").as_bytes(), false).map_err(io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// The recorded fallback, cleared once taken (after it was reported).
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Io`] or [`AgentError::Boot`].
+    pub fn take_fallback(&self) -> Result<Option<Fallback>, AgentError> {
+        let mut state = self.state()?;
+        let f = state.fallback.take();
+        if f.is_some() {
+            self.write_state(&state)?;
+        }
+        Ok(f)
+    }
+
+    /// Writes `image` (a stream of pieces) into the inactive slot, verifying it against
+    /// `release` on the way, and stages it as the trial. On any error the partial file is
+    /// removed and the boot record is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Image`] if the image is too long, too short or has another digest;
+    /// [`AgentError::TrialPending`].
     pub async fn install<E: std::fmt::Display>(
         &self,
         release: &Release,
         image: impl Stream<Item = Result<bytes::Bytes, E>>,
     ) -> Result<Slot, AgentError> {
-        let current = self.boot()?;
-        let target = current.active.other();
-        let part = self.dir.join(format!("{}.img.part", target.name()));
+        let mut writer = self.begin(release)?;
+        let part = writer.part.clone();
         let result = async {
-            let mut file = tokio::fs::File::create(&part).await.map_err(io(&part))?;
-            let mut verifier = ImageVerifier::for_release(release);
             let mut image = std::pin::pin!(image);
             while let Some(piece) = image.next().await {
                 let piece = piece.map_err(|e| AgentError::Export(e.to_string()))?;
-                verifier.update(&piece)?;
-                file.write_all(&piece).await.map_err(io(&part))?;
+                writer.write(&piece)?;
             }
-            verifier.finish()?;
-            file.sync_all().await.map_err(io(&part))?;
-            Ok::<_, AgentError>(())
+            writer.finish()
         }
         .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-        let dest = self.image(target);
-        std::fs::rename(&part, &dest).map_err(io(&dest))?;
-        sync_dir(&dest)?;
-        self.set_boot(&BootState {
-            active: target,
-            version: release.version.clone(),
-        })?;
-        Ok(target)
+        let staged = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(e);
+            }
+        };
+        let slot = staged.slot;
+        self.stage(staged)?;
+        Ok(slot)
+    }
+}
+
+/// An image being written into the inactive slot ([`Slots::begin`]). Dropping it (or losing
+/// power) leaves only a `.part` file, which the next attempt overwrites.
+#[derive(Debug)]
+pub struct ImageWriter {
+    file: std::fs::File,
+    part: PathBuf,
+    dest: PathBuf,
+    slot: Slot,
+    verifier: ImageVerifier,
+    version: String,
+    sha256: [u8; 32],
+}
+
+/// An image verified and in its slot file, ready for [`Slots::stage`].
+#[derive(Debug)]
+pub struct StagedImage {
+    slot: Slot,
+    version: String,
+    sha256: [u8; 32],
+}
+
+impl StagedImage {
+    /// The slot it is in.
+    pub fn slot(&self) -> Slot {
+        self.slot
+    }
+}
+
+impl ImageWriter {
+    /// Appends the next piece, verifying as it goes.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Image`] once the image passes its released size; [`AgentError::Io`].
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), AgentError> {
+        use std::io::Write;
+        self.verifier.update(piece)?;
+        self.file.write_all(piece).map_err(io(&self.part))
+    }
+
+    /// Checks size and digest, syncs the file and renames it into its slot.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Image`], [`AgentError::Io`].
+    pub fn finish(self) -> Result<StagedImage, AgentError> {
+        self.verifier.finish()?;
+        self.file.sync_all().map_err(io(&self.part))?;
+        drop(self.file);
+        std::fs::rename(&self.part, &self.dest).map_err(io(&self.dest))?;
+        crate::durable::sync_dir(&self.dest).map_err(io(&self.dest))?;
+        Ok(StagedImage {
+            slot: self.slot,
+            version: self.version,
+            sha256: self.sha256,
+        })
     }
 }
 
@@ -329,6 +720,56 @@ pub struct DeviceConfig {
     pub group: Option<(String, Arc<RecipientKey>)>,
     /// How images are fetched (see [`update_fetch_options`]).
     pub fetch: FetchOptions,
+    /// What decides whether a trial slot is healthy.
+    pub health: HealthCheck,
+}
+
+type CheckFn = dyn Fn(&BootState) -> Result<(), String> + Send + Sync;
+
+/// The device's health check of a trial slot: the device provides it (the application came
+/// up, the radio connects, the sensors answer, ...). `Err` says why the slot is not healthy.
+#[derive(Clone)]
+pub struct HealthCheck(Arc<CheckFn>);
+
+impl HealthCheck {
+    /// A check by `f`.
+    pub fn new(f: impl Fn(&BootState) -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// Runs the check.
+    ///
+    /// # Errors
+    ///
+    /// Why the slot is not healthy.
+    pub fn check(&self, running: &BootState) -> Result<(), String> {
+        (self.0)(running)
+    }
+}
+
+impl Default for HealthCheck {
+    /// Every slot that boots is healthy.
+    fn default() -> Self {
+        Self::new(|_| Ok(()))
+    }
+}
+
+impl std::fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HealthCheck")
+    }
+}
+
+/// What a start-up found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartUp {
+    /// The confirmed slot runs; nothing pending.
+    Running(BootState),
+    /// A trial booted, passed the health check and is confirmed.
+    Confirmed(BootState),
+    /// A trial was given up (health check failed, or it was booted before without a
+    /// confirmation); the previous slot runs again.
+    FellBack(Fallback),
 }
 
 /// What the device makes of the metadata.
@@ -362,8 +803,18 @@ pub struct InstallReport {
     pub fetched: u64,
     /// Bytes received per peer.
     pub bytes_from: std::collections::HashMap<PeerId, u64>,
-    /// Time from start to switched boot.
+    /// Time from start to staged trial.
     pub elapsed: Duration,
+    /// What the start-up into the new slot did (for [`Agent::update`]; `None` after
+    /// [`Agent::install`], which only stages).
+    pub start_up: Option<StartUp>,
+}
+
+impl InstallReport {
+    /// Bytes received from the network for this image.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.bytes_from.values().sum()
+    }
 }
 
 /// The agent on one device.
@@ -413,10 +864,14 @@ impl Agent {
     pub async fn consider(&self, bundle: &Bundle) -> Result<Decision, AgentError> {
         let offers = self.trust.check(bundle).await?;
         let installed = self.slots.boot()?.version;
+        let failed = self.slots.failed();
         let mut best: Option<(semver::Version, Offer)> = None;
         for o in offers {
             let r = &o.release;
             if r.product != self.config.product || r.channel != self.config.channel {
+                continue;
+            }
+            if failed.contains(&r.version) {
                 continue;
             }
             if r.upgrades_from(&installed).is_err() {
@@ -433,24 +888,25 @@ impl Agent {
             return Ok(Decision::UpToDate);
         };
         let id = self.config.device_id.as_bytes();
-        if !offer.release.in_rollout(id, offer.rollout) {
+        if !offer.release.in_rollout(id, offer.stage.rollout) {
             return Ok(Decision::NotInRollout {
                 version: offer.release.version.clone(),
                 bucket: offer.release.rollout_bucket(id),
-                rollout: offer.rollout,
+                rollout: offer.stage.rollout,
             });
         }
         Ok(Decision::Install(Box::new(offer)))
     }
 
     /// Fetches the offered image from peers (every block verified against its CID on
-    /// arrival), writes it to the inactive slot verifying size and SHA-256, switches `boot`,
-    /// pins the image in the store (so the device keeps serving it, within its quota) and
-    /// unpins the one it replaces.
+    /// arrival; blocks already held, such as those of the running image, are not fetched),
+    /// writes it to the inactive slot verifying size and SHA-256, stages it as the trial for
+    /// the next boot, and pins the image in the store (so the device keeps serving it, within
+    /// its quota). The image it replaces stays pinned until the trial is confirmed.
     ///
     /// # Errors
     ///
-    /// [`AgentError`]; `boot` is unchanged on every error.
+    /// [`AgentError`]; the boot record is unchanged on every error.
     pub async fn install(&self, offer: &Offer) -> Result<InstallReport, AgentError> {
         self.install_with(offer, &[]).await
     }
@@ -501,15 +957,9 @@ impl Agent {
             }
         };
         store.pin(&root).await?;
-        let pinned = self.slots.dir.join("pinned");
-        if let Ok(old) = std::fs::read_to_string(&pinned)
-            && let Ok(old) = Cid::try_from(old.trim())
-            && old != root
-        {
-            store.unpin(&old).await?;
-        }
-        write_atomically(&pinned, root.to_string().as_bytes())?;
-        tracing::info!(device = %self.config.device_id, version = %release.version, ?slot, "installed");
+        let trial = self.slots.dir.join("pinned.trial");
+        write_atomically(&trial, root.to_string().as_bytes(), false).map_err(io(&trial))?;
+        tracing::info!(device = %self.config.device_id, version = %release.version, ?slot, "staged");
         Ok(InstallReport {
             version: release.version.clone(),
             slot,
@@ -517,10 +967,90 @@ impl Agent {
             fetched: fetched.fetched,
             bytes_from: fetched.bytes_from,
             elapsed: start.elapsed(),
+            start_up: None,
         })
     }
 
-    /// [`Agent::consider`], then [`Agent::install`] if the decision is to.
+    /// Imports the running slot's image into the store with `options` (the vendor's chunker)
+    /// and pins it, so the next update fetches only the blocks that changed. For a device
+    /// whose running image did not come through the network (a factory image). Returns the
+    /// image's root CID.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError::Import`], [`AgentError::Io`], [`AgentError::Store`].
+    pub async fn index_slot(&self, options: ImportOptions) -> Result<Cid, AgentError> {
+        let running = self.slots.boot()?;
+        let path = self.slots.image(running.active);
+        let file = std::fs::File::open(&path).map_err(io(&path))?;
+        let store = self.node.store().as_ref();
+        let root = add_reader(Some(store), std::io::BufReader::new(file), options)
+            .await
+            .map_err(|e| AgentError::Import(e.to_string()))?
+            .cid;
+        store.pin(&root).await?;
+        let pinned = self.slots.dir.join("pinned");
+        write_atomically(&pinned, root.to_string().as_bytes(), false).map_err(io(&pinned))?;
+        Ok(root)
+    }
+
+    /// What the device does when it starts: the bootloader's decision ([`Slots::boot_up`]),
+    /// then, if a trial runs, the health check, and the trial confirmed or given up. Once a
+    /// trial is confirmed the image it replaced is unpinned; once given up, its own.
+    ///
+    /// # Errors
+    ///
+    /// [`AgentError`] for the slot files or the store.
+    pub async fn start_up(&self) -> Result<StartUp, AgentError> {
+        let booted = self.slots.boot_up()?;
+        let store = self.node.store().as_ref();
+        let pinned = self.slots.dir.join("pinned");
+        let trial_pin = self.slots.dir.join("pinned.trial");
+        let read_cid = |p: &Path| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| Cid::try_from(t.trim()).ok())
+        };
+        let outcome = if let Some(f) = booted.fell_back {
+            StartUp::FellBack(f)
+        } else if booted.trial {
+            match self.config.health.check(&booted.running) {
+                Ok(()) => StartUp::Confirmed(self.slots.confirm()?),
+                Err(why) => StartUp::FellBack(self.slots.reject(&format!("health check: {why}"))?),
+            }
+        } else {
+            StartUp::Running(booted.running)
+        };
+        match &outcome {
+            StartUp::Confirmed(_) => {
+                if let Some(new) = read_cid(&trial_pin) {
+                    if let Some(old) = read_cid(&pinned)
+                        && old != new
+                    {
+                        store.unpin(&old).await?;
+                    }
+                    write_atomically(&pinned, new.to_string().as_bytes(), false)
+                        .map_err(io(&pinned))?;
+                }
+                let _ = std::fs::remove_file(&trial_pin);
+            }
+            StartUp::FellBack(f) => {
+                if let Some(new) = read_cid(&trial_pin)
+                    && read_cid(&pinned) != Some(new)
+                {
+                    store.unpin(&new).await?;
+                }
+                let _ = std::fs::remove_file(&trial_pin);
+                tracing::warn!(device = %self.config.device_id, version = %f.version, reason = %f.reason, "fell back");
+            }
+            StartUp::Running(_) => {}
+        }
+        Ok(outcome)
+    }
+
+    /// [`Agent::consider`], then [`Agent::install`] if the decision is to, then a restart
+    /// into the new slot in place ([`Agent::start_up`]: the health check confirms it or the
+    /// device falls back), as a device whose update agent also runs its bootloader does.
     ///
     /// # Errors
     ///
@@ -540,7 +1070,11 @@ impl Agent {
         also_ask: &[PeerId],
     ) -> Result<Option<InstallReport>, AgentError> {
         match self.consider(bundle).await? {
-            Decision::Install(offer) => Ok(Some(self.install_with(&offer, also_ask).await?)),
+            Decision::Install(offer) => {
+                let mut report = self.install_with(&offer, also_ask).await?;
+                report.start_up = Some(self.start_up().await?);
+                Ok(Some(report))
+            }
             _ => Ok(None),
         }
     }
@@ -565,6 +1099,16 @@ impl Agent {
             .map_err(|e| AgentError::Export(e.to_string()))?;
         let mut latest: Option<Bundle> = None;
         let mut installed = Vec::new();
+        // A fallback from before this run (a trial that did not survive its boot).
+        let mut pending = match self.slots.take_fallback()? {
+            Some(f) => Some(Report {
+                device: self.config.device_id.clone(),
+                version: f.version,
+                error: Some(format!("fell back to {}: {}", f.back_to, f.reason)),
+                fallback: true,
+            }),
+            None => None,
+        };
         let mut asked = false;
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         let mut last_answer: Option<Instant> = None;
@@ -572,9 +1116,16 @@ impl Agent {
         loop {
             tokio::select! {
                 () = &mut stop => return Ok(installed),
-                _ = retry.tick(), if !asked => {
+                _ = retry.tick(), if !asked || pending.is_some() => {
                     // Fails until a peer on the topic is in our mesh.
-                    asked = self.node.publish(&topic, Announcement::Request.encode().into()).await.is_ok();
+                    if !asked {
+                        asked = self.node.publish(&topic, Announcement::Request.encode().into()).await.is_ok();
+                    }
+                    if let Some(r) = &pending
+                        && self.node.publish(&topic, Announcement::Report(r.clone()).encode().into()).await.is_ok()
+                    {
+                        pending = None;
+                    }
                 }
                 ev = events.recv() => {
                     let (data, source) = match ev {
@@ -592,17 +1143,26 @@ impl Agent {
                             }
                             // Whoever announced it most likely holds the image.
                             let outcome = self.update_with(&b, source.as_slice()).await;
+                            let device = self.config.device_id.clone();
                             let report = match outcome {
                                 Ok(Some(r)) => {
                                     let version = r.version.clone();
+                                    let report = match &r.start_up {
+                                        Some(StartUp::FellBack(f)) => {
+                                            // Reported here: clear the record.
+                                            let _ = self.slots.take_fallback();
+                                            Report { device, version, error: Some(format!("fell back to {}: {}", f.back_to, f.reason)), fallback: true }
+                                        }
+                                        _ => Report { device, version, error: None, fallback: false },
+                                    };
                                     installed.push(r);
                                     latest = Some(b);
-                                    Some(Report { device: self.config.device_id.clone(), version, error: None })
+                                    Some(report)
                                 }
                                 Ok(None) => { latest = Some(b); None }
                                 Err(e) => {
                                     tracing::warn!(device = %self.config.device_id, error = %e, "update refused or failed");
-                                    Some(Report { device: self.config.device_id.clone(), version: String::new(), error: Some(e.to_string()) })
+                                    Some(Report { device, version: String::new(), error: Some(e.to_string()), fallback: false })
                                 }
                             };
                             if let Some(r) = report {

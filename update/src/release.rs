@@ -3,32 +3,56 @@
 //! A [`Release`] names a product, a semantic version, a channel, the image's root CID, its size
 //! and SHA-256 digest (of the bytes a device installs, so `sha256sum` of the image file gives
 //! it), the oldest version it can upgrade from, and optionally the image key wrapped for each
-//! device group. The vendor signs it with a threshold of the keys of the TUF `targets` role;
-//! the signed form ([`SignedRelease`]) travels inside the TUF target's custom field, and a
+//! device group. The vendor signs it, together with its current [`Stage`] (rollout, time of
+//! signing, expiry), with a threshold of the keys of the TUF `targets` role; the signed form
+//! ([`SignedRelease`], the *ticket*) travels inside the TUF target's custom field, and a
 //! constrained device that cannot run a full TUF client checks it alone against the targets
-//! keys it was provisioned with (Uptane's "partial verification").
+//! keys it was provisioned with ([`SignedRelease::verify_for`]).
+//!
+//! # Freshness on a device that checks tickets alone
+//!
+//! A ticket is re-signed whenever the vendor publishes (a new release, a rollout change, or the
+//! daily refresh) and expires with the timestamp role's lifetime (one day by default). The
+//! device refuses a ticket
+//!
+//! - whose `expires` is not after the device's time `now` ([`ReleaseError::Expired`]),
+//! - issued before the newest ticket of the same product it accepted (`newest_issued`, which
+//!   the device keeps in flash: [`ReleaseError::Stale`]), so a replayed older stage (say the
+//!   50% stage after the vendor halted the release) is refused at once,
+//! - whose rollout is halted ([`ReleaseError::Halted`]) or does not include the device yet
+//!   ([`ReleaseError::NotInRollout`]).
+//!
+//! `now` must come from a source the attacker does not control: a battery-backed RTC set at the
+//! factory, or the time of a TUF `timestamp.json` the device's gateway verified, or an
+//! authenticated time protocol (Roughtime). A device with no trusted time passes
+//! `now = newest_issued`: it is then protected against rollback and replay of older stages, but
+//! not against being frozen on the newest ticket it has seen, for as long as nobody offers it a
+//! newer one. The full TUF client ([`crate::tuf::Trust`]) checks the expiry of every role and
+//! of the ticket against the system clock.
 //!
 //! # Layout of a signed release
 //!
 //! ```text
-//! "SSUR" | 0x01 | body length (u16 BE) | body (postcard) | n (u8) | n × (public key 32 | signature 64)
+//! "SSUR" | 0x02 | body length (u16 BE) | body (postcard of release, stage) | n (u8) | n × (public key 32 | signature 64)
 //! ```
 //!
-//! Each signature is Ed25519 (strict verification) over `"streamspace-update/release/v1" ||
+//! Each signature is Ed25519 (strict verification) over `"streamspace-update/release/v2" ||
 //! body`. Decoding is strict: the body must re-encode to the same bytes, there must be nothing
-//! after the last signature, and every length is bounded (see the constants).
+//! after the last signature, and every length is bounded (see the constants). A threshold
+//! counts distinct keys among those the device trusts: a second signature by the same key, or
+//! a signature by any other key, counts for nothing.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const MAGIC: &[u8; 4] = b"SSUR";
-const FORMAT: u8 = 1;
-const DOMAIN: &[u8] = b"streamspace-update/release/v1";
+const FORMAT: u8 = 2;
+const DOMAIN: &[u8] = b"streamspace-update/release/v2";
 const ROLLOUT_DOMAIN: &[u8] = b"streamspace-update/rollout/v1";
 
 /// Longest product name, in bytes.
@@ -79,6 +103,69 @@ pub struct Release {
     pub min_version: Option<String>,
     /// The image key wrapped per device group; empty if the image is not encrypted.
     pub keys: Vec<WrappedKey>,
+}
+
+/// What the vendor says of a release at the time it signs the ticket: how far the rollout has
+/// gone, when it said so, and until when the statement holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The rollout in basis points (0: halted, 10,000: every device).
+    pub rollout: u16,
+    /// When the ticket was signed, in seconds since the Unix epoch.
+    pub issued: u64,
+    /// When the ticket stops being valid, in seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+/// Why a signer could not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    /// The key is not available (an offline key, a locked token, an unreachable remote signer).
+    #[error("signing key unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A holder of one Ed25519 signing key: a key in memory, a key file, a hardware token or a
+/// remote signing service. It only ever reveals its public key.
+pub trait Signer {
+    /// The Ed25519 public key.
+    fn public_key(&self) -> [u8; 32];
+
+    /// An Ed25519 signature over `message`.
+    ///
+    /// # Errors
+    ///
+    /// [`SignError`] if the key cannot be used now.
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], SignError>;
+}
+
+impl Signer for SigningKey {
+    fn public_key(&self) -> [u8; 32] {
+        self.verifying_key().to_bytes()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], SignError> {
+        Ok(ed25519_dalek::Signer::sign(self, message).to_bytes())
+    }
+}
+
+/// Who checks a ticket and in what situation: what [`SignedRelease::verify_for`] needs to
+/// decide.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceView<'a> {
+    /// The product the device runs.
+    pub product: &'a str,
+    /// Its channel.
+    pub channel: &'a str,
+    /// The version it runs.
+    pub installed: &'a str,
+    /// Its stable identifier (its place in staged rollouts).
+    pub device_id: &'a [u8],
+    /// Its trusted time, in seconds since the Unix epoch (see the module's freshness rule).
+    pub now: u64,
+    /// The `issued` time of the newest ticket of this product it accepted (0 if none).
+    pub newest_issued: u64,
 }
 
 /// Why a release, a version or an image was refused.
@@ -157,6 +244,39 @@ pub enum ReleaseError {
         /// The release's minimum.
         min: String,
     },
+    /// The ticket's validity ended (a frozen or replayed ticket).
+    #[error("ticket expired at {expires}, now is {now}")]
+    Expired {
+        /// Its expiry.
+        expires: u64,
+        /// The device's time.
+        now: u64,
+    },
+    /// The ticket was issued before one the device already accepted (a replayed older stage).
+    #[error("ticket issued at {issued}, before the newest accepted ({newest})")]
+    Stale {
+        /// Its issue time.
+        issued: u64,
+        /// The newest the device accepted.
+        newest: u64,
+    },
+    /// The vendor halted the rollout.
+    #[error("rollout of {version} is halted")]
+    Halted {
+        /// The release's version.
+        version: String,
+    },
+    /// The rollout has not reached this device.
+    #[error("rollout at {rollout} basis points does not include this device (bucket {bucket})")]
+    NotInRollout {
+        /// The device's bucket.
+        bucket: u16,
+        /// The rollout.
+        rollout: u16,
+    },
+    /// A signer could not sign.
+    #[error(transparent)]
+    Sign(#[from] SignError),
 }
 
 /// A release with its signatures, as decoded. Verify with [`SignedRelease::verify`] before use.
@@ -164,6 +284,7 @@ pub enum ReleaseError {
 pub struct SignedRelease {
     body: Vec<u8>,
     release: Release,
+    stage: Stage,
     signatures: Vec<([u8; 32], [u8; 64])>,
 }
 
@@ -267,12 +388,17 @@ impl Release {
         self.rollout_bucket(device_id) < basis_points.min(ROLLOUT_ALL)
     }
 
-    /// Signs the release with each of `keys`.
+    /// Signs the release at `stage` with each of `keys` (each key once: a second signature by
+    /// the same key would count for nothing).
     ///
     /// # Errors
     ///
-    /// [`ReleaseError`] if the release is out of bounds or has too many keys.
-    pub fn sign(&self, keys: &[&SigningKey]) -> Result<SignedRelease, ReleaseError> {
+    /// [`ReleaseError`] if the release is out of bounds, has too many keys, or a signer fails.
+    pub fn sign<S: Signer + ?Sized>(
+        &self,
+        stage: Stage,
+        keys: &[&S],
+    ) -> Result<SignedRelease, ReleaseError> {
         self.validate()?;
         if keys.len() > MAX_SIGNATURES {
             return Err(ReleaseError::TooLong {
@@ -281,7 +407,7 @@ impl Release {
                 max: MAX_SIGNATURES,
             });
         }
-        let body = postcard::to_allocvec(self).map_err(|_| ReleaseError::Body {
+        let body = postcard::to_allocvec(&(self, &stage)).map_err(|_| ReleaseError::Body {
             offset: 0,
             reason: "cannot encode",
         })?;
@@ -292,16 +418,15 @@ impl Release {
                 max: MAX_BODY,
             });
         }
-        let signatures = keys
-            .iter()
-            .map(|k| {
-                let sig = k.sign(&signed_message(&body));
-                (k.verifying_key().to_bytes(), sig.to_bytes())
-            })
-            .collect();
+        let message = signed_message(&body);
+        let mut signatures = Vec::with_capacity(keys.len());
+        for k in keys {
+            signatures.push((k.public_key(), k.sign(&message)?));
+        }
         Ok(SignedRelease {
             body,
             release: self.clone(),
+            stage,
             signatures,
         })
     }
@@ -339,6 +464,11 @@ impl SignedRelease {
     /// The release, not yet verified.
     pub fn release(&self) -> &Release {
         &self.release
+    }
+
+    /// The stage it was signed at, not yet verified.
+    pub fn stage(&self) -> &Stage {
+        &self.stage
     }
 
     /// The public keys that signed it (whether or not their signatures hold).
@@ -382,14 +512,16 @@ impl SignedRelease {
         }
         let offset = r.at;
         let body = r.take(len, "body")?;
-        let release: Release = postcard::from_bytes(body).map_err(|_| ReleaseError::Body {
-            offset,
-            reason: "does not decode",
-        })?;
-        let canonical = postcard::to_allocvec(&release).map_err(|_| ReleaseError::Body {
-            offset,
-            reason: "does not re-encode",
-        })?;
+        let (release, stage): (Release, Stage) =
+            postcard::from_bytes(body).map_err(|_| ReleaseError::Body {
+                offset,
+                reason: "does not decode",
+            })?;
+        let canonical =
+            postcard::to_allocvec(&(&release, &stage)).map_err(|_| ReleaseError::Body {
+                offset,
+                reason: "does not re-encode",
+            })?;
         if canonical != body {
             return Err(ReleaseError::Body {
                 offset,
@@ -421,6 +553,7 @@ impl SignedRelease {
         Ok(Self {
             body: body.to_vec(),
             release,
+            stage,
             signatures,
         })
     }
@@ -436,12 +569,13 @@ impl SignedRelease {
     ///
     /// ```
     /// use ed25519_dalek::SigningKey;
-    /// use streamspace_update::release::{Release, SignedRelease};
+    /// use streamspace_update::release::{Release, SignedRelease, Stage};
     /// let vendor = SigningKey::from_bytes(&[7; 32]);
     /// let release = Release { product: "fw".into(), version: "2.0.0".into(),
     ///     channel: "stable".into(), image: vec![1, 85, 18, 32], size: 5, sha256: [0; 32],
     ///     min_version: None, keys: vec![] };
-    /// let wire = release.sign(&[&vendor])?.encode();
+    /// let stage = Stage { rollout: 10_000, issued: 1_700_000_000, expires: 1_700_086_400 };
+    /// let wire = release.sign(stage, &[&vendor])?.encode();
     /// let signed = SignedRelease::decode(&wire)?;
     /// let checked = signed.verify(&[vendor.verifying_key().to_bytes()], 1)?;
     /// assert_eq!(checked.version, "2.0.0");
@@ -473,30 +607,65 @@ impl SignedRelease {
         Ok(&self.release)
     }
 
-    /// Verifies and checks that the release is for `product` on `channel` and may replace
-    /// `installed`: the whole check a device makes before downloading.
+    /// Verifies the signatures, then checks the ticket against the device: for its product and
+    /// channel, newer than what it runs (and not too new to upgrade to directly), not expired,
+    /// not older than the newest ticket it accepted, and a rollout that includes it. The whole
+    /// check a device makes before downloading; see the module's freshness rule.
     ///
     /// # Errors
     ///
-    /// [`ReleaseError`].
+    /// [`ReleaseError`]: `Threshold`, `WrongProduct`, `Rollback`, `TooOld`, `Expired`, `Stale`,
+    /// `Halted` or `NotInRollout`.
     pub fn verify_for(
         &self,
         trusted: &[[u8; 32]],
         threshold: usize,
-        product: &str,
-        channel: &str,
-        installed: &str,
+        device: &DeviceView<'_>,
     ) -> Result<&Release, ReleaseError> {
         let r = self.verify(trusted, threshold)?;
-        if r.product != product || r.channel != channel {
+        if r.product != device.product || r.channel != device.channel {
             return Err(ReleaseError::WrongProduct {
                 product: r.product.clone(),
                 channel: r.channel.clone(),
-                expected: alloc::format!("{product}/{channel}"),
+                expected: alloc::format!("{}/{}", device.product, device.channel),
             });
         }
-        r.upgrades_from(installed)?;
+        self.check_stage(device.now, device.newest_issued)?;
+        r.upgrades_from(device.installed)?;
+        if self.stage.rollout == 0 {
+            return Err(ReleaseError::Halted {
+                version: r.version.clone(),
+            });
+        }
+        if !r.in_rollout(device.device_id, self.stage.rollout) {
+            return Err(ReleaseError::NotInRollout {
+                bucket: r.rollout_bucket(device.device_id),
+                rollout: self.stage.rollout,
+            });
+        }
         Ok(r)
+    }
+
+    /// Checks the stage's freshness alone: not expired at `now`, not issued before
+    /// `newest_issued`.
+    ///
+    /// # Errors
+    ///
+    /// [`ReleaseError::Expired`] or [`ReleaseError::Stale`].
+    pub fn check_stage(&self, now: u64, newest_issued: u64) -> Result<(), ReleaseError> {
+        if now >= self.stage.expires {
+            return Err(ReleaseError::Expired {
+                expires: self.stage.expires,
+                now,
+            });
+        }
+        if self.stage.issued < newest_issued {
+            return Err(ReleaseError::Stale {
+                issued: self.stage.issued,
+                newest: newest_issued,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -16,7 +16,9 @@ use streamspace_shard::keywrap::RecipientKey;
 use streamspace_shard::store::{BlockStore, DiskStore, MemoryStore, StoreError, add_reader};
 use streamspace_transport::meter::{Decision, Free, Meter};
 use streamspace_transport::{Config, FetchOptions, Node, PeerId};
-use streamspace_update::agent::{Agent, AgentError, Decision as Choice, DeviceConfig, Slot, Slots};
+use streamspace_update::agent::{
+    Agent, AgentError, Decision as Choice, DeviceConfig, HealthCheck, Slot, Slots,
+};
 use streamspace_update::keys::wrap_for_group;
 use streamspace_update::release::{ROLLOUT_ALL, Release};
 use streamspace_update::tuf::{Lifetimes, Trust, Vendor, VendorKeys};
@@ -83,9 +85,11 @@ struct Fleet {
 
 async fn fleet(meter: Arc<dyn Meter>) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
+    let keys = VendorKeys::generate();
     let vendor = Vendor::create(
         dir.path().join("vendor"),
-        VendorKeys::generate(),
+        &keys.roles(),
+        keys.ring(),
         Lifetimes::default(),
     )
     .await
@@ -150,6 +154,7 @@ impl Fleet {
                     stall: Duration::from_secs(3),
                     ..FetchOptions::default()
                 },
+                health: HealthCheck::default(),
             },
         )
     }
@@ -202,6 +207,7 @@ async fn a_device_installs_into_the_inactive_slot_and_keeps_serving() {
             device_id: "dev-2".into(),
             group: None,
             fetch: from_first,
+            health: HealthCheck::default(),
         },
     );
     let r = second.update(&bundle).await.unwrap().expect("installed");

@@ -10,7 +10,7 @@ use streamspace_update::verify::ImageVerifier;
 static ALLOC: PeakAlloc = PeakAlloc;
 
 mod common;
-use common::{key, release};
+use common::{key, release, stage};
 
 #[test]
 fn the_device_side_check_fits_in_16_kib_of_heap() {
@@ -18,7 +18,7 @@ fn the_device_side_check_fits_in_16_kib_of_heap() {
     let keys: Vec<SigningKey> = (1..=8).map(key).collect();
     let trusted: Vec<[u8; 32]> = keys.iter().map(|k| k.verifying_key().to_bytes()).collect();
     let refs: Vec<&SigningKey> = keys.iter().collect();
-    let plain = release("1.2.0").sign(&refs[..3]).unwrap().encode();
+    let plain = release("1.2.0").sign(stage(), &refs[..3]).unwrap().encode();
     let mut big = release("1.2.0");
     big.product = "p".repeat(64);
     big.channel = "c".repeat(32);
@@ -29,7 +29,7 @@ fn the_device_side_check_fits_in_16_kib_of_heap() {
             sealed: vec![2; 64],
         })
         .collect();
-    let big = big.sign(&refs).unwrap().encode();
+    let big = big.sign(stage(), &refs).unwrap().encode();
     for (name, wire, bound) in [("plain", &plain, 2 * 1024), ("largest", &big, 16 * 1024)] {
         let before = ALLOC.current_usage();
         ALLOC.reset_peak_usage();

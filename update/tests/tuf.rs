@@ -34,7 +34,8 @@ struct Setup {
 async fn setup(lifetimes: Lifetimes) -> Setup {
     let vd = tempfile::tempdir().unwrap();
     let dd = tempfile::tempdir().unwrap();
-    let vendor = Vendor::create(vd.path(), VendorKeys::generate(), lifetimes)
+    let keys = VendorKeys::generate();
+    let vendor = Vendor::create(vd.path(), &keys.roles(), keys.ring(), lifetimes)
         .await
         .unwrap();
     let trust = Trust::new(vendor.trusted_root().unwrap(), dd.path().join("tuf"));
@@ -63,20 +64,23 @@ async fn a_signed_release_is_accepted_with_its_rollout() {
     let offers = s.trust.check(&b).await.unwrap();
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].release.version, "1.1.0");
-    assert_eq!(offers[0].rollout, 1000);
+    assert_eq!(offers[0].stage.rollout, 1000);
     let b = s
         .vendor
         .set_rollout("thermostat-fw", "1.1.0", ROLLOUT_ALL)
         .await
         .unwrap();
-    assert_eq!(s.trust.check(&b).await.unwrap()[0].rollout, ROLLOUT_ALL);
+    assert_eq!(
+        s.trust.check(&b).await.unwrap()[0].stage.rollout,
+        ROLLOUT_ALL
+    );
     // Halted.
     let b = s
         .vendor
         .set_rollout("thermostat-fw", "1.1.0", 0)
         .await
         .unwrap();
-    assert_eq!(s.trust.check(&b).await.unwrap()[0].rollout, 0);
+    assert_eq!(s.trust.check(&b).await.unwrap()[0].stage.rollout, 0);
     // The bundle survives the wire.
     assert_eq!(Bundle::decode(&b.encode()).unwrap(), b);
 }
@@ -160,7 +164,10 @@ async fn mixed_and_matched_metadata_is_refused() {
     let mut mixed = two.clone();
     mixed.set_file("targets.json", one.file("targets.json").unwrap().to_vec());
     let _ = refused(s.trust.check(&mixed).await);
-    assert_eq!(s.trust.check(&two).await.unwrap()[0].rollout, ROLLOUT_ALL);
+    assert_eq!(
+        s.trust.check(&two).await.unwrap()[0].stage.rollout,
+        ROLLOUT_ALL
+    );
 }
 
 #[tokio::test]
@@ -200,7 +207,22 @@ async fn one_compromised_key_below_threshold_signs_nothing() {
 #[tokio::test]
 async fn after_rotation_the_old_keys_sign_nothing_accepted() {
     let mut s = setup(Lifetimes::default()).await;
-    let old_keys = s.vendor.keys().clone();
+    let old_keys = VendorKeys::generate();
+    // The repository's own keys are not at hand here: rotate from a repository made with
+    // `old_keys`.
+    let vd = tempfile::tempdir().unwrap();
+    s.vendor = Vendor::create(
+        vd.path(),
+        &old_keys.roles(),
+        old_keys.ring(),
+        Lifetimes::default(),
+    )
+    .await
+    .unwrap();
+    s.trust = Trust::new(
+        s.vendor.trusted_root().unwrap(),
+        vd.path().join("device-tuf"),
+    );
     let b = s
         .vendor
         .release(release("1.1.0", b"image"), ROLLOUT_ALL)
@@ -208,7 +230,10 @@ async fn after_rotation_the_old_keys_sign_nothing_accepted() {
         .unwrap();
     s.trust.check(&b).await.unwrap();
     // Every key leaked: the vendor rotates all of them.
-    let rotated = s.vendor.rotate(VendorKeys::generate()).await.unwrap();
+    let new_keys = VendorKeys::generate();
+    let mut ring = new_keys.ring();
+    ring.extend(&old_keys.ring());
+    let rotated = s.vendor.rotate(&new_keys.roles(), ring).await.unwrap();
     assert!(rotated.file("2.root.json").is_some());
     let offers = s.trust.check(&rotated).await.unwrap();
     assert_eq!(offers[0].release.version, "1.1.0");
@@ -225,9 +250,14 @@ async fn after_rotation_the_old_keys_sign_nothing_accepted() {
 
     // The attacker, holding the old keys, builds a repository with a higher version.
     let ad = tempfile::tempdir().unwrap();
-    let mut attacker = Vendor::create(ad.path(), old_keys, Lifetimes::default())
-        .await
-        .unwrap();
+    let mut attacker = Vendor::create(
+        ad.path(),
+        &old_keys.roles(),
+        old_keys.ring(),
+        Lifetimes::default(),
+    )
+    .await
+    .unwrap();
     let mut evil = attacker
         .release(release("9.9.9", b"evil"), ROLLOUT_ALL)
         .await

@@ -22,7 +22,7 @@ use streamspace_shard::import::ImportOptions;
 use streamspace_shard::store::{DiskStore, MemoryStore, add_reader};
 use streamspace_transport::{Config, Keypair, Node, NodeEvent, meter::Free};
 use streamspace_update::agent::{
-    Agent, Announcement, DeviceConfig, Slots, topic, update_fetch_options,
+    Agent, Announcement, DeviceConfig, HealthCheck, Slots, topic, update_fetch_options,
 };
 use streamspace_update::release::{ROLLOUT_ALL, Release};
 use streamspace_update::seed::SeedMeter;
@@ -91,9 +91,11 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
     );
 
     // The vendor: its TUF repository and the node that seeds the image.
+    let keys = VendorKeys::generate();
     let mut vendor = Vendor::create(
         dir.path().join("vendor"),
-        VendorKeys::generate(),
+        &keys.roles(),
+        keys.ring(),
         Lifetimes::default(),
     )
     .await?;
@@ -146,6 +148,7 @@ pub(crate) async fn run(args: &FleetArgs) -> Result<()> {
                 device_id: id.clone(),
                 group: None,
                 fetch: update_fetch_options(),
+                health: HealthCheck::default(),
             },
         );
         let agent = Arc::new(agent);

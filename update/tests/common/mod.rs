@@ -1,7 +1,7 @@
 //! Fixtures shared by the release tests.
 
 use ed25519_dalek::SigningKey;
-use streamspace_update::release::Release;
+use streamspace_update::release::{Release, Stage};
 
 /// A deterministic signing key.
 pub(crate) fn key(n: u8) -> SigningKey {
@@ -19,5 +19,14 @@ pub(crate) fn release(version: &str) -> Release {
         sha256: [9; 32],
         min_version: Some("1.0.0".into()),
         keys: vec![],
+    }
+}
+
+/// A stage at full rollout, issued at 1,000 and valid until 2,000.
+pub(crate) fn stage() -> Stage {
+    Stage {
+        rollout: 10_000,
+        issued: 1_000,
+        expires: 2_000,
     }
 }
