@@ -45,11 +45,15 @@ pub struct FetchOptions {
     /// Peers to fetch from besides the providers the DHT names.
     pub peers: Vec<PeerId>,
     /// Whether to ask the DHT for providers (again every `rediscover`, to find other nodes
-    /// fetching the same item).
+    /// fetching the same item). When it names none, the peers this node is connected to are
+    /// asked instead, as Bitswap asks them.
     pub use_dht: bool,
     /// Whether to also ask the Tier-1 nodes this node is connected to (they replicate content
     /// that several peers ask them for).
     pub ask_tier1: bool,
+    /// Whether to also ask the connected peers that speak Bitswap and not the exchange
+    /// protocol (kubo and Helia nodes), as IPFS asks its connected peers.
+    pub bitswap_peers: bool,
     /// Whether to announce on the DHT, as the fetch starts, that this node provides the item,
     /// so that others fetching it at the same time can take blocks from this one.
     pub announce: bool,
@@ -94,6 +98,7 @@ impl Default for FetchOptions {
             peers: Vec::new(),
             use_dht: true,
             ask_tier1: true,
+            bitswap_peers: true,
             announce: false,
             range: None,
             window: 16,
@@ -353,6 +358,9 @@ impl PeerScore {
     }
 }
 
+/// How much lower a peer reachable only through a relay scores.
+const RELAYED_PENALTY: f64 = 16.0;
+
 type Key = Vec<u32>;
 
 enum Done {
@@ -366,7 +374,8 @@ enum Done {
         HashSet<Cid>,
     ),
     Have(PeerId, Vec<Cid>, Result<Response, RequestError>),
-    Providers(Vec<PeerId>),
+    /// Providers found, and whether any peer was there to ask.
+    Providers(Vec<PeerId>, bool),
     Announced,
 }
 
@@ -398,6 +407,8 @@ struct Session {
     budget: Option<Budget>,
     /// Bytes of blocks taken in so far.
     taken: u64,
+    /// Peers reachable only through a relay now: asked after others of their class.
+    relayed: HashSet<PeerId>,
 }
 
 impl Session {
@@ -482,7 +493,13 @@ impl Session {
                 } else {
                     3
                 };
-                (class, s.score(), *p)
+                // A relay's circuits are limited and slow: its peers are asked last.
+                let score = if self.relayed.contains(p) {
+                    s.score() / RELAYED_PENALTY
+                } else {
+                    s.score()
+                };
+                (class, score, *p)
             })
             .filter(|(class, _, _)| *class < 3)
             .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
@@ -579,7 +596,13 @@ impl<S: BlockStore + 'static> Node<S> {
             outstanding: HashMap::new(),
             budget: options_budget,
             taken: 0,
+            relayed: HashSet::new(),
         };
+        if s.options.bitswap_peers {
+            for p in self.shared.bitswap.bitswap_only_peers() {
+                s.peers.entry(p).or_default();
+            }
+        }
         if s.options.ask_tier1 {
             for (p, (tier, _)) in self.peer_tiers().await.map_err(|_| FetchError::Closed)? {
                 if tier == Tier::Tier1 {
@@ -604,12 +627,31 @@ impl<S: BlockStore + 'static> Node<S> {
                 break;
             }
             let now = Instant::now();
+            s.relayed.clone_from(
+                &self
+                    .shared
+                    .relayed_only
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
             if s.options.use_dht && !s.dht_running && now >= next_dht {
                 s.dht_running = true;
                 next_dht = now + s.options.rediscover;
                 let node = self.clone();
                 tasks.push(Box::pin(async move {
-                    Done::Providers(node.find_providers(root).await.unwrap_or_default())
+                    let mut found = node.find_providers(root).await.unwrap_or_default();
+                    let connected = node.connected_peers().await.unwrap_or_default();
+                    // With no peer connected yet (a node just started, still dialing its
+                    // bootstrap peers) an empty answer means nobody was asked: the DHT is
+                    // asked again at the next `rediscover` instead.
+                    let asked = !found.is_empty() || !connected.is_empty();
+                    if found.is_empty() {
+                        // As Bitswap asks the peers it is connected to: one of them may hold
+                        // the item though no provider record says so (its record not yet
+                        // stored, or the DHT's servers not yet known).
+                        found = connected;
+                    }
+                    Done::Providers(found, asked)
                 }));
             }
             if now >= next_have {
@@ -675,7 +717,7 @@ impl<S: BlockStore + 'static> Node<S> {
             let (node, peer, root) = (self.clone(), *peer, s.root);
             tasks.push(Box::pin(async move {
                 let r = node
-                    .request(
+                    .ask_peer(
                         peer,
                         Request::Have {
                             root: Some(root),
@@ -768,7 +810,7 @@ impl<S: BlockStore + 'static> Node<S> {
             tasks.push(Box::pin(async move {
                 let t = Instant::now();
                 let r = node
-                    .request(
+                    .ask_peer(
                         peer,
                         Request::Want {
                             root: Some(root),
@@ -807,9 +849,9 @@ impl<S: BlockStore + 'static> Node<S> {
     ) -> Result<(), FetchError> {
         match done {
             Done::Announced => {}
-            Done::Providers(found) => {
+            Done::Providers(found, asked) => {
                 s.dht_running = false;
-                s.dht_answered = true;
+                s.dht_answered |= asked;
                 for p in found {
                     if p != s.me {
                         s.peers.entry(p).or_default();
@@ -920,7 +962,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     // Fire and forget: a cancel that arrives too late costs a duplicate only.
                     let node = self.clone();
                     tokio::spawn(async move {
-                        let _ = node.request(other, Request::Cancel { cids }).await;
+                        let _ = node.ask_peer(other, Request::Cancel { cids }).await;
                     });
                 }
                 let score = s.peers.entry(peer).or_default();
@@ -942,6 +984,10 @@ impl<S: BlockStore + 'static> Node<S> {
                         reason: e.to_string(),
                     })?;
                 target.put_many(blocks).await?;
+                // Peers that asked this node for these blocks over Bitswap get them now.
+                self.shared
+                    .bitswap
+                    .new_blocks(got.iter().map(|(_, n, _)| n.cid).collect());
                 self.shared.with_stats(|st| {
                     let p = st.peers.entry(peer).or_default();
                     p.shards_received += got.len() as u64;

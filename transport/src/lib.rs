@@ -24,6 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod allowlist;
+pub mod bitswap;
 pub mod cache;
 pub mod codec;
 pub mod fetch;

@@ -904,3 +904,29 @@ async fn cancelled_blocks_are_not_sent_and_a_later_want_is_served() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_peer_is_asked_when_the_dht_names_no_provider() {
+    // The holder is taken to be behind NAT: its DHT runs in client mode, so no provider
+    // record of it is stored anywhere and it answers no DHT query.
+    let mut hc = config();
+    hc.nat.reachability = Some(streamspace_transport::node::Reachability::Private);
+    let holder = start(hc, MemoryStore::new()).await;
+    let data = random(600_000, 21);
+    let root = publish(&holder, &data).await;
+    let mut vc = config();
+    vc.bootstrap = holder.dialable_addrs().await.unwrap();
+    let viewer = start(vc, MemoryStore::new()).await;
+    // A fetch started at once, while the bootstrap connection may still be coming up.
+    let report = viewer.fetch(root, FetchOptions::default()).await.unwrap();
+    assert_eq!(
+        report.bytes_from.keys().collect::<Vec<_>>(),
+        [&holder.peer_id()]
+    );
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::new(0, None)).await,
+        data
+    );
+    viewer.shutdown().await;
+    holder.shutdown().await;
+}

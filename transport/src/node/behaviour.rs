@@ -1,5 +1,5 @@
 //! The composed network behaviour: every protocol a node speaks, how each is configured, and
-//! the swarm built from them on TCP (noise, yamux) and QUIC.
+//! the swarm built from them on TCP (TLS 1.3 or noise, yamux), QUIC and relayed circuits.
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, SystemTime};
@@ -7,12 +7,14 @@ use std::time::{Duration, SystemTime};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, gossipsub, identify, kad, noise, ping,
-    request_response, tcp, yamux,
+    StreamProtocol, Swarm, allow_block_list, autonat, dcutr, gossipsub, identify, kad, noise, ping,
+    relay, request_response, tcp, tls, upnp,
 };
 
+use super::nat::{Nat, Reachability};
 use super::{Config, MAX_PUBSUB_MESSAGE, NodeError, PROVIDER_REPUBLISH, PROVIDER_TTL, protocol};
 use crate::codec::ExchangeCodec;
+use crate::message::Tier;
 
 /// The protocols a node speaks, composed.
 #[derive(NetworkBehaviour)]
@@ -28,6 +30,16 @@ pub(super) struct Behaviour {
     /// The exchange protocol (see `protocol`).
     pub(super) exchange: request_response::Behaviour<ExchangeCodec>,
     pub(super) pubsub: gossipsub::Behaviour,
+    /// NAT traversal (see `nat`): the relay client, a Tier-1 node's relay server, hole
+    /// punching, AutoNAT v2 (probing while reachability is unknown; serving always), UPnP.
+    pub(super) relay_client: relay::client::Behaviour,
+    pub(super) relay: Toggle<relay::Behaviour>,
+    pub(super) dcutr: Toggle<dcutr::Behaviour>,
+    pub(super) autonat: Toggle<autonat::v2::client::Behaviour>,
+    pub(super) autonat_server: autonat::v2::server::Behaviour,
+    pub(super) upnp: Toggle<upnp::tokio::Behaviour>,
+    /// Bitswap, for IPFS peers (see [`crate::bitswap`]).
+    pub(super) bitswap: Toggle<crate::bitswap::Behaviour>,
 }
 
 /// Builds the swarm `config` describes (not yet listening), and names the protocol of its
@@ -37,7 +49,10 @@ pub(super) struct Behaviour {
 ///
 /// [`NodeError::Allowlist`] if the allowlist does not verify; [`NodeError::Transport`] if the
 /// network name makes no protocol name or the transports cannot be built.
-pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, StreamProtocol), NodeError> {
+pub(super) fn build(
+    config: &Config,
+    bitswap: crate::bitswap::Behaviour,
+) -> Result<(Swarm<Behaviour>, StreamProtocol), NodeError> {
     let peer_id = config.keypair.public().to_peer_id();
     let allowed = match &config.admission {
         None => None,
@@ -55,16 +70,24 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, StreamProtocol
         StreamProtocol::try_from_owned(format!("/streamspace/{}/kad/1.0.0", config.network))
             .map_err(|e| NodeError::Transport(e.to_string()))?;
     let request_timeout = config.request_timeout;
+    let nat = config.nat.clone();
+    let relay_limits = nat.relay.filter(|_| config.tier == Tier::Tier1);
+    // TLS 1.3 first (AES-NI, what the speed measurements favour), noise for peers without it.
     let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
+            (tls::Config::new, noise::Config::new),
+            crate::bitswap::protocol::yamux_config,
         )
         .map_err(|e| NodeError::Transport(e.to_string()))?
         .with_quic()
-        .with_behaviour(|key| {
+        .with_relay_client(
+            (tls::Config::new, noise::Config::new),
+            crate::bitswap::protocol::yamux_config,
+        )
+        .map_err(|e| NodeError::Transport(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
             let pubsub = gossipsub::ConfigBuilder::default()
                 .max_transmit_size(MAX_PUBSUB_MESSAGE + 1024)
                 .validation_mode(gossipsub::ValidationMode::Strict)
@@ -82,8 +105,21 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, StreamProtocol
                 .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
             let store = kad::store::MemoryStore::new(peer_id);
             let mut kad = kad::Behaviour::with_config(peer_id, store, kc);
-            // Nodes on private or loopback addresses still serve the DHT.
-            kad.set_mode(Some(kad::Mode::Server));
+            // A server of the DHT only once reachable.
+            kad.set_mode(Some(Nat::kad_mode(
+                nat.reachability.unwrap_or(Reachability::Unknown),
+            )));
+            let relay = relay_limits.map(|l| {
+                let mut r = relay::Behaviour::new(peer_id, l.to_relay_config());
+                // A Tier-1 node relays whether or not it has confirmed an address yet.
+                r.set_status(Some(relay::Status::Enable));
+                r
+            });
+            // Probes every 5 seconds (the default), testing each candidate once.
+            let probe = nat
+                .reachability
+                .is_none()
+                .then(autonat::v2::client::Behaviour::default);
             Ok(Behaviour {
                 allowed: Toggle::from(allowed),
                 banned: Default::default(),
@@ -95,6 +131,13 @@ pub(super) fn build(config: &Config) -> Result<(Swarm<Behaviour>, StreamProtocol
                 kad,
                 exchange: protocol::behaviour(request_timeout),
                 pubsub,
+                relay_client,
+                relay: Toggle::from(relay),
+                dcutr: Toggle::from(nat.hole_punching.then(|| dcutr::Behaviour::new(peer_id))),
+                autonat: Toggle::from(probe),
+                autonat_server: Default::default(),
+                upnp: Toggle::from(nat.upnp.then(upnp::tokio::Behaviour::default)),
+                bitswap: Toggle::from(config.bitswap.enabled.then_some(bitswap)),
             })
         })
         .map_err(|e| NodeError::Transport(e.to_string()))?

@@ -15,6 +15,7 @@ use streamspace_shard::store::BlockStore;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::behaviour::{Behaviour, BehaviourEvent};
+use super::nat::{Nat, NatStatus};
 use super::replication::Replication;
 use super::{
     Config, MAX_PUBSUB_MESSAGE, NodeError, NodeEvent, RequestError, Shared, peer_of, provider_key,
@@ -39,6 +40,7 @@ pub(super) enum Command {
     Replicated(Cid, bool),
     Subscribe(String, oneshot::Sender<Result<(), NodeError>>),
     Publish(String, bytes::Bytes, oneshot::Sender<Result<(), NodeError>>),
+    Nat(oneshot::Sender<NatStatus>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -66,6 +68,7 @@ pub(super) struct Driver<S> {
     pub(super) capacity: u64,
     kad_protocol: StreamProtocol,
     pub(super) replication: Replication,
+    pub(super) nat: Nat,
 }
 
 impl<S: BlockStore + 'static> Driver<S> {
@@ -122,6 +125,7 @@ impl<S: BlockStore + 'static> Driver<S> {
             capacity: config.capacity,
             kad_protocol,
             replication: Replication::new(config.replicate_after),
+            nat: Nat::new(&config.nat),
         })
     }
 
@@ -144,7 +148,10 @@ impl<S: BlockStore + 'static> Driver<S> {
                     None => return,
                 },
                 event = self.swarm.select_next_some() => self.event(event),
-                _ = tick.tick() => self.unban(),
+                _ = tick.tick() => {
+                    self.unban();
+                    self.reserve();
+                }
             }
         }
     }
@@ -288,6 +295,9 @@ impl<S: BlockStore + 'static> Driver<S> {
                     });
                 let _ = tx.send(r);
             }
+            Command::Nat(tx) => {
+                let _ = tx.send(self.nat.status());
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -303,6 +313,7 @@ impl<S: BlockStore + 'static> Driver<S> {
     }
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.nat_event(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => self.listening.push(address),
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -362,6 +373,9 @@ impl<S: BlockStore + 'static> Driver<S> {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad(e),
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.exchange(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Bitswap(e)) => {
+                crate::bitswap::serve(&self.shared, e)
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
                 message,
                 ..

@@ -13,9 +13,11 @@
 //! - `serving`: answering peers' requests: the metering hook, the bound on answers in
 //!   preparation at once, cancelled blocks skipped;
 //! - `replication`: Tier-1 nodes' demand tracking and the replication of content in demand;
+//! - `nat`: reachability (AutoNAT v2, UPnP), relays (circuit relay v2) and hole punching
+//!   (DCUtR), and the DHT's mode that follows reachability;
 //! - this module: the [`Node`] handle, its [`Config`], its errors, events and counters.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,11 +34,13 @@ use crate::meter::Meter;
 
 mod behaviour;
 mod driver;
+mod nat;
 mod protocol;
 mod replication;
 mod serving;
 
 use driver::{Command, Driver};
+pub use nat::{ConnectionInfo, NatConfig, NatStatus, Reachability, RelayLimits};
 use serving::Cancelled;
 
 /// Provider records are republished every 22 hours and expire after 48, as in IPFS.
@@ -88,6 +92,10 @@ pub struct Config {
     /// Tier-1 only: distinct peers asking for content this node lacks before it replicates the
     /// content (fetches it and provides it too).
     pub replicate_after: usize,
+    /// Getting through NAT: reachability, relays, hole punching, UPnP.
+    pub nat: NatConfig,
+    /// Bitswap, for IPFS peers (on by default).
+    pub bitswap: crate::bitswap::Config,
 }
 
 impl Config {
@@ -112,12 +120,15 @@ impl Config {
             ban_after_bad_blocks: 3,
             ban_for: Duration::from_secs(600),
             replicate_after: 3,
+            nat: NatConfig::default(),
+            bitswap: crate::bitswap::Config::default(),
         }
     }
 
-    /// Listen on loopback only, TCP (for tests and simulations).
+    /// Listen on loopback only, TCP, taken to be reachable (for tests and simulations).
     pub fn loopback(mut self) -> Self {
         self.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
+        self.nat.reachability = Some(Reachability::Public);
         self
     }
 }
@@ -217,6 +228,24 @@ pub enum NodeEvent {
         /// The payload, at most [`MAX_PUBSUB_MESSAGE`] bytes.
         data: bytes::Bytes,
     },
+    /// This node's reachability changed (see [`NatConfig`]).
+    Reachability(Reachability),
+    /// A relay accepted this node's reservation: it is reachable at `address`.
+    Relayed {
+        /// The relay.
+        relay: PeerId,
+        /// The relayed address, ending in `/p2p/<this node>`.
+        address: Multiaddr,
+    },
+    /// A relay refused this node's reservation, or the reservation ended.
+    ReservationFailed(PeerId),
+    /// Hole punching to a peer reached over a relay succeeded (`direct`) or failed.
+    HolePunched {
+        /// The peer.
+        peer: PeerId,
+        /// Whether a direct connection now exists.
+        direct: bool,
+    },
 }
 
 /// Counters per peer.
@@ -257,6 +286,10 @@ pub struct Stats {
     pub bans: u64,
     /// Blocks not sent because their requester cancelled them.
     pub cancelled: u64,
+    /// Relayed connections upgraded to direct ones by hole punching.
+    pub hole_punches: u64,
+    /// Hole punching attempts that failed (the peer stays reachable through the relay).
+    pub hole_punch_failures: u64,
     /// Per peer.
     pub peers: HashMap<PeerId, PeerCounters>,
 }
@@ -271,6 +304,10 @@ pub(crate) struct Shared<S> {
     pub(crate) viewed: Mutex<crate::cache::Viewed>,
     /// Blocks peers cancelled, until a want of theirs skips them (bounded; oldest forgotten).
     pub(crate) cancelled: Mutex<Cancelled>,
+    /// Peers connected only through relays (the fetch scheduler prefers others).
+    pub(crate) relayed_only: Mutex<HashSet<PeerId>>,
+    /// Asks IPFS peers for blocks over Bitswap.
+    pub(crate) bitswap: crate::bitswap::Client,
 }
 
 impl<S> Shared<S> {
@@ -331,11 +368,15 @@ impl<S> std::fmt::Debug for Node<S> {
     }
 }
 
+/// The peer an address leads to: its last `/p2p/<peer id>` (a relayed address names the
+/// relay first).
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        Protocol::P2p(id) => Some(id),
-        _ => None,
-    })
+    addr.iter()
+        .filter_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .last()
 }
 
 /// The DHT key for a content root: its multihash, as IPFS provider records use.
@@ -356,7 +397,8 @@ impl<S: BlockStore + 'static> Node<S> {
         meter: Arc<dyn Meter>,
     ) -> Result<Self, NodeError> {
         let peer_id = config.keypair.public().to_peer_id();
-        let (swarm, kad_protocol) = behaviour::build(&config)?;
+        let (bitswap, bitswap_client) = crate::bitswap::new(config.bitswap.clone());
+        let (swarm, kad_protocol) = behaviour::build(&config, bitswap)?;
         let (events, _) = broadcast::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             store,
@@ -367,6 +409,8 @@ impl<S: BlockStore + 'static> Node<S> {
             request_timeout: config.request_timeout,
             viewed: Mutex::default(),
             cancelled: Mutex::default(),
+            relayed_only: Mutex::default(),
+            bitswap: bitswap_client,
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver::new(
@@ -433,7 +477,14 @@ impl<S: BlockStore + 'static> Node<S> {
             .listen_addrs()
             .await?
             .into_iter()
-            .map(|a| a.with(Protocol::P2p(self.peer_id)))
+            .map(|a| {
+                // Relayed addresses already end in this node's id.
+                if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a
+                } else {
+                    a.with(Protocol::P2p(self.peer_id))
+                }
+            })
             .collect())
     }
 
@@ -548,6 +599,15 @@ impl<S: BlockStore + 'static> Node<S> {
     /// [`NodeError::Closed`].
     pub async fn peer_tiers(&self) -> Result<HashMap<PeerId, (Tier, u64)>, NodeError> {
         self.ask(Command::Tiers).await
+    }
+
+    /// Its reachability, relayed addresses and connections (which are relayed).
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Closed`].
+    pub async fn nat_status(&self) -> Result<NatStatus, NodeError> {
+        self.ask(Command::Nat).await
     }
 
     /// A snapshot of the counters.
