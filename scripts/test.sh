@@ -4,12 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# protoc and the well-known protobuf types build Hedera's protobufs (the `hedera` feature).
+# protoc and the well-known protobuf types build Hedera's protobufs (the `hedera` feature);
+# nftables is the NAT of the home routers in the NAT test's network namespaces.
 if ! command -v protoc >/dev/null 2>&1 || [ ! -f /usr/include/google/protobuf/wrappers.proto ] \
-    || ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl; then
+    || ! command -v pkg-config >/dev/null 2>&1 || ! pkg-config --exists openssl \
+    || ! command -v nft >/dev/null 2>&1; then
     sudo_=""; [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     $sudo_ apt-get update -qq
-    $sudo_ apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev libssl-dev pkg-config
+    $sudo_ apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev libssl-dev pkg-config nftables
 fi
 
 # ffmpeg and ffprobe for the playback test (HLS read through the gateway).

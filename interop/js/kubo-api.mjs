@@ -2,19 +2,20 @@
 // Drives a node's operator API with kubo's own RPC client (`kubo-rpc-client`, pinned in
 // package-lock.json), as a script written for kubo would, and prints what it got as JSON.
 //
-//   node kubo-api.mjs API_URL FILE DIR CAR_OUT
+//   node kubo-api.mjs API_URL FILE DIR CAR_OUT TAR_OUT
 //
 // FILE is added as a buffer, DIR (a tree of files) with addAll, then: cat with offset and
-// length, pin add/ls/rm, block stat, dag export (written to CAR_OUT), id.
+// length, pin add/ls/rm, block stat, dag export (written to CAR_OUT), get of DIR's root
+// (the tar written to TAR_OUT), id.
 
 import fs from 'node:fs'
 import path from 'node:path'
 
 import { create } from 'kubo-rpc-client'
 
-const [url, file, dir, carOut] = process.argv.slice(2)
-if (carOut == null) {
-  console.error('usage: node kubo-api.mjs API_URL FILE DIR CAR_OUT')
+const [url, file, dir, carOut, tarOut] = process.argv.slice(2)
+if (tarOut == null) {
+  console.error('usage: node kubo-api.mjs API_URL FILE DIR CAR_OUT TAR_OUT')
   process.exit(2)
 }
 const api = create({ url })
@@ -69,6 +70,16 @@ const stat = await api.block.stat(added.cid)
 out.blockStat = { cid: stat.cid.toString(), size: stat.size }
 
 fs.writeFileSync(carOut, await bytesOf(api.dag.export(added.cid)))
+
+const dirRoot = entries.find(e => e.path === path.basename(dir))
+fs.writeFileSync(tarOut, await bytesOf(api.get(dirRoot.cid)))
+
+try {
+  await bytesOf(api.get(added.cid, { compress: true }))
+  out.getCompressed = 'accepted'
+} catch (e) {
+  out.getCompressed = e.message
+}
 
 try {
   await api.block.stat('not-a-cid')

@@ -15,6 +15,7 @@
 //! | `cat` | `arg`, `offset`, `length` |
 //! | `block/get`, `block/stat` | `arg` |
 //! | `block/put` (multipart: one block) | `cid-codec` (`raw`, `dag-pb`), `mhtype=sha2-256`, `pin` |
+//! | `get` | `arg`, `archive`, `compress=false` (a tar of the file or tree, streamed) |
 //! | `dag/export` | `arg` (a CAR of the whole DAG) |
 //! | `pin/add`, `pin/rm`, `pin/ls` | `arg`, `recursive=true`, `stream`, `type` |
 //! | `swarm/peers`, `repo/stat`, `stats/bw` | |
@@ -77,6 +78,10 @@ pub(crate) struct Api {
     pub(crate) allowlist: Option<AllowlistState>,
     /// The protocols the node speaks, for `id`.
     pub(crate) protocols: Arc<[String]>,
+    /// The market's listings, when the node follows a market topic, and this node's
+    /// account, whose listings `streamspace/listings` reports by default.
+    pub(crate) listings: Option<Arc<crate::listings::Listings>>,
+    pub(crate) account: Option<streamspace_ledger::AccountId>,
 }
 
 /// What `streamspace/status` says of the allowlist: who signed it, until when, for how many.
@@ -257,6 +262,7 @@ pub(crate) fn router(api: Api) -> Router {
             "/block/put",
             post(block_put).layer(DefaultBodyLimit::max(MAX_BLOCK + 64 * 1024)),
         )
+        .route("/get", post(get_handler))
         .route("/dag/export", post(dag_export))
         .route("/pin/add", post(pin_add))
         .route("/pin/rm", post(pin_rm))
@@ -267,6 +273,7 @@ pub(crate) fn router(api: Api) -> Router {
         .route("/streamspace/status", post(status))
         .route("/streamspace/quota", post(quota))
         .route("/streamspace/earnings", post(earnings))
+        .route("/streamspace/listings", post(listings))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -732,6 +739,30 @@ where
     Body::from_stream(stream)
 }
 
+/// A body written by `write` in a task of its own. When `write` fails part-way, the body
+/// ends in an error, so the response is cut off (no final chunk) and the client sees a
+/// failed transfer rather than a short archive that looks complete.
+fn written_body<F, Fut>(write: F) -> Body
+where
+    F: FnOnce(tokio::io::DuplexStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), std::io::Error>> + Send + 'static,
+{
+    let (w, r) = tokio::io::duplex(256 * 1024);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = done_tx.send(write(w).await);
+    });
+    let tail = futures::stream::once(async move {
+        match done_rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(Err(e)),
+            Err(_) => Some(Err(std::io::Error::other("the writer stopped"))),
+        }
+    })
+    .filter_map(futures::future::ready);
+    stream_body(tokio_util::io::ReaderStream::new(r).chain(tail))
+}
+
 async fn cat_handler(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
     let p = Params(p).only(&["offset", "length", "progress"])?;
     let arg = p.arg()?.to_owned();
@@ -886,17 +917,54 @@ async fn dag_export(State(api): State<Api>, Query(p): Query<Vec<(String, String)
         .await
         .map_err(|e| unavailable(&arg, e))?;
     let store = api.node.store().clone();
-    let (w, r) = tokio::io::duplex(256 * 1024);
-    tokio::spawn(async move {
-        if let Err(e) = streamspace_shard::car::write_car(store.as_ref(), root, w).await {
-            tracing::warn!(%root, error = %e, "dag/export");
-        }
+    let body = written_body(move |w| async move {
+        streamspace_shard::car::write_car(store.as_ref(), root, w)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                tracing::warn!(%root, error = %e, "dag/export");
+                std::io::Error::other(e)
+            })
     });
-    Ok((
-        [(header::CONTENT_TYPE, "application/vnd.ipld.car")],
-        stream_body(tokio_util::io::ReaderStream::new(r)),
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car")], body).into_response())
+}
+
+/// kubo's `get`: the file or tree at `arg` as a tar archive, its top entry named by the
+/// path's last segment (the CID when there is none). The archive is always tar (`archive`
+/// only tells kubo's CLI whether to unpack it); gzip is refused rather than ignored.
+async fn get_handler(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
+    let p = Params(p).only(&["archive", "compress", "compression-level", "progress"])?;
+    p.flag("archive")?;
+    let level = p.u64("compression-level")?;
+    if p.flag("compress")? == Some(true) || level.is_some_and(|l| l > 0) {
+        return Err(ApiError::client(
+            "compressed archives are not supported: ask for the tar and compress it",
+        ));
+    }
+    let arg = p.arg()?.to_owned();
+    let target = resolve_online(&api, &arg).await?;
+    let name = parse_path(&arg)?
+        .1
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .map_or_else(|| target.to_string(), str::to_owned);
+    fetch_into_store(&api.node, &api.cache, target, None)
+        .await
+        .map_err(|e| unavailable(&arg, e))?;
+    let store = api.node.store().clone();
+    // The root is read before the answer starts, so that an error is kubo's JSON.
+    streamspace_shard::dag::entity(store.as_ref(), &target)
+        .await
+        .map_err(|e| ApiError::internal(format!("{arg}: {e}")))?;
+    let body = written_body(move |mut w| async move {
+        crate::tar::write_tar(store.as_ref(), target, &name, &mut w)
+            .await
+            .map_err(|e| {
+                tracing::warn!(%target, error = %e, "get");
+                std::io::Error::other(e)
+            })
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
 }
 
 fn recursive_only(p: &Params) -> Result<(), ApiError> {
@@ -989,14 +1057,23 @@ async fn pin_ls(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) 
 
 async fn swarm_peers(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
     Params(p).only(&["verbose", "latency", "streams", "direction", "identify"])?;
-    let peers = api
+    let nat = api
         .node
-        .connected_peers()
+        .nat_status()
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let list: Vec<serde_json::Value> = peers
+    // One row per connection, as kubo lists them: a peer reached both directly and through
+    // a relay appears twice, the relayed address ending in `/p2p-circuit`.
+    let list: Vec<serde_json::Value> = nat
+        .connections
         .iter()
-        .map(|p| serde_json::json!({"Peer": p.to_string(), "Addr": ""}))
+        .map(|c| {
+            serde_json::json!({
+                "Peer": c.peer.to_string(),
+                "Addr": c.remote.to_string(),
+                "Relayed": c.relayed,
+            })
+        })
         .collect();
     Ok(json(&serde_json::json!({ "Peers": list })))
 }
@@ -1118,6 +1195,47 @@ async fn earnings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>
         })
         .collect();
     Ok(json(&serde_json::json!({ "Periods": rows })))
+}
+
+async fn listings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
+    let p = Params(p).only(&["seller"])?;
+    let Some(listings) = &api.listings else {
+        return Err(ApiError::client(
+            "this node follows no market topic ([market] topic in its config)",
+        ));
+    };
+    // Default: what this node's account lists; `seller=all`, or one account.
+    let seller = match (p.get("seller"), api.account) {
+        (Some("all"), _) | (None, None) => None,
+        (None, Some(me)) => Some(me),
+        (Some(a), _) => Some(
+            a.parse::<streamspace_ledger::AccountId>()
+                .map_err(|e| ApiError::client(format!("seller: {e}")))?,
+        ),
+    };
+    let snap = listings.snapshot(|s| seller.is_none_or(|want| want == s));
+    let rows: Vec<serde_json::Value> = snap
+        .listings
+        .iter()
+        .map(|l| {
+            serde_json::json!({
+                "Id": l.id.to_string(),
+                "Seller": l.id.seller.to_string(),
+                "Version": l.version,
+                "Content": l.content.to_string(),
+                "Title": l.title,
+                "Price": l.price,
+                "RentalSecs": l.terms.rental_secs,
+                "Devices": l.terms.devices,
+            })
+        })
+        .collect();
+    Ok(json(&serde_json::json!({
+        "Listings": rows,
+        "MessagesRead": snap.read,
+        "Rejected": snap.rejected,
+        "Error": snap.error,
+    })))
 }
 
 async fn quota(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {

@@ -28,6 +28,17 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// api = "127.0.0.1:5001"                # optional operator API (/api/v0) and dashboard
 /// api_token_file = "api.token"          # bearer token, required off loopback
 ///
+/// [nat]                                 # optional: getting through home routers
+/// reachability = "auto"                 # AutoNAT decides; or "public" / "private"
+/// relays = ["/ip4/192.0.2.1/tcp/4001/p2p/12D3Koo..."]  # reserved on when private
+/// relay = true                          # tier1: run a circuit relay (limits below)
+/// relay_max_reservations = 128
+/// relay_max_circuits = 64
+/// relay_max_circuit_bytes = 1_048_576
+/// relay_max_circuit_secs = 120
+/// hole_punching = true                  # DCUtR
+/// upnp = false                          # ask the router for a port mapping
+///
 /// [allowlist]                           # optional: a closed network
 /// operator = "<hex Ed25519 public key>"
 /// file = "allowlist.bin"
@@ -52,12 +63,18 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// topic = "0.0.1003"                    # settlement topic
 /// clearing_key_file = "clearing.key"    # only on the node that settles
 /// ledger = "local:<treasury key>"       # the ledger's name, shared by every member
+///
+/// [market]                              # optional: follow the market's listings topic
+/// topic = "0.0.1004"                    # (needs a [ledger] to read it from)
 /// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[node]`: the repository, the network and the addresses.
     pub node: NodeSection,
+    /// `[nat]`: reachability, relays, hole punching, UPnP.
+    #[serde(default)]
+    pub nat: NatSection,
     /// `[allowlist]`: a closed network's signed member list.
     pub allowlist: Option<AllowlistSection>,
     /// `[ledger]`: where payments settle.
@@ -65,6 +82,16 @@ pub struct Config {
     pub ledger: LedgerSection,
     /// `[payments]`: paid service.
     pub payments: Option<PaymentsSection>,
+    /// `[market]`: the market topic whose listings the API reports.
+    pub market: Option<MarketSection>,
+}
+
+/// `[market]`: the market topic the node follows, for `streamspace/listings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarketSection {
+    /// The market's topic (`0.0.N`), read from the ledger in `[ledger]`.
+    pub topic: String,
 }
 
 impl Config {
@@ -176,6 +203,101 @@ impl From<TierName> for Tier {
             TierName::Edge => Tier::Edge,
             TierName::Tier1 => Tier::Tier1,
         }
+    }
+}
+
+/// `[nat]`: how the node gets through NAT (the transport's `NatConfig`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatSection {
+    /// `"auto"` (AutoNAT decides; a node listening on loopback only is taken to be
+    /// reachable), `"public"` or `"private"`.
+    #[serde(default = "default_reachability")]
+    pub reachability: String,
+    /// Relays to reserve a slot on when private, ending in `/p2p/<peer id>`.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// A Tier-1 node runs a circuit relay.
+    #[serde(default = "yes")]
+    pub relay: bool,
+    /// The relay's reservations at once.
+    pub relay_max_reservations: Option<usize>,
+    /// The relay's circuits at once.
+    pub relay_max_circuits: Option<usize>,
+    /// Bytes one relayed circuit may carry.
+    pub relay_max_circuit_bytes: Option<u64>,
+    /// Seconds one relayed circuit may last.
+    pub relay_max_circuit_secs: Option<u64>,
+    /// Upgrade relayed connections to direct ones (DCUtR).
+    #[serde(default = "yes")]
+    pub hole_punching: bool,
+    /// Ask the home router for a port mapping (UPnP).
+    #[serde(default)]
+    pub upnp: bool,
+}
+
+impl Default for NatSection {
+    fn default() -> Self {
+        Self {
+            reachability: default_reachability(),
+            relays: Vec::new(),
+            relay: true,
+            relay_max_reservations: None,
+            relay_max_circuits: None,
+            relay_max_circuit_bytes: None,
+            relay_max_circuit_secs: None,
+            hole_punching: true,
+            upnp: false,
+        }
+    }
+}
+
+fn default_reachability() -> String {
+    "auto".into()
+}
+fn yes() -> bool {
+    true
+}
+
+impl NatSection {
+    /// The transport's NAT settings; `listen` decides `"auto"` for a node on loopback only.
+    pub(crate) fn to_transport(
+        &self,
+        listen: &[Multiaddr],
+    ) -> Result<streamspace_transport::node::NatConfig> {
+        use streamspace_transport::node::{NatConfig, Reachability, RelayLimits};
+        let loopback_only = !listen.is_empty()
+            && listen.iter().all(|a| {
+                let a = a.to_string();
+                a.starts_with("/ip4/127.") || a.starts_with("/ip6/::1/")
+            });
+        let reachability = match self.reachability.as_str() {
+            "auto" if loopback_only => Some(Reachability::Public),
+            "auto" => None,
+            "public" => Some(Reachability::Public),
+            "private" => Some(Reachability::Private),
+            other => {
+                bail!("nat.reachability: {other:?} is not \"auto\", \"public\" or \"private\"")
+            }
+        };
+        let d = RelayLimits::default();
+        let limits = RelayLimits {
+            max_reservations: self.relay_max_reservations.unwrap_or(d.max_reservations),
+            max_circuits: self.relay_max_circuits.unwrap_or(d.max_circuits),
+            max_circuit_bytes: self.relay_max_circuit_bytes.unwrap_or(d.max_circuit_bytes),
+            max_circuit_duration: self
+                .relay_max_circuit_secs
+                .map_or(d.max_circuit_duration, std::time::Duration::from_secs),
+            ..d
+        };
+        Ok(NatConfig {
+            reachability,
+            relay: self.relay.then_some(limits),
+            relays: multiaddrs("nat.relays", &self.relays)?,
+            hole_punching: self.hole_punching,
+            upnp: self.upnp,
+            ..NatConfig::default()
+        })
     }
 }
 
@@ -438,6 +560,35 @@ mod tests {
         assert!(matches!(minimal.ledger, LedgerSection::Embedded { .. }));
         assert!(toml::from_str::<Config>("[node]\nrepo = \"r\"\nlisten_on = []").is_err());
         assert!(toml::from_str::<Config>("[node]\nrepo = \"r\"\ntier = \"gold\"").is_err());
+    }
+
+    #[test]
+    fn nat_section_defaults_and_loopback() {
+        let c: Config = toml::from_str("[node]\nrepo = \"r\"").expect("parses");
+        let any: Vec<Multiaddr> = vec!["/ip4/0.0.0.0/tcp/0".parse().expect("multiaddr")];
+        let lo: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")];
+        let n = c.nat.to_transport(&any).expect("valid");
+        assert_eq!(n.reachability, None);
+        assert!(n.hole_punching && !n.upnp && n.relay.is_some());
+        assert_eq!(
+            c.nat.to_transport(&lo).expect("valid").reachability,
+            Some(streamspace_transport::node::Reachability::Public)
+        );
+        let c: Config = toml::from_str(
+            "[node]\nrepo = \"r\"\n[nat]\nreachability = \"private\"\nupnp = true\nrelay_max_circuit_bytes = 4096",
+        )
+        .expect("parses");
+        let n = c.nat.to_transport(&lo).expect("valid");
+        assert_eq!(
+            n.reachability,
+            Some(streamspace_transport::node::Reachability::Private)
+        );
+        assert!(n.upnp);
+        assert_eq!(n.relay.expect("relay").max_circuit_bytes, 4096);
+        let bad: Config = toml::from_str("[node]\nrepo = \"r\"\n[nat]\nreachability = \"maybe\"")
+            .expect("parses");
+        assert!(bad.nat.to_transport(&any).is_err());
+        assert!(toml::from_str::<Config>("[node]\nrepo = \"r\"\n[nat]\nrelais = []").is_err());
     }
 
     #[test]

@@ -6,9 +6,11 @@ pub mod api;
 pub mod config;
 pub mod gateway;
 pub mod http;
+mod listings;
 mod live;
 mod metrics;
 mod run;
+pub mod tar;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

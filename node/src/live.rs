@@ -52,6 +52,8 @@ const HLS_JS: &str = include_str!("watch/hls.min.js");
 const PLAYER_JS: &str = include_str!("watch/player.js");
 const STYLE_CSS: &str = include_str!("watch/style.css");
 const PAGE: &str = include_str!("watch/index.html");
+/// The page's icon: the dashboard's (so that browsers do not ask for `/favicon.ico`).
+const ICON_SVG: &str = include_str!("dashboard/icon.svg");
 
 struct Followed {
     verifier: Mutex<Verifier>,
@@ -99,7 +101,7 @@ pub(crate) fn router<S: BlockStore + 'static>(
         .route("/live/:stream/:segment", get(segment::<S>))
         .route("/watch/stats.json", get(node_stats::<S>))
         .route("/watch/assets/:file", get(asset))
-        .route("/watch/live/:stream", get(live_page::<S>))
+        .route("/watch/live/:stream", get(live_page))
         .route("/watch/:root", get(vod_page::<S>))
         .with_state(Shared(live))
 }
@@ -507,6 +509,7 @@ async fn asset(Path(file): Path<String>) -> Response {
         "hls.min.js" => (HLS_JS, "text/javascript; charset=utf-8"),
         "player.js" => (PLAYER_JS, "text/javascript; charset=utf-8"),
         "style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        "icon.svg" => (ICON_SVG, "image/svg+xml"),
         _ => return error(StatusCode::NOT_FOUND, format!("no asset {file:?}")),
     };
     (
@@ -540,7 +543,7 @@ fn page(title: &str, src: &str, kind: &str, stats: &str) -> Response {
         .into_response()
 }
 
-async fn live_page<S: BlockStore + 'static>(Path(stream): Path<String>) -> Response {
+async fn live_page(Path(stream): Path<String>) -> Response {
     match parse_stream(&stream) {
         Ok(id) => page(
             id.name(),

@@ -410,6 +410,7 @@ pub(crate) async fn start(cfg: Config, base: PathBuf) -> Result<Node> {
         None => None,
     };
     let backend = if cfg.payments.is_some()
+        || cfg.market.is_some()
         || matches!(cfg.ledger, LedgerSection::Embedded { serve: Some(_), .. })
     {
         Some(open_ledger(&cfg.ledger, &base, &repo, operator.as_ref()).await?)
@@ -501,6 +502,7 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
         tc.listen = config::multiaddrs("node.listen", &cfg.node.listen)?;
     }
     tc.bootstrap = config::multiaddrs("node.bootstrap", &cfg.node.bootstrap)?;
+    tc.nat = cfg.nat.to_transport(&tc.listen)?;
     tc.capacity = cfg
         .node
         .quota
@@ -628,6 +630,20 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let listings = match (&cfg.market, &ledger) {
+        (Some(m), Some((ledger, _))) => {
+            let topic = config::topic("market.topic", &m.topic)?;
+            let listings = Arc::new(crate::listings::Listings::default());
+            tokio::spawn(crate::listings::follow(
+                ledger.clone(),
+                topic,
+                listings.clone(),
+                stop_rx.clone(),
+            ));
+            Some(listings)
+        }
+        _ => None,
+    };
     let cache = Arc::new(crate::gateway::CacheStats::default());
     let mut servers = Vec::new();
     let mut gateway_addr = None;
@@ -667,6 +683,8 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
                 .as_ref()
                 .map(|s| (s.journal.clone(), s.me.account)),
             allowlist: allowlist_state,
+            listings,
+            account: operator.as_ref().map(|o| o.account),
             bandwidth,
             protocols: [
                 streamspace_transport::codec::PROTOCOL.to_string(),

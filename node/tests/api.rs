@@ -293,3 +293,49 @@ async fn off_loopback_the_api_needs_a_token() {
     assert_eq!(right.json()["ID"], node.transport().peer_id().to_string());
     node.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swarm_peers_lists_each_connection_with_its_address() {
+    let (ra, rb) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = common::node(ra.path()).await;
+    let a_addr = a.transport().dialable_addrs().await.expect("addrs")[0].clone();
+    let b = common::builder(rb.path())
+        .bootstrap(a_addr)
+        .start()
+        .await
+        .expect("b starts");
+    let api = a.api_addr().expect("api");
+    let b_id = b.transport().peer_id().to_string();
+    let mut peers = serde_json::Value::Null;
+    for _ in 0..100 {
+        peers = post(api, "/api/v0/swarm/peers").await.json();
+        let listed = peers["Peers"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["Peer"] == b_id.as_str()));
+        if listed {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let row = peers["Peers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["Peer"] == b_id.as_str()))
+        .unwrap_or_else(|| panic!("b is not listed: {peers}"))
+        .clone();
+    // The address is the remote end of the connection, a multiaddr kubo's clients parse.
+    let addr: streamspace_transport::Multiaddr = row["Addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("a multiaddr");
+    assert!(
+        addr.to_string().starts_with("/ip4/127.0.0.1/tcp/"),
+        "{addr}"
+    );
+    assert_eq!(row["Relayed"], false);
+    b.shutdown().await.expect("shutdown");
+    a.shutdown().await.expect("shutdown");
+}

@@ -51,6 +51,7 @@ async fn kubo_rpc_client_speaks_to_the_node() {
     std::fs::write(dir.join("sub/b.bin"), common::data(300_000, 9)).expect("write");
     std::fs::write(dir.join("sub/deeper/c"), b"").expect("write");
     let car = work.path().join("export.car");
+    let tar = work.path().join("get.tar");
 
     let expect_file = node_js("unixfs.mjs", &["add", file.to_str().expect("path")]);
     let expect_dir = node_js("unixfs.mjs", &["add", dir.to_str().expect("path")]);
@@ -61,6 +62,7 @@ async fn kubo_rpc_client_speaks_to_the_node() {
             file.to_str().expect("path"),
             dir.to_str().expect("path"),
             car.to_str().expect("path"),
+            tar.to_str().expect("path"),
         ],
     );
     let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
@@ -121,6 +123,34 @@ async fn kubo_rpc_client_speaks_to_the_node() {
     assert!(
         v["badCid"].as_str().expect("error").contains("invalid CID"),
         "a kubo-shaped error reaches the client's message: {v}"
+    );
+
+    // `get` gave a tar that GNU tar (code we did not write) unpacks into the same tree,
+    // under the root's CID; gzip is refused, not ignored.
+    let unpacked = work.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("mkdir");
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar runs");
+    assert!(status.success(), "GNU tar unpacks the archive");
+    let top = unpacked.join(expect_dir.trim());
+    for rel in ["a.txt", "sub/b.bin", "sub/deeper/c"] {
+        assert_eq!(
+            std::fs::read(top.join(rel)).expect("unpacked file"),
+            std::fs::read(dir.join(rel)).expect("original"),
+            "{rel}"
+        );
+    }
+    assert!(
+        v["getCompressed"]
+            .as_str()
+            .expect("error")
+            .contains("not supported"),
+        "{v}"
     );
 
     // The exported CAR holds the whole file, every block verified on reading.

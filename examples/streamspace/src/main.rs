@@ -5,6 +5,8 @@
 mod demo;
 mod fleet;
 mod gateway;
+mod get;
+mod live;
 mod network;
 mod node;
 mod remote;
@@ -51,6 +53,8 @@ enum Command {
     Add(AddArgs),
     /// Print the content of a file, or of a byte range of it (as `ipfs cat`).
     Cat(CatArgs),
+    /// Write a file or directory to disk, or as a tar archive (as `ipfs get`).
+    Get(get::GetArgs),
     /// CAR archives.
     #[command(subcommand)]
     Car(CarCommand),
@@ -71,6 +75,8 @@ enum Command {
     Node(node::NodeCommand),
     /// Write the configuration of a closed, paid test network of nodes on this machine.
     Testnet(testnet::TestnetArgs),
+    /// Publish a live stream: ffmpeg cuts segments, each announced in a signed manifest.
+    Live(live::LiveArgs),
     /// Simulate many viewers of one item: real nodes on loopback and a discrete-event model.
     Sim(sim::SimArgs),
 }
@@ -607,6 +613,7 @@ async fn main() -> std::process::ExitCode {
     let result = match &cli.command {
         Command::Add(a) => add(&cli, a).await,
         Command::Cat(c) => cat_cmd(&cli, c).await,
+        Command::Get(g) => get::get_cmd(&cli, g).await,
         Command::Car(c) => car(&cli, c).await,
         Command::Block(b) => block(&cli, b).await,
         Command::Pin(p) => pin_cmd(&cli, p).await,
@@ -614,6 +621,7 @@ async fn main() -> std::process::ExitCode {
         Command::Demo(d) => network::run(d).await,
         Command::Fleet(f) => fleet::run(f).await,
         Command::Sim(s) => sim::run(s).await,
+        Command::Live(l) => live::run(&cli, l).await,
         Command::Node(n) => node::run(n).await,
         Command::Testnet(t) => testnet::run(t).await,
         Command::Gateway(g) => match open_store(&cli) {

@@ -285,3 +285,13 @@ pub(crate) async fn add(
     }
     Ok(())
 }
+
+/// `get` through the API: the tar archive of `arg`, as a byte stream.
+pub(crate) async fn get_tar(
+    addr: SocketAddr,
+    arg: &str,
+) -> Result<impl Stream<Item = Result<Bytes>> + Send + use<>> {
+    let q = query(&[("arg", arg.to_owned())]);
+    let res = call(addr, &format!("/api/v0/get?{q}"), None, empty()).await?;
+    Ok(body_stream(res))
+}
