@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 
-use crate::{Cli, open_store, parse_path, progress, remote, running_node};
+use crate::{Cli, online, open_store, parse_path, progress, remote};
 
 /// Arguments of `get`.
 #[derive(clap::Args, Debug)]
@@ -24,6 +24,8 @@ pub(crate) struct GetArgs {
     archive: bool,
     /// CID, optionally followed by a path: CID/dir/file (or /ipfs/CID/...).
     path: String,
+    #[command(flatten)]
+    online: online::OnlineArgs,
 }
 
 pub(crate) async fn get_cmd(cli: &Cli, g: &GetArgs) -> Result<()> {
@@ -40,51 +42,66 @@ pub(crate) async fn get_cmd(cli: &Cli, g: &GetArgs) -> Result<()> {
     if output.exists() {
         bail!("{} exists: not overwritten", output.display());
     }
-    let bar = progress(None, "getting");
-    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>> =
-        if let Some(api) = running_node(cli).await {
-            Box::pin(remote::get_tar(api, &g.path).await?)
-        } else {
-            let store = open_store(cli)?;
-            let target = streamspace_shard::dag::resolve(&store, &root, &rest).await?;
-            let (mut w, r) = tokio::io::duplex(256 * 1024);
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            tokio::spawn(async move {
-                let r = streamspace_node::tar::write_tar(&store, target, &name, &mut w).await;
-                drop(w);
-                let _ = done_tx.send(r);
-            });
-            let tail = futures::stream::once(async move {
-                match done_rx.await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(Err(anyhow::Error::from(e))),
-                    Err(_) => Some(Err(anyhow::anyhow!("the archive writer stopped"))),
-                }
+    type Tar = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+    if let Some(online) = online::Online::reach(cli, &g.online).await? {
+        let api = online.api;
+        online
+            .run(async {
+                let tar: Tar = Box::pin(remote::get_tar(api, &g.path).await?);
+                save(tar, g.archive, &output).await
             })
-            .filter_map(futures::future::ready);
-            Box::pin(
-                tokio_util::io::ReaderStream::new(r)
-                    .map(|r| r.map_err(anyhow::Error::from))
-                    .chain(tail),
-            )
-        };
+            .await?;
+    } else {
+        let store = open_store(cli)?;
+        let target = streamspace_shard::dag::resolve(&store, &root, &rest).await?;
+        let (mut w, r) = tokio::io::duplex(256 * 1024);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = streamspace_node::tar::write_tar(&store, target, &name, &mut w).await;
+            drop(w);
+            let _ = done_tx.send(r);
+        });
+        let tail = futures::stream::once(async move {
+            match done_rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(anyhow::Error::from(e))),
+                Err(_) => Some(Err(anyhow::anyhow!("the archive writer stopped"))),
+            }
+        })
+        .filter_map(futures::future::ready);
+        let tar: Tar = Box::pin(
+            tokio_util::io::ReaderStream::new(r)
+                .map(|r| r.map_err(anyhow::Error::from))
+                .chain(tail),
+        );
+        save(tar, g.archive, &output).await?;
+    }
+    eprintln!("Saving file(s) to {}", output.display());
+    Ok(())
+}
+
+/// Writes the tar stream as an archive or unpacks it, with a progress bar of bytes.
+async fn save(
+    tar: impl Stream<Item = Result<Bytes>> + Send + 'static,
+    archive: bool,
+    output: &Path,
+) -> Result<()> {
+    let bar = progress(None, "getting");
     let counted = {
         let bar = bar.clone();
-        stream.inspect(move |r| {
+        tar.inspect(move |r| {
             if let Ok(b) = r {
                 bar.inc(b.len() as u64);
             }
         })
     };
-    let result = if g.archive {
-        write_archive(counted, &output).await
+    let result = if archive {
+        write_archive(counted, output).await
     } else {
-        unpack(counted, output.clone()).await
+        unpack(counted, output.to_path_buf()).await
     };
     bar.finish_and_clear();
-    result?;
-    eprintln!("Saving file(s) to {}", output.display());
-    Ok(())
+    result
 }
 
 async fn write_archive(

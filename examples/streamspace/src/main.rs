@@ -9,6 +9,7 @@ mod get;
 mod live;
 mod network;
 mod node;
+mod online;
 mod remote;
 mod sim;
 mod testnet;
@@ -149,6 +150,8 @@ struct CatArgs {
     key: Option<PathBuf>,
     /// CID, optionally followed by a path: CID/dir/file (or /ipfs/CID/...).
     path: String,
+    #[command(flatten)]
+    online: online::OnlineArgs,
 }
 
 #[derive(Subcommand)]
@@ -448,12 +451,22 @@ fn write_secret(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
 }
 
 async fn cat_cmd(cli: &Cli, c: &CatArgs) -> Result<()> {
-    if let Some(api) = running_node(cli).await {
-        ensure!(
-            c.key.is_none(),
-            "a node is running on this repository: read the plaintext through its gateway's /play"
-        );
-        return remote::cat(api, &c.path, c.offset, c.length).await;
+    if let Some(online) = online::Online::reach(cli, &c.online).await? {
+        if c.key.is_some() {
+            // The node is stopped before the error is returned.
+            return online
+                .run(async {
+                    Err(anyhow::anyhow!(
+                        "--key reads the local store: with a node on this repository, read the \
+                         plaintext through its gateway's /play"
+                    ))
+                })
+                .await;
+        }
+        let api = online.api;
+        return online
+            .run(remote::cat(api, &c.path, c.offset, c.length))
+            .await;
     }
     let store = open_store(cli)?;
     let (root, path) = parse_path(&c.path)?;

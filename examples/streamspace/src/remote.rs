@@ -84,12 +84,19 @@ fn body_stream(
 /// Copies an answer to standard output.
 async fn to_stdout(res: hyper::Response<hyper::body::Incoming>) -> Result<()> {
     let mut out = tokio::io::stdout();
+    let bar = crate::progress(None, "reading");
     let mut s = std::pin::pin!(body_stream(res));
-    while let Some(b) = s.try_next().await? {
-        out.write_all(&b).await?;
+    let r: Result<()> = async {
+        while let Some(b) = s.try_next().await? {
+            bar.inc(b.len() as u64);
+            out.write_all(&b).await?;
+        }
+        out.flush().await?;
+        Ok(())
     }
-    out.flush().await?;
-    Ok(())
+    .await;
+    bar.finish_and_clear();
+    r
 }
 
 async fn json(res: hyper::Response<hyper::body::Incoming>) -> Result<serde_json::Value> {

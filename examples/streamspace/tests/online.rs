@@ -137,3 +137,109 @@ fn content_commands_go_through_a_running_node() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid CID"));
     drop(node);
 }
+
+/// A gateway serving `repo` to the network; returns it with its node's TCP address.
+fn serving(repo: &Path) -> (Running, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(BIN)
+        .arg("--repo")
+        .arg(repo)
+        .args(["gateway", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the gateway");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("first line");
+    // "gateway on http://127.0.0.1:PORT/ipfs/<cid>, node ID on [/ip4/127.0.0.1/tcp/N/p2p/ID, ...]"
+    let addr = line
+        .split(['[', ',', ']'])
+        .map(str::trim)
+        .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+        .unwrap_or_else(|| panic!("no node address in {line:?}"))
+        .to_owned();
+    (Running(child), addr)
+}
+
+#[test]
+fn content_commands_fetch_from_bootstrap_peers_when_no_node_runs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (origin, viewer) = (dir.path().join("origin"), dir.path().join("viewer"));
+    let file = dir.path().join("clip.bin");
+    let data: Vec<u8> = (0..900_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&file, &data).expect("write");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    std::fs::write(tree.join("a.txt"), b"alpha\n").expect("write");
+    std::fs::write(tree.join("sub/b.txt"), b"beta\n").expect("write");
+    let cid = String::from_utf8(ok(&origin, &["add", "-Q", file.to_str().expect("path")]))
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let tree_cid = String::from_utf8(ok(
+        &origin,
+        &["add", "-r", "-Q", tree.to_str().expect("path")],
+    ))
+    .expect("utf-8")
+    .trim()
+    .to_owned();
+    let (_origin_node, addr) = serving(&origin);
+
+    // Offline, the viewer's repository holds nothing: refused, as `ipfs cat --offline` is.
+    assert!(!run(&viewer, &["cat", &cid]).status.success());
+    // Online through a node started for the command, a byte range and a tree.
+    let part = ok(
+        &viewer,
+        &[
+            "cat",
+            "--bootstrap",
+            &addr,
+            "--offset",
+            "100",
+            "--length",
+            "400000",
+            &cid,
+        ],
+    );
+    assert_eq!(part, &data[100..400_100]);
+    let out = dir.path().join("got");
+    ok(
+        &viewer,
+        &[
+            "get",
+            "--bootstrap",
+            &addr,
+            "-o",
+            out.to_str().expect("path"),
+            &tree_cid,
+        ],
+    );
+    assert_eq!(std::fs::read(out.join("a.txt")).expect("a"), b"alpha\n");
+    assert_eq!(std::fs::read(out.join("sub/b.txt")).expect("b"), b"beta\n");
+    // The node started for a command stops with it: the blocks fetched stay, readable offline.
+    assert!(!viewer.join("api").exists());
+    assert_eq!(
+        ok(&viewer, &["cat", "--length", "1000", &cid]),
+        &data[..1000]
+    );
+
+    // Content nobody serves: the command gives up at its timeout and says why.
+    let absent = dir.path().join("absent.bin");
+    std::fs::write(&absent, b"held by nobody").expect("write");
+    let nobody = String::from_utf8(ok(
+        &viewer,
+        &["add", "-Q", "--only-hash", absent.to_str().expect("path")],
+    ))
+    .expect("utf-8")
+    .trim()
+    .to_owned();
+    let late = run(
+        &viewer,
+        &["cat", "--bootstrap", &addr, "--timeout", "3", &nobody],
+    );
+    assert!(!late.status.success());
+    let why = String::from_utf8_lossy(&late.stderr);
+    assert!(why.contains("--timeout"), "{why}");
+}
