@@ -1,73 +1,99 @@
 #!/usr/bin/env bash
-# Whole-program measurements of `streamspace add`/`cat`, each against its reference in the same
-# run (the machine is shared and noisy: compare ratios, not absolute times).
+# Whole-program measurements of `streamspace add`/`cat`, each against its physical reference in
+# the same run: the two commands of a pair alternate, five times each, and the ratio is that of
+# the medians (the machine is shared and noisy: compare ratios, not absolute times).
 #
 #   scripts/measure.sh [SIZE_MIB]      default 256
 #
-# Prints: add -Q --only-hash --cid-version 1 vs sha256sum vs the JS importer; encrypted add vs
-# `openssl speed` sha256 + chacha20-poly1305 combined; peak RSS of add and cat of a 1 GiB file.
+# Environment: STREAMSPACE_BIN=path  measure that binary instead of building the CLI;
+#              ROUNDS=n             runs per command (default 5); SKIP_RSS=1 skips the 1 GiB part.
+#
+# Prints, with the goals:
+#   add -Q --only-hash --cid-version 1      / openssl dgst -sha256      (<= 0.6)
+#   add -Q --cid-version 1 into the store   / dd bs=1M conv=fsync        (<= 1.3)
+#   add -Q --encrypt into the store         / dd bs=1M conv=fsync        (<= 1.4)
+#   cat (verified) from the store           / openssl dgst -sha256      (<= 0.6)
+#   JS importer / add --only-hash (when interop/js is installed)
+#   peak RSS (/usr/bin/time -v) of add and cat of a 1 GiB file           (<= 64 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-256}
-cargo build --release -q -p streamspace-cli
-bin=$PWD/target/release/streamspace
-work=$(mktemp -d)
+rounds=${ROUNDS:-5}
+if [ -n "${STREAMSPACE_BIN:-}" ]; then
+    bin=$STREAMSPACE_BIN
+else
+    cargo build --release -q -p streamspace-cli
+    bin=$PWD/target/release/streamspace
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/measure.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export STREAMSPACE_REPO=$work/repo
 
 head -c $((size << 20)) /dev/urandom > "$work/in"
 cat "$work/in" > /dev/null   # warm the page cache
 
-best() { # best wall time in seconds of 3 runs of "$@"
-    local b=999999
-    for _ in 1 2 3; do
-        local s e t
-        s=$(date +%s.%N); "$@" > /dev/null; e=$(date +%s.%N)
-        t=$(echo "$e - $s" | bc -l)
-        if (( $(echo "$t < $b" | bc -l) )); then b=$t; fi
-    done
-    echo "$b"
+# Wall time in seconds of "$@" (output discarded).
+wall() {
+    local s e
+    s=$(date +%s.%N)
+    "$@" > /dev/null 2>&1
+    e=$(date +%s.%N)
+    echo "$e - $s" | bc -l
 }
-mibs() { echo "scale=1; $size / $1" | bc -l; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-t_sha=$(best sha256sum "$work/in")
-t_add=$(best "$bin" add -Q --only-hash --cid-version 1 "$work/in")
-echo "== add -Q --only-hash --cid-version 1, ${size} MiB file"
-echo "sha256sum:          ${t_sha}s  ($(mibs "$t_sha") MiB/s)"
-echo "streamspace add:    ${t_add}s  ($(mibs "$t_add") MiB/s)"
-echo "ratio sha256sum/add: $(echo "scale=2; $t_sha / $t_add" | bc -l)  (>= 1 means add is at least as fast)"
+# pair NAME GOAL PREP_REF REF... -- PREP_OURS OURS...: alternates the two, prints medians and
+# the ratio ours/reference. PREP_* (a shell function name, or :) runs untimed before each.
+pair() {
+    local name=$1 goal=$2 prep_ref=$3
+    shift 3
+    local ref=() ours=()
+    while [ "$1" != "--" ]; do ref+=("$1"); shift; done
+    shift
+    local prep_ours=$1
+    shift
+    ours=("$@")
+    local tr=() to=()
+    for _ in $(seq "$rounds"); do
+        $prep_ref; tr+=("$(wall "${ref[@]}")")
+        $prep_ours; to+=("$(wall "${ours[@]}")")
+    done
+    local mr mo
+    mr=$(median "${tr[@]}")
+    mo=$(median "${to[@]}")
+    printf '%-44s ours %6.3fs  reference %6.3fs  ratio %5.2f  (goal <= %s)\n' \
+        "$name" "$mo" "$mr" "$(echo "$mo / $mr" | bc -l)" "$goal"
+}
+
+fresh_repo() { rm -rf "$STREAMSPACE_REPO"; sync; }
+fresh_dd() { rm -f "$work/dd.out"; sync; }
+dd_fsync() { dd if="$work/in" of="$work/dd.out" bs=1M conv=fsync status=none; }
+
+echo "== ${size} MiB random file in the page cache, medians of ${rounds} runs, $(nproc) cores"
+pair "add -Q --only-hash --cid-version 1" 0.6 : openssl dgst -sha256 "$work/in" -- \
+    : "$bin" add -Q --only-hash --cid-version 1 "$work/in"
+pair "add -Q --cid-version 1 (disk store)" 1.3 fresh_dd dd_fsync -- \
+    fresh_repo "$bin" add -Q --cid-version 1 "$work/in"
+pair "add -Q --encrypt (disk store)" 1.4 fresh_dd dd_fsync -- \
+    fresh_repo "$bin" add -Q --encrypt --key-out "$work/key" "$work/in"
+fresh_repo
+cid=$("$bin" add -Q --cid-version 1 "$work/in")
+pair "cat (verified, disk store)" 0.6 : openssl dgst -sha256 "$work/in" -- \
+    : "$bin" cat "$cid"
 if [ -d interop/js/node_modules ]; then
-    t_js=$(best node interop/js/unixfs.mjs add "$work/in" --cid-version 1)
-    echo "JS importer:        ${t_js}s  ($(mibs "$t_js") MiB/s)"
-    echo "ratio js/add:        $(echo "scale=2; $t_js / $t_add" | bc -l)  (target >= 3)"
+    pair "JS importer vs add --only-hash (ours=JS)" "-" : \
+        "$bin" add -Q --only-hash --cid-version 1 "$work/in" -- \
+        : node interop/js/unixfs.mjs add "$work/in" --cid-version 1
 fi
+rm -f "$work/dd.out"
 
-echo "== encrypted add (--encrypt --only-hash), ${size} MiB file"
-t_enc=$(best "$bin" add -Q --only-hash --encrypt --key-out "$work/k" "$work/in")
-# openssl speed reports k bytes/s per block size; take the 16384-byte column (last).
-sha_kbs=$(openssl speed -seconds 2 -evp sha256 2>/dev/null | awk '/^sha256/ {print $NF}' | tr -d k)
-cc_kbs=$(openssl speed -seconds 2 -evp chacha20-poly1305 2>/dev/null | awk '/^(ChaCha20-Poly1305|chacha20-poly1305)/ {print $NF}' | tr -d k)
-# openssl's "k" is 1000 bytes; everything below is in MB/s (10^6 bytes per second).
-python3 - "$sha_kbs" "$cc_kbs" "$size" "$t_enc" "$t_sha" <<'PY'
-import sys
-sha, cc, size, t, t_sum = (float(x) for x in sys.argv[1:])
-sha, cc = sha / 1000, cc / 1000
-mb = size * 1.048576
-sum_speed = mb / t_sum
-enc = mb / t
-print(f"sha256sum:                 {sum_speed:.1f} MB/s")
-print(f"openssl sha256:            {sha:.1f} MB/s")
-print(f"openssl chacha20-poly1305: {cc:.1f} MB/s")
-print(f"streamspace encrypted add: {enc:.1f} MB/s")
-both = 1 / (1 / sum_speed + 1 / cc)
-print(f"sha256sum + openssl chacha20-poly1305 in sequence: {both:.1f} MB/s; ratio {enc / both:.2f} (target >= 0.70)")
-both = 1 / (1 / sha + 1 / cc)
-print(f"openssl sha256 + openssl chacha20-poly1305 in sequence: {both:.1f} MB/s; ratio {enc / both:.2f} (stricter)")
-PY
-
-echo "== peak resident memory, 1 GiB file"
-head -c $((1 << 30)) /dev/urandom > "$work/gib"
-/usr/bin/time -f "%M" -o "$work/rss_add" "$bin" add -Q "$work/gib" > "$work/cid"
-/usr/bin/time -f "%M" -o "$work/rss_cat" "$bin" cat "$(cat "$work/cid")" > /dev/null
-echo "add: $(( $(cat "$work/rss_add") / 1024 )) MiB peak RSS (target < 64)"
-echo "cat: $(( $(cat "$work/rss_cat") / 1024 )) MiB peak RSS (target < 64)"
+if [ -z "${SKIP_RSS:-}" ]; then
+    echo "== peak resident memory, 1 GiB file (/usr/bin/time -v)"
+    fresh_repo
+    head -c $((1 << 30)) /dev/urandom > "$work/gib"
+    rss() { awk -F: '/Maximum resident set size/ {print int($2 / 1024)}' "$1"; }
+    /usr/bin/time -v -o "$work/rss_add" "$bin" add -Q --cid-version 1 "$work/gib" > "$work/cid"
+    /usr/bin/time -v -o "$work/rss_cat" "$bin" cat "$(cat "$work/cid")" > /dev/null
+    echo "add: $(rss "$work/rss_add") MiB peak RSS (goal <= 64)"
+    echo "cat: $(rss "$work/rss_cat") MiB peak RSS (goal <= 64)"
+fi
