@@ -21,6 +21,8 @@
 //! | `swarm/peers`, `repo/stat`, `stats/bw` | |
 //! | `streamspace/status` | quota, use, tier, peers by tier, shards, earnings, settlement, allowlist |
 //! | `streamspace/quota` | `arg`: bytes to offer (omitted: read) |
+//! | `streamspace/earnings` | tinybars, payers and shards per settlement period |
+//! | `streamspace/listings` | `seller` (`all`, or `0.0.N`; default: this node's account): the market topic's listings on offer |
 //!
 //! Content missing from the store is fetched from the network (verified block by block), as
 //! kubo does when online.

@@ -339,3 +339,49 @@ async fn swarm_peers_lists_each_connection_with_its_address() {
     b.shutdown().await.expect("shutdown");
     a.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_made_through_the_api_is_announced_on_the_dht_at_once() {
+    use std::sync::Arc;
+    use streamspace_shard::store::MemoryStore;
+    use streamspace_transport::{Config, Keypair, meter::Free};
+    let repo = tempfile::tempdir().expect("dir");
+    let node = common::node(repo.path()).await;
+    let api = node.api_addr().expect("api");
+    // A peer that joined before anything was pinned.
+    let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+    c.bootstrap = node.transport().dialable_addrs().await.expect("addrs");
+    let peer = streamspace_transport::Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+        .await
+        .expect("peer");
+    let data = common::data(300_000, 9);
+    let added = post_multipart(
+        api,
+        "/api/v0/add?pin=true",
+        &[("file", "f.bin", "application/octet-stream", &data)],
+    )
+    .await;
+    assert_eq!(
+        added.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&added.body)
+    );
+    let cid: cid::Cid = added.json()["Hash"]
+        .as_str()
+        .expect("hash")
+        .parse()
+        .expect("cid");
+    // The provider record is there now, not at the node's next start.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = peer.find_providers(cid).await.expect("query");
+        if found.contains(&node.transport().peer_id()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(found.contains(&node.transport().peer_id()), "{found:?}");
+    peer.shutdown().await;
+    node.shutdown().await.expect("shutdown");
+}
