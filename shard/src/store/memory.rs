@@ -3,15 +3,19 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use cid::Cid;
+use cid::multihash::Multihash;
 
 use super::{BlockStore, StoreError};
-use crate::block::Block;
+use crate::block::{Block, IDENTITY};
 
 /// A block store in memory; clones share the same blocks.
 ///
 /// It holds only [`Block`]s, whose bytes hash to their CID by construction, so `get` answers
 /// intact bytes without hashing them again (the only way around is the test hook
-/// `insert_unchecked`). It has no pins: `delete` removes any block.
+/// `insert_unchecked`). It has no pins: `delete` removes any block. Blocks are keyed by
+/// multihash, as kubo keys them, so the same bytes under CIDv0 or CIDv1, raw or dag-pb, are
+/// one block; an identity CID is held by every store (its bytes are in the CID) and never
+/// stored.
 ///
 /// # Examples
 ///
@@ -26,7 +30,11 @@ use crate::block::Block;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    blocks: Arc<RwLock<HashMap<Cid, Bytes>>>,
+    blocks: Arc<RwLock<HashMap<Multihash<64>, Bytes>>>,
+}
+
+fn inline(cid: &Cid) -> Option<Bytes> {
+    (cid.hash().code() == IDENTITY).then(|| Bytes::copy_from_slice(cid.hash().digest()))
 }
 
 impl MemoryStore {
@@ -65,33 +73,41 @@ impl MemoryStore {
         self.blocks
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(cid, data);
+            .insert(*cid.hash(), data);
     }
 }
 
 impl BlockStore for MemoryStore {
     async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        if let Some(b) = inline(cid) {
+            return Ok(Some(b));
+        }
         Ok(self
             .blocks
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(cid)
+            .get(cid.hash())
             .cloned())
     }
 
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        if inline(cid).is_some() {
+            return Ok(true);
+        }
         Ok(self
             .blocks
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(cid))
+            .contains_key(cid.hash()))
     }
 
     async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
         let mut map = self.blocks.write().unwrap_or_else(PoisonError::into_inner);
         for b in blocks {
             let (cid, data) = b.into_parts();
-            map.insert(cid, data);
+            if inline(&cid).is_none() {
+                map.insert(*cid.hash(), data);
+            }
         }
         Ok(())
     }
@@ -101,7 +117,7 @@ impl BlockStore for MemoryStore {
             .blocks
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(cid)
+            .remove(cid.hash())
             .is_some())
     }
 }
