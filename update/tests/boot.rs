@@ -2,26 +2,10 @@
 //! confirmed falls back at the next power-on, a tampered trial never boots, a confirmed one
 //! stays; each fallback is recorded for the agent to report and the version is not retried.
 
-use sha2::{Digest, Sha256};
-use streamspace_update::Release;
-use streamspace_update::agent::{AgentError, Slot, Slots};
+mod common;
 
-fn release(version: &str, image: &[u8]) -> Release {
-    Release {
-        product: "thermostat-fw".into(),
-        version: version.into(),
-        channel: "stable".into(),
-        image: cid::Cid::new_v1(
-            0x55,
-            cid::multihash::Multihash::wrap(0x12, &Sha256::digest(image)).expect("digest"),
-        )
-        .to_bytes(),
-        size: image.len() as u64,
-        sha256: Sha256::digest(image).into(),
-        min_version: None,
-        keys: vec![],
-    }
-}
+use common::release_of as release;
+use streamspace_update::agent::{AgentError, Slot, Slots};
 
 fn image(version: &str) -> Vec<u8> {
     format!("firmware {version} ").repeat(4096).into_bytes()

@@ -1,29 +1,15 @@
 //! TUF's attacks against the device's metadata check: arbitrary software, rollback, freeze,
 //! mix-and-match and key compromise, plus staged rollouts and halts.
 
+mod common;
+
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
-use streamspace_update::release::{ROLLOUT_ALL, Release};
-use streamspace_update::tuf::{Bundle, Lifetimes, Trust, TufError, Vendor, VendorKeys};
+use common::release_of as release;
 
-fn release(version: &str, image: &[u8]) -> Release {
-    Release {
-        product: "thermostat-fw".into(),
-        version: version.into(),
-        channel: "stable".into(),
-        // A raw-leaf CIDv1 of the image.
-        image: cid::Cid::new_v1(
-            0x55,
-            cid::multihash::Multihash::wrap(0x12, &Sha256::digest(image)).unwrap(),
-        )
-        .to_bytes(),
-        size: image.len() as u64,
-        sha256: Sha256::digest(image).into(),
-        min_version: None,
-        keys: vec![],
-    }
-}
+use sha2::{Digest, Sha256};
+use streamspace_update::release::ROLLOUT_ALL;
+use streamspace_update::tuf::{Bundle, Lifetimes, Trust, TufError, Vendor, VendorKeys};
 
 struct Setup {
     vendor: Vendor,

@@ -2,34 +2,18 @@
 //! separate signers (the root keys offline), thresholds of distinct authorised keys, revoked
 //! keys, and tickets that expire and carry the rollout to devices that check tickets alone.
 
+mod common;
+
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
-use streamspace_update::release::{
-    DeviceView, ROLLOUT_ALL, Release, ReleaseError, SignedRelease, Stage,
-};
+use common::release_of as release;
+
+use streamspace_update::release::{DeviceView, ROLLOUT_ALL, ReleaseError, SignedRelease, Stage};
 use streamspace_update::tuf::{
     KeyRing, Lifetimes, Role, Trust, TufError, Vendor, VendorKey, VendorKeys,
 };
 
 const PRODUCT: &str = "thermostat-fw";
-
-fn release(version: &str, image: &[u8]) -> Release {
-    Release {
-        product: PRODUCT.into(),
-        version: version.into(),
-        channel: "stable".into(),
-        image: cid::Cid::new_v1(
-            0x55,
-            cid::multihash::Multihash::wrap(0x12, &Sha256::digest(image)).unwrap(),
-        )
-        .to_bytes(),
-        size: image.len() as u64,
-        sha256: Sha256::digest(image).into(),
-        min_version: None,
-        keys: vec![],
-    }
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()

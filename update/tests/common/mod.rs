@@ -1,6 +1,8 @@
-//! Fixtures shared by the release tests.
+//! Fixtures shared by the update tests (each test file uses some of them).
+#![allow(dead_code)]
 
 use ed25519_dalek::SigningKey;
+use sha2::{Digest, Sha256};
 use streamspace_update::release::{Release, Stage};
 
 /// A deterministic signing key.
@@ -28,5 +30,23 @@ pub(crate) fn stage() -> Stage {
         rollout: 10_000,
         issued: 1_000,
         expires: 2_000,
+    }
+}
+
+/// A release of `image` as `version`: its raw-leaf CIDv1, size and SHA-256.
+pub(crate) fn release_of(version: &str, image: &[u8]) -> Release {
+    Release {
+        product: "thermostat-fw".into(),
+        version: version.into(),
+        channel: "stable".into(),
+        image: cid::Cid::new_v1(
+            0x55,
+            cid::multihash::Multihash::wrap(0x12, &Sha256::digest(image)).expect("32 bytes fit"),
+        )
+        .to_bytes(),
+        size: image.len() as u64,
+        sha256: Sha256::digest(image).into(),
+        min_version: None,
+        keys: vec![],
     }
 }
