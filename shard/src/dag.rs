@@ -267,13 +267,7 @@ pub async fn entries<S: BlockStore>(store: &S, dir: &Cid) -> Result<Vec<Entry>, 
         }
         Ok(Entry { name, cid })
     };
-    if dir.codec() != DAG_PB {
-        return Err(ExportError::UnsupportedCodec {
-            cid: *dir,
-            codec: dir.codec(),
-        });
-    }
-    let node = decode_node(dir, fetch(store, dir).await?)?;
+    let node = dir_node(store, dir).await?;
     match node.fs.kind {
         DataType::Directory => node
             .pb
@@ -337,18 +331,23 @@ pub async fn resolve<S: BlockStore>(store: &S, root: &Cid, path: &str) -> Result
     Ok(cur)
 }
 
-async fn lookup<S: BlockStore>(store: &S, dir: &Cid, name: &str) -> Result<Cid, ExportError> {
-    let not_found = || ExportError::NotFound {
-        dir: *dir,
-        segment: name.to_owned(),
-    };
+/// The dag-pb node of directory (or HAMT shard) `dir`, read from `store`.
+async fn dir_node<S: BlockStore>(store: &S, dir: &Cid) -> Result<Node, ExportError> {
     if dir.codec() != DAG_PB {
         return Err(ExportError::UnsupportedCodec {
             cid: *dir,
             codec: dir.codec(),
         });
     }
-    let node = decode_node(dir, fetch(store, dir).await?)?;
+    decode_node(dir, fetch(store, dir).await?)
+}
+
+async fn lookup<S: BlockStore>(store: &S, dir: &Cid, name: &str) -> Result<Cid, ExportError> {
+    let not_found = || ExportError::NotFound {
+        dir: *dir,
+        segment: name.to_owned(),
+    };
+    let node = dir_node(store, dir).await?;
     match node.fs.kind {
         DataType::Directory => node
             .pb
