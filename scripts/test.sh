@@ -35,6 +35,8 @@ if [ ! -d interop/js/node_modules ] || ! (cd interop/js && npm ls --silent >/dev
 fi
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# A one-off build: incremental state would only take disk (tens of GB across the test binaries).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
