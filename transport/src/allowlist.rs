@@ -61,6 +61,19 @@ pub enum AllowlistError {
     /// Past its expiry.
     #[error("allowlist expired")]
     Expired,
+    /// Not newer than the list in force (it expires no later): an old list replayed.
+    #[error("allowlist expires no later than the one in force")]
+    NotNewer,
+}
+
+/// The pub/sub topic on which a closed network's operator publishes new allowlists
+/// (`/streamspace/<network>/allowlist/1`). Every member listens; a list that verifies and
+/// expires later than the one in force replaces it (see
+/// [`Node::update_allowlist`](crate::Node::update_allowlist)). A list published there is at
+/// most [`MAX_PUBSUB_MESSAGE`](crate::MAX_PUBSUB_MESSAGE) bytes, some 1,700 peers; a larger
+/// network hands lists to its nodes by other means.
+pub fn topic(network: &str) -> String {
+    format!("/streamspace/{network}/allowlist/1")
 }
 
 fn unix(t: SystemTime) -> u64 {

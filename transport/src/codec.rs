@@ -9,7 +9,7 @@ use libp2p::StreamProtocol;
 use crate::message::{MAX_MESSAGE, Request, Response};
 
 /// The exchange protocol's id.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/streamspace/exchange/1.0.0");
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/streamspace/exchange/1.1.0");
 
 /// Largest encoded request (a want list with a root).
 const MAX_REQUEST: usize = 8 * 1024;

@@ -396,6 +396,8 @@ struct Session {
     have_round: usize,
     dht_running: bool,
     dht_answered: bool,
+    /// DHT lookups answered after asking someone.
+    dht_rounds: u32,
     last_progress: Instant,
     /// Every block ever queued, with its offset in the file for a range fetch (where the
     /// same block at another offset may need other children).
@@ -591,6 +593,7 @@ impl<S: BlockStore + 'static> Node<S> {
             have_round: 0,
             dht_running: false,
             dht_answered: false,
+            dht_rounds: 0,
             last_progress: start,
             queued: HashSet::from([(root, 0)]),
             outstanding: HashMap::new(),
@@ -662,6 +665,21 @@ impl<S: BlockStore + 'static> Node<S> {
             }
             if s.peers.is_empty() && !s.dht_running && (s.dht_answered || !s.options.use_dht) {
                 return Err(FetchError::NoProviders(root));
+            }
+            // Nobody holds the root: every peer reached says so and the DHT, asked twice (a
+            // provider record may be on its way), names nobody else. The fetch ends now, not
+            // at the stall deadline, as a gateway must answer "not found" within seconds.
+            if s.report.blocks == 0
+                && s.flying.is_empty()
+                && !s.dht_running
+                && (s.dht_rounds >= 2 || !s.options.use_dht)
+                && !s.peers.is_empty()
+                && s.peers.keys().all(|p| s.lacks.contains(&(*p, root)))
+            {
+                return Err(FetchError::Unavailable {
+                    cid: root,
+                    tried: s.peers.len(),
+                });
             }
             self.schedule(&mut s, &mut tasks, now)?;
             if s.last_progress.elapsed() > s.options.stall {
@@ -852,6 +870,7 @@ impl<S: BlockStore + 'static> Node<S> {
             Done::Providers(found, asked) => {
                 s.dht_running = false;
                 s.dht_answered |= asked;
+                s.dht_rounds += u32::from(asked);
                 for p in found {
                     if p != s.me {
                         s.peers.entry(p).or_default();

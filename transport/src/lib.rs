@@ -4,7 +4,7 @@
 //! (noise and yamux on TCP), speaks identify and ping, finds content through a Kademlia DHT
 //! private to its network (`/streamspace/<network>/kad/1.0.0`, one provider record per content
 //! root, republished every 22 hours and kept 48), and exchanges blocks with its own bounded
-//! protocol ([`message`], `/streamspace/exchange/1.0.0`).
+//! protocol ([`message`], `/streamspace/exchange/1.1.0`).
 //!
 //! - [`Node::fetch`] downloads a DAG, or only the blocks a byte range of a file needs, from many
 //!   peers at once: in playback order within a window, each block verified against its CID,
@@ -38,5 +38,6 @@ pub use fetch::{Budget, Exceeded, FetchError, FetchOptions, FetchReport};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, identity::ed25519};
 pub use message::Tier;
 pub use node::{
-    Admission, Config, MAX_PUBSUB_MESSAGE, Node, NodeError, NodeEvent, RequestError, Stats,
+    Admission, Config, Limits, MAX_PUBSUB_MESSAGE, Node, NodeError, NodeEvent, ReplicateAnything,
+    ReplicateNothing, ReplicationConfig, ReplicationPolicy, RequestError, Stats,
 };

@@ -1,6 +1,6 @@
 //! The shard exchange protocol's messages and their encoding.
 //!
-//! Every request opens a stream (`/streamspace/exchange/1.0.0`) carrying one request and one
+//! Every request opens a stream (`/streamspace/exchange/1.1.0`) carrying one request and one
 //! response, each framed as a 4-byte big-endian length followed by the message. Messages are
 //! bounded ([`MAX_MESSAGE`]) and so are their lists ([`MAX_WANT`]); decoding is strict (no
 //! trailing bytes, no unknown tags) and errors say what was wrong and at which offset.
@@ -36,7 +36,7 @@ pub const MAX_WANT: usize = 64;
 /// Most block bytes a server puts in one response; the rest of a want list is deferred.
 pub const MAX_RESPONSE_DATA: usize = 4 * 1024 * 1024;
 /// Largest encoded message (a full response plus its CIDs).
-pub const MAX_MESSAGE: usize = MAX_RESPONSE_DATA + MAX_BLOCK_SIZE + 3 * MAX_WANT * 80 + 64;
+pub const MAX_MESSAGE: usize = MAX_RESPONSE_DATA + MAX_BLOCK_SIZE + 4 * MAX_WANT * 80 + 64;
 /// Largest payment message (receipts are 185 bytes).
 pub const MAX_PAYMENT: usize = 1024;
 /// Most roots a status lists.
@@ -110,6 +110,9 @@ pub enum Response {
         missing: Vec<Cid>,
         /// Wanted blocks that did not fit in this response.
         deferred: Vec<Cid>,
+        /// Wanted blocks not sent because the asker cancelled them while the answer was
+        /// being prepared (so that a cancel is seen to have taken effect).
+        cancelled: Vec<Cid>,
     },
     /// One bit per CID asked about, in order: held or not.
     Haves {
@@ -404,6 +407,7 @@ impl Response {
                 blocks,
                 missing,
                 deferred,
+                cancelled,
             } => {
                 out.reserve(blocks.iter().map(|(_, d)| d.len() + 48).sum());
                 out.put_u8(0x81);
@@ -415,6 +419,7 @@ impl Response {
                 }
                 put_cids(&mut out, missing);
                 put_cids(&mut out, deferred);
+                put_cids(&mut out, cancelled);
             }
             Self::Haves { have } => {
                 out.put_u8(0x82);
@@ -489,6 +494,7 @@ impl Response {
                     blocks,
                     missing: r.cids(MAX_WANT)?,
                     deferred: r.cids(MAX_WANT)?,
+                    cancelled: r.cids(MAX_WANT)?,
                 }
             }
             0x82 => {

@@ -52,15 +52,17 @@ fn response() -> impl Strategy<Value = Response> {
                 0..8
             ),
             cids(),
+            cids(),
             cids()
         )
-            .prop_map(|(blocks, missing, deferred)| Response::Blocks {
+            .prop_map(|(blocks, missing, deferred, cancelled)| Response::Blocks {
                 blocks: blocks
                     .into_iter()
                     .map(|(s, d)| (cid(s, true), Bytes::from(d)))
                     .collect(),
                 missing,
                 deferred,
+                cancelled,
             }),
         prop::collection::vec(any::<bool>(), 0..MAX_WANT).prop_map(|have| Response::Haves { have }),
         (any::<bool>(), any::<u64>(), cids()).prop_map(|(t1, capacity, roots)| Response::Status {

@@ -18,7 +18,8 @@ use streamspace_transport::allowlist::SignedAllowlist;
 use streamspace_transport::message::{Request, Response};
 use streamspace_transport::meter::{Decision, Free, Meter};
 use streamspace_transport::{
-    Admission, Config, FetchError, FetchOptions, Node, NodeEvent, PeerId, Tier,
+    Admission, Config, FetchError, FetchOptions, Node, NodeEvent, PeerId, ReplicateAnything,
+    ReplicationConfig, Tier,
 };
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
@@ -596,7 +597,11 @@ async fn a_tier1_node_replicates_content_in_demand() {
     publisher.provide(root).await.unwrap();
     let mut c = config();
     c.tier = Tier::Tier1;
-    c.replicate_after = 2;
+    c.replication = ReplicationConfig {
+        after: 2,
+        policy: Arc::new(ReplicateAnything),
+        ..ReplicationConfig::default()
+    };
     c.bootstrap = publisher.dialable_addrs().await.unwrap();
     let tier1 = start(c, MemoryStore::new()).await;
     let mut replicated = tier1.events();
@@ -881,6 +886,7 @@ async fn cancelled_blocks_are_not_sent_and_a_later_want_is_served() {
         blocks: sent,
         missing,
         deferred,
+        cancelled,
     } = client.request(peer, want(blocks.clone())).await.unwrap()
     else {
         panic!("not a blocks response");
@@ -890,6 +896,8 @@ async fn cancelled_blocks_are_not_sent_and_a_later_want_is_served() {
         [blocks[0]]
     );
     assert!(missing.is_empty() && deferred.is_empty());
+    // The cancelled blocks are named in the answer: the cancel is seen to have held.
+    assert_eq!(cancelled, blocks[1..]);
     assert_eq!(server.stats().cancelled, 2);
     // A cancel holds for one want only: asked again, the blocks come.
     let Response::Blocks { blocks: sent, .. } = client
@@ -929,4 +937,38 @@ async fn a_connected_peer_is_asked_when_the_dht_names_no_provider() {
     );
     viewer.shutdown().await;
     holder.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_nobody_holds_ends_the_fetch_before_the_stall_deadline() {
+    let holder = start(config(), MemoryStore::new()).await;
+    let mut c = config();
+    c.bootstrap = holder.dialable_addrs().await.unwrap();
+    let asker = start(c, MemoryStore::new()).await;
+    while asker.connected_peers().await.unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unknown = streamspace_shard::block::cid_of(
+        cid::Version::V1,
+        streamspace_shard::block::RAW,
+        b"held by nobody",
+    );
+    // A stall deadline of ten minutes: the fetch must end on the peers' answers instead.
+    let options = FetchOptions {
+        stall: Duration::from_secs(600),
+        ..FetchOptions::default()
+    };
+    let r = tokio::time::timeout(Duration::from_secs(60), asker.fetch(unknown, options))
+        .await
+        .expect("the fetch ends when every peer says it lacks the root");
+    match r {
+        Err(FetchError::Unavailable { cid, tried }) => {
+            assert_eq!(cid, unknown);
+            assert_eq!(tried, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    for n in [&asker, &holder] {
+        n.shutdown().await;
+    }
 }

@@ -227,6 +227,9 @@ pub(crate) async fn run(args: &DemoArgs) -> Result<()> {
         let mut config = Config::new(key.clone()).loopback();
         config.network = "demo".into();
         config.tier = if i < 3 { Tier::Tier1 } else { Tier::Edge };
+        // Every node of the demo is a paying member: their demand may make a Tier-1 node
+        // replicate.
+        config.replication.policy = Arc::new(streamspace_transport::ReplicateAnything);
         config.bootstrap = match i {
             0 => Vec::new(),
             1..=2 => members[0].node.dialable_addrs().await?,

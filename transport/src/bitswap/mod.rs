@@ -339,6 +339,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     blocks: r.blocks,
                     missing: r.dont_have,
                     deferred: r.unanswered,
+                    cancelled: Vec::new(),
                 })
             }
             Request::Have { cids, .. } => {

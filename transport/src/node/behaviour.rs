@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    StreamProtocol, Swarm, allow_block_list, autonat, dcutr, gossipsub, identify, kad, noise, ping,
-    relay, request_response, tcp, tls, upnp,
+    StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
+    identify, kad, noise, ping, relay, request_response, tcp, tls, upnp,
 };
 
 use super::nat::{Nat, Reachability};
@@ -19,6 +19,8 @@ use crate::message::Tier;
 /// The protocols a node speaks, composed.
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// Connections at once: in all, per peer, still in their handshake (see [`super::Limits`]).
+    pub(super) limits: connection_limits::Behaviour,
     /// In a closed network, only the peers on the operator's list.
     pub(super) allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     /// Peers banned for bad blocks.
@@ -70,6 +72,7 @@ pub(super) fn build(
         StreamProtocol::try_from_owned(format!("/streamspace/{}/kad/1.0.0", config.network))
             .map_err(|e| NodeError::Transport(e.to_string()))?;
     let request_timeout = config.request_timeout;
+    let limits = config.limits;
     let nat = config.nat.clone();
     let relay_limits = nat.relay.filter(|_| config.tier == Tier::Tier1);
     // TLS 1.3 first (AES-NI, what the speed measurements favour), noise for peers without it.
@@ -103,7 +106,15 @@ pub(super) fn build(
                 .set_provider_record_ttl(Some(PROVIDER_TTL))
                 .set_query_timeout(Duration::from_secs(30))
                 .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
-            let store = kad::store::MemoryStore::new(peer_id);
+            // kad's defaults (1,024 provided keys and records) would cap the catalogue.
+            let store = kad::store::MemoryStore::with_config(
+                peer_id,
+                kad::store::MemoryStoreConfig {
+                    max_provided_keys: limits.max_provided_roots,
+                    max_records: limits.max_provider_records,
+                    ..Default::default()
+                },
+            );
             let mut kad = kad::Behaviour::with_config(peer_id, store, kc);
             // A server of the DHT only once reachable.
             kad.set_mode(Some(Nat::kad_mode(
@@ -121,6 +132,12 @@ pub(super) fn build(
                 .is_none()
                 .then(autonat::v2::client::Behaviour::default);
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(limits.max_connections))
+                        .with_max_established_per_peer(Some(limits.max_connections_per_peer))
+                        .with_max_pending_incoming(Some(limits.max_pending_incoming)),
+                ),
                 allowed: Toggle::from(allowed),
                 banned: Default::default(),
                 identify: identify::Behaviour::new(identify::Config::new(

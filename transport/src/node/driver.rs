@@ -33,7 +33,8 @@ pub(super) enum Command {
         Request,
         oneshot::Sender<Result<Response, RequestError>>,
     ),
-    Respond(ResponseChannel<Response>, Response),
+    /// An answer prepared off the swarm task for `PeerId`, whose share of serving it frees.
+    Respond(PeerId, ResponseChannel<Response>, Response),
     BadBlock(PeerId, Cid, oneshot::Sender<()>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Tiers(oneshot::Sender<HashMap<PeerId, (Tier, u64)>>),
@@ -41,6 +42,10 @@ pub(super) enum Command {
     Subscribe(String, oneshot::Sender<Result<(), NodeError>>),
     Publish(String, bytes::Bytes, oneshot::Sender<Result<(), NodeError>>),
     Nat(oneshot::Sender<NatStatus>),
+    Allowlist(
+        Box<crate::allowlist::SignedAllowlist>,
+        oneshot::Sender<Result<(), NodeError>>,
+    ),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -59,7 +64,14 @@ pub(super) struct Driver<S> {
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
     dials: HashMap<PeerId, Vec<DialWaiter>>,
     listening: Vec<Multiaddr>,
+    /// Roots provided, in the order first provided (some are named in status answers).
     pub(super) provided: Vec<Cid>,
+    pub(super) provided_set: HashSet<Cid>,
+    /// Answers in preparation per peer (see [`super::Limits::serves_per_peer`]).
+    pub(super) in_service: HashMap<PeerId, usize>,
+    /// Have-list queries each connected peer may still make (see `serving`).
+    pub(super) have_buckets: HashMap<PeerId, super::serving::Bucket>,
+    pub(super) limits: super::Limits,
     bad: HashMap<PeerId, u32>,
     bans: Vec<(Instant, PeerId)>,
     pub(super) tiers: HashMap<PeerId, (Tier, u64)>,
@@ -69,6 +81,9 @@ pub(super) struct Driver<S> {
     kad_protocol: StreamProtocol,
     pub(super) replication: Replication,
     pub(super) nat: Nat,
+    /// A closed network's admission in force, its topic, and whether its list has expired.
+    admission: Option<(super::Admission, gossipsub::TopicHash, bool)>,
+    network: String,
 }
 
 impl<S: BlockStore + 'static> Driver<S> {
@@ -101,6 +116,18 @@ impl<S: BlockStore + 'static> Driver<S> {
                 .dial(addr.clone())
                 .map_err(|e| NodeError::Dial(addr.clone(), e.to_string()))?;
         }
+        let admission = match &config.admission {
+            Some(a) => {
+                let topic = gossipsub::IdentTopic::new(crate::allowlist::topic(&config.network));
+                swarm
+                    .behaviour_mut()
+                    .pubsub
+                    .subscribe(&topic)
+                    .map_err(|e| NodeError::Transport(format!("allowlist topic: {e}")))?;
+                Some((a.clone(), topic.hash(), false))
+            }
+            None => None,
+        };
         if !config.bootstrap.is_empty() {
             // Fills the routing table; harmless if it finds nobody yet.
             let _ = swarm.behaviour_mut().kad.bootstrap();
@@ -117,6 +144,10 @@ impl<S: BlockStore + 'static> Driver<S> {
             dials: HashMap::new(),
             listening: Vec::new(),
             provided: Vec::new(),
+            provided_set: HashSet::new(),
+            in_service: HashMap::new(),
+            have_buckets: HashMap::new(),
+            limits: config.limits,
             bad: HashMap::new(),
             bans: Vec::new(),
             tiers: HashMap::new(),
@@ -124,8 +155,10 @@ impl<S: BlockStore + 'static> Driver<S> {
             ban_for: config.ban_for,
             capacity: config.capacity,
             kad_protocol,
-            replication: Replication::new(config.replicate_after),
+            replication: Replication::new(config.replication.clone()),
             nat: Nat::new(&config.nat),
+            admission,
+            network: config.network.clone(),
         })
     }
 
@@ -140,6 +173,15 @@ impl<S: BlockStore + 'static> Driver<S> {
                         for p in peers {
                             let _ = self.swarm.disconnect_peer_id(p);
                         }
+                        // Let the connections close cleanly (peers then see an orderly end,
+                        // not a broken pipe), for a second at most.
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                        while self.swarm.network_info().num_peers() > 0 {
+                            tokio::select! {
+                                _ = self.swarm.select_next_some() => {}
+                                () = tokio::time::sleep_until(deadline) => break,
+                            }
+                        }
                         drop(self.swarm);
                         let _ = done.send(());
                         return;
@@ -150,6 +192,7 @@ impl<S: BlockStore + 'static> Driver<S> {
                 event = self.swarm.select_next_some() => self.event(event),
                 _ = tick.tick() => {
                     self.unban();
+                    self.expire_allowlist();
                     self.reserve();
                 }
             }
@@ -203,7 +246,7 @@ impl<S: BlockStore + 'static> Driver<S> {
                     .start_providing(provider_key(&root))
                 {
                     Ok(q) => {
-                        if !self.provided.contains(&root) {
+                        if self.provided_set.insert(root) {
                             self.provided.push(root);
                         }
                         self.provides.insert(q, tx);
@@ -225,7 +268,13 @@ impl<S: BlockStore + 'static> Driver<S> {
                 let id = self.swarm.behaviour_mut().exchange.send_request(&peer, req);
                 self.pending.insert(id, tx);
             }
-            Command::Respond(ch, resp) => {
+            Command::Respond(peer, ch, resp) => {
+                if let Some(n) = self.in_service.get_mut(&peer) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.in_service.remove(&peer);
+                    }
+                }
                 let _ = self.swarm.behaviour_mut().exchange.send_response(ch, resp);
             }
             Command::BadBlock(peer, cid, done) => {
@@ -298,8 +347,78 @@ impl<S: BlockStore + 'static> Driver<S> {
             Command::Nat(tx) => {
                 let _ = tx.send(self.nat.status());
             }
+            Command::Allowlist(list, tx) => {
+                let _ = tx.send(self.apply_allowlist(*list));
+            }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// Puts a newer allowlist in force: peers it adds are let in, peers it drops are
+    /// disconnected.
+    fn apply_allowlist(
+        &mut self,
+        list: crate::allowlist::SignedAllowlist,
+    ) -> Result<(), NodeError> {
+        let Some((admission, _, expired)) = &mut self.admission else {
+            return Err(NodeError::Open);
+        };
+        list.verify(
+            &admission.operator,
+            &self.network,
+            std::time::SystemTime::now(),
+        )?;
+        if list.expires <= admission.list.expires {
+            return Err(crate::allowlist::AllowlistError::NotNewer.into());
+        }
+        let before: HashSet<PeerId> = if *expired {
+            HashSet::new()
+        } else {
+            admission.list.peers.iter().copied().collect()
+        };
+        let removed: Vec<PeerId> = before
+            .iter()
+            .filter(|p| !list.peers.contains(p))
+            .copied()
+            .collect();
+        let (peers, n_removed) = (list.peers.len(), removed.len());
+        if let Some(allowed) = self.swarm.behaviour_mut().allowed.as_mut() {
+            for p in list.peers.iter().filter(|p| !before.contains(p)) {
+                allowed.allow_peer(*p);
+            }
+            // Disallowing closes the peer's connections.
+            for p in &removed {
+                allowed.disallow_peer(*p);
+                tracing::info!(peer = %p, "removed from the allowlist; disconnecting");
+            }
+        }
+        admission.list = list;
+        *expired = false;
+        tracing::info!(peers, removed = n_removed, "newer allowlist in force");
+        self.emit(NodeEvent::AllowlistUpdated {
+            peers,
+            removed: n_removed,
+        });
+        Ok(())
+    }
+
+    /// Once the allowlist in force expires, every peer is refused until a newer one arrives.
+    fn expire_allowlist(&mut self) {
+        let Some((admission, _, expired)) = &mut self.admission else {
+            return;
+        };
+        if *expired || std::time::SystemTime::now() < admission.list.expires {
+            return;
+        }
+        *expired = true;
+        let peers: Vec<PeerId> = admission.list.peers.iter().copied().collect();
+        if let Some(allowed) = self.swarm.behaviour_mut().allowed.as_mut() {
+            for p in peers {
+                allowed.disallow_peer(p);
+            }
+        }
+        tracing::warn!("the allowlist expired: every peer is refused until a newer list arrives");
+        self.emit(NodeEvent::AllowlistExpired);
     }
 
     fn unban(&mut self) {
@@ -344,11 +463,12 @@ impl<S: BlockStore + 'static> Driver<S> {
                 ..
             } => {
                 self.tiers.remove(&peer_id);
+                self.have_buckets.remove(&peer_id);
                 self.emit(NodeEvent::Disconnected(peer_id));
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
+            SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {
                 if matches!(error, libp2p::swarm::ListenError::Denied { .. }) {
-                    self.refused(None);
+                    self.refused(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -379,6 +499,25 @@ impl<S: BlockStore + 'static> Driver<S> {
             SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
                 message,
                 ..
+            })) if self
+                .admission
+                .as_ref()
+                .is_some_and(|(_, t, _)| *t == message.topic) =>
+            {
+                // Anyone may publish here; only a list the operator signed is taken.
+                match crate::allowlist::SignedAllowlist::decode(&message.data)
+                    .map_err(NodeError::from)
+                    .and_then(|l| self.apply_allowlist(l))
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::info!(source = ?message.source, error = %e, "allowlist from the topic not taken")
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Pubsub(gossipsub::Event::Message {
+                message,
+                ..
             })) if message.data.len() <= MAX_PUBSUB_MESSAGE => {
                 self.emit(NodeEvent::Message {
                     topic: message.topic.into_string(),
@@ -392,7 +531,10 @@ impl<S: BlockStore + 'static> Driver<S> {
 
     fn refused(&mut self, peer: Option<PeerId>) {
         self.shared.with_stats(|s| s.refused_connections += 1);
-        tracing::debug!(?peer, "connection refused");
+        match peer {
+            Some(peer) => tracing::info!(%peer, "connection refused"),
+            None => tracing::info!("incoming connection refused"),
+        }
         self.emit(NodeEvent::Refused(peer));
     }
 

@@ -89,9 +89,10 @@ pub struct Config {
     pub ban_after_bad_blocks: u32,
     /// How long a ban lasts.
     pub ban_for: Duration,
-    /// Tier-1 only: distinct peers asking for content this node lacks before it replicates the
-    /// content (fetches it and provides it too).
-    pub replicate_after: usize,
+    /// Tier-1 only: what content in demand this node replicates (fetches and provides too).
+    pub replication: ReplicationConfig,
+    /// Bounds on connections and on what one peer may ask of this node.
+    pub limits: Limits,
     /// Getting through NAT: reachability, relays, hole punching, UPnP.
     pub nat: NatConfig,
     /// Bitswap, for IPFS peers (on by default).
@@ -119,7 +120,8 @@ impl Config {
             max_concurrent_serves: 64,
             ban_after_bad_blocks: 3,
             ban_for: Duration::from_secs(600),
-            replicate_after: 3,
+            replication: ReplicationConfig::default(),
+            limits: Limits::default(),
             nat: NatConfig::default(),
             bitswap: crate::bitswap::Config::default(),
         }
@@ -130,6 +132,112 @@ impl Config {
         self.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
         self.nat.reachability = Some(Reachability::Public);
         self
+    }
+}
+
+/// Bounds on connections and on the work one peer can make this node do.
+///
+/// A stranger can open connections and send requests; each of these is bounded so that one
+/// peer, or a crowd of them, cannot take what honest peers need. Defaults suit an edge node on
+/// a home link; a Tier-1 node may raise them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections established at once, over all peers (libp2p's `connection_limits`).
+    pub max_connections: u32,
+    /// Connections established at once with one peer.
+    pub max_connections_per_peer: u32,
+    /// Incoming connections still in their handshake at once.
+    pub max_pending_incoming: u32,
+    /// Answers in preparation at once for one peer (its fair share of
+    /// [`Config::max_concurrent_serves`]); more are answered "overloaded". With answers of at
+    /// most [`crate::message::MAX_RESPONSE_DATA`] bytes, this bounds the bytes one peer has in
+    /// flight from this node.
+    pub serves_per_peer: usize,
+    /// Have-list queries one peer may make per second (a burst of twice as many is allowed);
+    /// more are answered "overloaded".
+    pub have_queries_per_second: u32,
+    /// Content roots this node may provide on the DHT; kad's own default (1,024) would cap a
+    /// node's catalogue, so the node sizes it to its store.
+    pub max_provided_roots: usize,
+    /// Roots for which the DHT keeps other peers' provider records (each for up to 20 peers).
+    pub max_provider_records: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            max_connections_per_peer: 4,
+            max_pending_incoming: 64,
+            serves_per_peer: 8,
+            have_queries_per_second: 100,
+            max_provided_roots: 65_536,
+            max_provider_records: 65_536,
+        }
+    }
+}
+
+/// Which content in demand a Tier-1 node replicates (see [`ReplicationConfig`]).
+///
+/// Without a policy, three strangers asking for a root would make a Tier-1 node fetch, store
+/// and provide whatever they name. A policy says whose demand counts and which roots may be
+/// replicated at all.
+pub trait ReplicationPolicy: Send + Sync + std::fmt::Debug + 'static {
+    /// Whether a request from `peer` counts as demand (a paying member's does, say).
+    fn counts(&self, peer: &PeerId) -> bool;
+    /// Whether `root`, in demand, may be replicated (listed on the market, or pinned).
+    fn admits(&self, root: &Cid) -> bool;
+}
+
+/// A policy that replicates nothing: the default, so that a Tier-1 node replicates only what
+/// its operator's policy admits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicateNothing;
+
+impl ReplicationPolicy for ReplicateNothing {
+    fn counts(&self, _: &PeerId) -> bool {
+        false
+    }
+    fn admits(&self, _: &Cid) -> bool {
+        false
+    }
+}
+
+/// A policy that counts every peer and admits every root: for closed test networks and
+/// simulations, where every peer is trusted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplicateAnything;
+
+impl ReplicationPolicy for ReplicateAnything {
+    fn counts(&self, _: &PeerId) -> bool {
+        true
+    }
+    fn admits(&self, _: &Cid) -> bool {
+        true
+    }
+}
+
+/// Tier-1 replication: after how much demand, how large at most, under which policy.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    /// Distinct peers whose demand counts asking for content this node lacks before it
+    /// replicates it (at least one).
+    pub after: usize,
+    /// The largest item replicated, in bytes (the replicating fetch's byte budget); the
+    /// store's quota bounds the sum.
+    pub max_bytes: u64,
+    /// Whose demand counts, and which roots may be replicated.
+    pub policy: Arc<dyn ReplicationPolicy>,
+}
+
+impl Default for ReplicationConfig {
+    /// Three distinct peers, 4 GiB at most, [`ReplicateNothing`].
+    fn default() -> Self {
+        Self {
+            after: 3,
+            max_bytes: 4 << 30,
+            policy: Arc::new(ReplicateNothing),
+        }
     }
 }
 
@@ -149,6 +257,9 @@ pub enum NodeError {
     /// The node has shut down.
     #[error("node has shut down")]
     Closed,
+    /// An open network has no allowlist to update.
+    #[error("an open network has no allowlist")]
+    Open,
     /// Dialing failed.
     #[error("dial {0}: {1}")]
     Dial(Multiaddr, String),
@@ -239,6 +350,15 @@ pub enum NodeEvent {
     },
     /// A relay refused this node's reservation, or the reservation ended.
     ReservationFailed(PeerId),
+    /// A newer allowlist is in force: `removed` peers it no longer lists were disconnected.
+    AllowlistUpdated {
+        /// Peers it lists.
+        peers: usize,
+        /// Peers of the previous list it drops.
+        removed: usize,
+    },
+    /// The allowlist in force expired: every peer is refused until a newer list arrives.
+    AllowlistExpired,
     /// Hole punching to a peer reached over a relay succeeded (`direct`) or failed.
     HolePunched {
         /// The peer.
@@ -532,6 +652,20 @@ impl<S: BlockStore + 'static> Node<S> {
             Ok(Err(_)) => Err(RequestError::Closed),
             Err(_) => Err(RequestError::Timeout(peer)),
         }
+    }
+
+    /// Replaces a closed network's allowlist with a newer one its operator signed (one that
+    /// expires later than the list in force), closing the connections of the peers it no
+    /// longer lists. Lists published on [`crate::allowlist::topic`] are applied the same way.
+    ///
+    /// # Errors
+    ///
+    /// [`NodeError::Allowlist`] if the list does not verify
+    /// ([`AllowlistError::NotNewer`] for an old list replayed), or the network is open
+    /// ([`NodeError::Open`]).
+    pub async fn update_allowlist(&self, list: SignedAllowlist) -> Result<(), NodeError> {
+        self.ask(|tx| Command::Allowlist(Box::new(list), tx))
+            .await?
     }
 
     /// Hands `peer` a payment (a signed receipt, say) for its metering hook.

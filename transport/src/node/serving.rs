@@ -1,6 +1,8 @@
 //! Serving peers: status, have lists, wanted blocks (through the metering hook, up to
 //! [`MAX_RESPONSE_DATA`] bytes an answer), payments and cancellations. Answers are prepared
-//! off the swarm task, at most `max_concurrent_serves` at once; more are answered
+//! off the swarm task, at most `max_concurrent_serves` at once and at most
+//! [`Limits::serves_per_peer`](super::Limits::serves_per_peer) for one peer, so that one peer
+//! cannot take every slot; have-list queries are rate-limited per peer. More are answered
 //! "overloaded".
 
 use std::collections::{HashMap, VecDeque};
@@ -65,7 +67,51 @@ impl Cancelled {
     }
 }
 
+/// A token bucket: have-list queries a peer may still make, refilled at a steady rate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(per_second: u32) -> Self {
+        Self {
+            tokens: f64::from(per_second) * 2.0,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one token if there is one, after refilling at `per_second` (up to a burst of
+    /// twice that).
+    fn take(&mut self, per_second: u32) -> bool {
+        let now = Instant::now();
+        let rate = f64::from(per_second);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl<S: BlockStore + 'static> Driver<S> {
+    /// Answers "overloaded, ask again in `retry_after_ms`".
+    fn overloaded(&mut self, channel: ResponseChannel<Response>, retry_after_ms: u64) {
+        self.shared.with_stats(|s| s.overloaded += 1);
+        let _ = self.swarm.behaviour_mut().exchange.send_response(
+            channel,
+            Response::Refused {
+                reason: RefusalReason::Overloaded,
+                retry_after_ms,
+            },
+        );
+    }
+
     /// Answers a request: cancels and status at once, the rest off the swarm task.
     pub(super) fn serve(
         &mut self,
@@ -117,22 +163,32 @@ impl<S: BlockStore + 'static> Driver<S> {
                 .send_response(channel, resp);
             return;
         }
+        if matches!(request, Request::Have { .. }) {
+            let rate = self.limits.have_queries_per_second;
+            let ok = self
+                .have_buckets
+                .entry(peer)
+                .or_insert_with(|| Bucket::full(rate))
+                .take(rate);
+            if !ok {
+                let wait = 1000 / u64::from(rate.max(1));
+                return self.overloaded(channel, wait.max(1));
+            }
+        }
+        // One peer's fair share first, then the node's capacity.
+        let mine = self.in_service.get(&peer).copied().unwrap_or(0);
+        if mine >= self.limits.serves_per_peer.max(1) {
+            return self.overloaded(channel, 50);
+        }
         let (Ok(permit), Some(me)) = (self.serving.clone().try_acquire_owned(), self.me.upgrade())
         else {
-            self.shared.with_stats(|s| s.overloaded += 1);
-            let _ = self.swarm.behaviour_mut().exchange.send_response(
-                channel,
-                Response::Refused {
-                    reason: RefusalReason::Overloaded,
-                    retry_after_ms: 50,
-                },
-            );
-            return;
+            return self.overloaded(channel, 50);
         };
+        *self.in_service.entry(peer).or_default() += 1;
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let resp = answer(&shared, peer, request).await;
-            let _ = me.send(Command::Respond(channel, resp)).await;
+            let _ = me.send(Command::Respond(peer, channel, resp)).await;
             drop(permit);
         });
     }
@@ -145,6 +201,7 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
             let mut blocks = Vec::new();
             let mut missing = Vec::new();
             let mut deferred = Vec::new();
+            let mut cancelled_cids = Vec::new();
             let mut total = 0usize;
             let mut refusal = None;
             for cid in cids.into_iter().take(MAX_WANT) {
@@ -155,6 +212,7 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                     .take(&peer, &cid);
                 if cancelled {
                     shared.with_stats(|s| s.cancelled += 1);
+                    cancelled_cids.push(cid);
                     continue;
                 }
                 if refusal.is_some() || total >= MAX_RESPONSE_DATA {
@@ -209,6 +267,7 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                 blocks,
                 missing,
                 deferred,
+                cancelled: cancelled_cids,
             }
         }
         Request::Have { cids, .. } => {

@@ -340,6 +340,8 @@ async fn real(args: &SimArgs, n: usize) -> Result<Row> {
             let mut config = Config::new(Keypair::generate_ed25519()).loopback();
             config.network = "sim".into();
             config.tier = tier;
+            // Every simulated peer is trusted: Tier-1 nodes replicate whatever is in demand.
+            config.replication.policy = Arc::new(streamspace_transport::ReplicateAnything);
             config.bootstrap = bootstrap;
             let meter = Shaped {
                 uplink: std::sync::Mutex::new(Bucket::new(uplink, Params::default().queue_limit)),
