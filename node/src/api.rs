@@ -22,7 +22,7 @@
 //! | `streamspace/status` | quota, use, tier, peers by tier, shards, earnings, settlement, allowlist |
 //! | `streamspace/quota` | `arg`: bytes to offer (omitted: read) |
 //! | `streamspace/earnings` | tinybars, payers and shards per settlement period |
-//! | `streamspace/listings` | `seller` (`all`, or `0.0.N`; default: this node's account): the market topic's listings on offer |
+//! | `streamspace/listings` | `seller` (`all`, or `0.0.N`; default: this node's account), `offset`, `limit` (default 100, at most 1,000): the market topic's listings on offer, a page at a time |
 //!
 //! Content missing from the store is fetched from the network (verified block by block), as
 //! kubo does when online.
@@ -1199,8 +1199,26 @@ async fn earnings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>
     Ok(json(&serde_json::json!({ "Periods": rows })))
 }
 
+/// Listings in one `streamspace/listings` answer unless `limit` says otherwise.
+const LISTINGS_PAGE: usize = 100;
+/// The most listings one answer carries.
+const MAX_LISTINGS_PAGE: usize = 1000;
+
 async fn listings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>) -> ApiResult {
-    let p = Params(p).only(&["seller"])?;
+    let p = Params(p).only(&["seller", "offset", "limit"])?;
+    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+        p.get(name).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| ApiError::client(format!("{name}: {v:?} is not a number")))
+        })
+    };
+    let offset = number("offset", 0)?;
+    let limit = number("limit", LISTINGS_PAGE)?;
+    if limit > MAX_LISTINGS_PAGE {
+        return Err(ApiError::client(format!(
+            "limit: at most {MAX_LISTINGS_PAGE} listings a page"
+        )));
+    }
     let Some(listings) = &api.listings else {
         return Err(ApiError::client(
             "this node follows no market topic ([market] topic in its config)",
@@ -1215,7 +1233,7 @@ async fn listings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>
                 .map_err(|e| ApiError::client(format!("seller: {e}")))?,
         ),
     };
-    let snap = listings.snapshot(|s| seller.is_none_or(|want| want == s));
+    let snap = listings.snapshot(|s| seller.is_none_or(|want| want == s), offset, limit);
     let rows: Vec<serde_json::Value> = snap
         .listings
         .iter()
@@ -1234,6 +1252,8 @@ async fn listings(State(api): State<Api>, Query(p): Query<Vec<(String, String)>>
         .collect();
     Ok(json(&serde_json::json!({
         "Listings": rows,
+        "Total": snap.total,
+        "Offset": offset,
         "MessagesRead": snap.read,
         "Rejected": snap.rejected,
         "Error": snap.error,

@@ -648,6 +648,7 @@ async fn car_blocks<S: BlockStore + 'static>(
 
 async fn serve<S: BlockStore + 'static>(
     State(Gateway { node, cache, .. }): State<Gateway<S>>,
+    method: axum::http::Method,
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -756,6 +757,7 @@ async fn serve<S: BlockStore + 'static>(
                 return error(StatusCode::NOT_FOUND, format!("block {target} not held"));
             };
             h.insert(header::CONTENT_TYPE, HeaderValue::from_static(RAW));
+            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
@@ -763,7 +765,13 @@ async fn serve<S: BlockStore + 'static>(
             {
                 h.insert(header::CONTENT_DISPOSITION, v);
             }
-            (StatusCode::OK, h, data).into_response()
+            // A range of the block's bytes, as of a file's.
+            let (status, offset, count) = match byte_range(&headers, data.len() as u64, &mut h) {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            let part = data.slice(offset as usize..(offset + count) as usize);
+            (status, h, part).into_response()
         }
         Format::Car => {
             let scope = match scope_of(&query) {
@@ -778,9 +786,28 @@ async fn serve<S: BlockStore + 'static>(
                     format!("entity.{a}-{}", b.map_or("*".to_owned(), |b| b.to_string()))
                 }
             };
-            let etag = format!("\"{etag_base}.car.{tag}\"");
+            // A CAR carries the blocks of the path to its target: two paths to one target are
+            // two answers, so the path is part of the tag.
+            let path_tag = {
+                let named = format!("{root}/{rest}");
+                let c = streamspace_shard::block::cid_of(
+                    cid::Version::V1,
+                    streamspace_shard::block::RAW,
+                    named.as_bytes(),
+                );
+                hex::encode(&c.hash().digest()[..8])
+            };
+            let etag = format!("\"{etag_base}.car.{tag}.{path_tag}\"");
             if let Some(r) = unchanged(&etag, &h) {
                 return r;
+            }
+            if method == axum::http::Method::HEAD {
+                // The headers alone: nothing below the target is fetched, no CAR is written.
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_static(CAR_TYPE));
+                if let Ok(v) = HeaderValue::from_str(&etag) {
+                    h.insert(header::ETAG, v);
+                }
+                return (StatusCode::OK, h, Body::empty()).into_response();
             }
             let body_blocks = match car_blocks(&node, &cache, &fetching, target, scope, &path).await
             {
@@ -836,17 +863,133 @@ async fn serve<S: BlockStore + 'static>(
                 Err(r) => return r,
             };
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-            // Only the blocks under the range.
-            if let Err(r) = fetch(&node, &cache, target, Some((offset, count)), &path).await {
-                return r;
+            // HEAD needs the root alone, which is here.
+            if method == axum::http::Method::HEAD || count == 0 {
+                return (status, h, Body::empty()).into_response();
             }
-            let (tx, body) = body_pipe();
-            tokio::spawn(async move {
-                let range = ByteRange::new(offset, Some(count));
-                forward(cat(store.as_ref(), target, range), tx).await;
-            });
-            (status, h, body).into_response()
+            stream_range(node, cache, target, (offset, count), &path, status, h).await
         }
+    }
+}
+
+/// The answer to a byte range of a file, streamed: only the blocks under the range are
+/// fetched, in playback order, in the background, and each goes out as soon as it has arrived
+/// and been verified. The first byte leaves once the first block of the range is here; a
+/// failure before it is answered 502 (also when no block arrived within [`FETCH_TIMEOUT`]),
+/// a failure after it cuts the body short. The deadline is on progress,
+/// not on the whole answer, so a long film on a slow link is served to its end; a client that
+/// goes away stops the fetch.
+async fn stream_range<S: BlockStore + 'static>(
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    target: Cid,
+    (offset, count): (u64, u64),
+    path: &str,
+    status: StatusCode,
+    h: HeaderMap,
+) -> Response {
+    let (done_tx, done) = tokio::sync::watch::channel(None);
+    let fetcher = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let options = FetchOptions {
+                range: Some((offset, count)),
+                peers: node.connected_peers().await.unwrap_or_default(),
+                ..FetchOptions::default()
+            };
+            let r = node.fetch(target, options).await;
+            if let Ok(report) = &r {
+                cache.count(report);
+            }
+            let _ = done_tx.send(Some(r.map(|_| ()).map_err(|e| e.to_string())));
+        })
+    };
+    // The fetch ends when the answer does, however it ends.
+    let guard = AbortOnDrop(fetcher);
+    let arriving = Arriving {
+        store: node.store().clone(),
+        done,
+    };
+    let (first_tx, first) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let (tx, body) = body_pipe();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let parts = cat(&arriving, target, ByteRange::new(offset, Some(count)));
+        let mut parts = std::pin::pin!(parts);
+        match parts.next().await {
+            Some(Ok(p)) => {
+                let _ = first_tx.send(Ok(()));
+                if tx.send(Ok(p)).await.is_ok() {
+                    forward(parts, tx).await;
+                }
+            }
+            Some(Err(e)) => {
+                let _ = first_tx.send(Err(e.to_string()));
+            }
+            None => {
+                let _ = first_tx.send(Ok(()));
+            }
+        }
+    });
+    match first.await {
+        Ok(Ok(())) => (status, h, body).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("/ipfs/{path}: fetching {target}: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("/ipfs/{path}: fetching {target} ended"),
+        ),
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The node's store, read while a fetch fills it: a block not here yet is waited for until
+/// the fetch ends, or until [`FETCH_TIMEOUT`] passes without it.
+struct Arriving<S> {
+    store: Arc<S>,
+    /// The fetch's outcome, once it ended.
+    done: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
+}
+
+/// How often a block not here yet is looked for while the fetch runs.
+const ARRIVAL_POLL: Duration = Duration::from_millis(5);
+
+impl<S: BlockStore> BlockStore for Arriving<S> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        let mut done = self.done.clone();
+        loop {
+            if let Some(b) = self.store.get(cid).await? {
+                return Ok(Some(b));
+            }
+            if done.borrow().is_some() || tokio::time::Instant::now() >= deadline {
+                // The fetch ended (or stalled) without it: one last look.
+                return self.store.get(cid).await;
+            }
+            tokio::select! {
+                _ = done.changed() => {}
+                () = tokio::time::sleep(ARRIVAL_POLL) => {}
+            }
+        }
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.has(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        self.store.put_many(blocks).await
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.delete(cid).await
     }
 }
 
@@ -1213,6 +1356,138 @@ mod tests {
         assert_eq!(parse_range("bytes=-0", 100), None);
     }
 
+    /// An origin's store that holds back one block until told to let it go.
+    struct Gated {
+        inner: MemoryStore,
+        held: std::sync::Mutex<Option<Cid>>,
+        open: tokio::sync::watch::Receiver<bool>,
+    }
+
+    impl BlockStore for Gated {
+        async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+            let held = *self.held.lock().unwrap() == Some(*cid);
+            if held {
+                let mut open = self.open.clone();
+                let _ = open.wait_for(|o| *o).await;
+            }
+            self.inner.get(cid).await
+        }
+        async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+            self.inner.has(cid).await
+        }
+        async fn put_many(&self, b: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+            self.inner.put_many(b).await
+        }
+        async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+            self.inner.delete(cid).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_streams_from_its_first_block_and_head_fetches_nothing_more() {
+        let (release, open) = tokio::sync::watch::channel(false);
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(Gated {
+                inner: MemoryStore::new(),
+                held: std::sync::Mutex::new(None),
+                open,
+            }),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        // 64 leaves of 256 KiB.
+        let data: Vec<u8> = (0..16u32 << 20).map(|i| (i * 13 % 253) as u8).collect();
+        let root = add_reader(
+            Some(&origin.store().inner),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        let root_block = origin.store().inner.get(&root).await.unwrap().unwrap();
+        let links = streamspace_shard::pb::PbNode::decode(root_block)
+            .unwrap()
+            .links;
+        assert_eq!(links.len(), 64);
+        // The origin holds back the last leaf: an answer that waited for the whole file would
+        // never start.
+        *origin.store().held.lock().unwrap() = Some(links[63].cid);
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+            .await
+            .unwrap();
+        let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
+
+        // HEAD: the headers of the whole file, from its root alone.
+        let r = app
+            .clone()
+            .oneshot(
+                Request::head(format!("/ipfs/{root}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[header::CONTENT_LENGTH],
+            (16u64 << 20).to_string()
+        );
+        assert!(body(r).await.is_empty());
+        // HEAD of the CAR: its headers, no CAR written, nothing fetched below the root.
+        let r = app
+            .clone()
+            .oneshot(
+                Request::head(format!("/ipfs/{root}?format=car"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(CAR)
+        );
+        assert!(body(r).await.is_empty());
+        assert_eq!(gw_node.stats().shards_received, 1, "the root only");
+
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            app.clone().oneshot(
+                Request::get(format!("/ipfs/{root}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            ),
+        )
+        .await
+        .expect("the answer starts while a block of the file is still missing")
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body_stream = r.into_body();
+        let mut got = Vec::new();
+        // The first bytes arrive, verified, while the last leaf is still held back.
+        while got.len() < 256 * 1024 {
+            let frame = body_stream.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(&got[..], &data[..got.len()]);
+        assert!(!gw_node.store().has(&links[63].cid).await.unwrap());
+        release.send(true).unwrap();
+        let rest = body_stream.collect().await.unwrap().to_bytes();
+        got.extend_from_slice(&rest);
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "the streamed file differs");
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_raw_car_and_ranges_fetching_from_the_network() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -1265,7 +1540,20 @@ mod tests {
         let r = get(format!("/ipfs/{root}?format=raw"), None).await.unwrap();
         assert_eq!(r.headers()[header::CONTENT_TYPE], RAW);
         let raw = body(r).await;
-        streamspace_shard::Block::new(root, raw.into()).expect("block matches its CID");
+        streamspace_shard::Block::new(root, raw.clone().into()).expect("block matches its CID");
+        // A range of the raw block.
+        let r = get(
+            format!("/ipfs/{root}?format=raw"),
+            Some(("range", "bytes=2-9")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            r.headers()[header::CONTENT_RANGE],
+            format!("bytes 2-9/{}", raw.len())
+        );
+        assert_eq!(body(r).await, &raw[2..10]);
 
         // The whole DAG as a CAR, by Accept header; read back with verification.
         let r = get(format!("/ipfs/{root}"), Some(("accept", CAR)))
@@ -1442,6 +1730,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2);
+        // The same target by another path (its own CID) is another CAR: another ETag.
+        let etag_of = |uri: String| {
+            let app = app.clone();
+            async move {
+                let r = app
+                    .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                r.headers()[header::ETAG].to_str().unwrap().to_owned()
+            }
+        };
+        let file = resolve(origin.store().as_ref(), &root, "a.bin")
+            .await
+            .unwrap();
+        let by_path = etag_of(format!("/ipfs/{root}/a.bin?format=car&dag-scope=block")).await;
+        let direct = etag_of(format!("/ipfs/{file}?format=car&dag-scope=block")).await;
+        assert_ne!(by_path, direct);
+        assert_eq!(
+            by_path,
+            etag_of(format!("/ipfs/{root}/a.bin?format=car&dag-scope=block")).await
+        );
         // A byte range of the file: the path, the file root and the one leaf under it.
         let (n, got) = car(format!(
             "/ipfs/{root}/a.bin?format=car&dag-scope=entity&entity-bytes=300000:300099"

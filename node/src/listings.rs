@@ -35,26 +35,35 @@ struct State {
 /// What `streamspace/listings` reports.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
+    /// One page of the listings.
     pub(crate) listings: Vec<streamspace_market::Listing>,
+    /// Listings matching, over all pages.
+    pub(crate) total: usize,
     pub(crate) read: u64,
     pub(crate) rejected: u64,
     pub(crate) error: Option<String>,
 }
 
 impl Listings {
-    /// The listings on offer (not withdrawn) whose seller `seller` admits, in id order.
+    /// Whether `root` is listed on the market now (a listing for it on offer).
+    pub(crate) fn lists(&self, root: &cid::Cid) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.catalog.on_offer().any(|l| l.content == *root)
+    }
+
+    /// The listings on offer (not withdrawn) whose seller `seller` admits, in id order: `limit`
+    /// of them from the `offset`-th on (the answer is bounded whatever the topic holds).
     pub(crate) fn snapshot(
         &self,
         seller: impl Fn(streamspace_ledger::AccountId) -> bool,
+        offset: usize,
+        limit: usize,
     ) -> Snapshot {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let matching = || s.catalog.on_offer().filter(|l| seller(l.id.seller));
         Snapshot {
-            listings: s
-                .catalog
-                .on_offer()
-                .filter(|l| seller(l.id.seller))
-                .cloned()
-                .collect(),
+            listings: matching().skip(offset).take(limit).cloned().collect(),
+            total: matching().count(),
             read: s.read,
             rejected: s.catalog.rejected(),
             error: s.error.clone(),

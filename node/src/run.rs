@@ -210,6 +210,33 @@ impl Paid {
     }
 }
 
+/// The node's replication policy (see [`streamspace_transport::ReplicationPolicy`]).
+#[derive(Debug)]
+struct Replicate {
+    /// In a paid network, the members: only their demand counts, and it admits any root.
+    members: Option<std::collections::HashSet<PeerId>>,
+    /// The market's listings: a listed root is admitted.
+    listings: Arc<crate::listings::Listings>,
+}
+
+impl streamspace_transport::ReplicationPolicy for Replicate {
+    fn counts(&self, peer: &PeerId) -> bool {
+        self.members.as_ref().is_none_or(|m| m.contains(peer))
+    }
+    fn admits(&self, root: &cid::Cid) -> bool {
+        self.members.is_some() || self.listings.lists(root)
+    }
+}
+
+/// Content roots a node with `quota` bytes may provide on the DHT: one per 64 KiB of quota,
+/// at least 65,536, at most 4 Mi.
+fn provided_roots_for(quota: Option<u64>) -> usize {
+    let per_quota = quota.map_or(0, |q| q / (64 << 10));
+    usize::try_from(per_quota)
+        .unwrap_or(usize::MAX)
+        .clamp(65_536, 4 << 20)
+}
+
 impl Meter for Paid {
     fn before_send(&self, peer: &PeerId, _: &cid::Cid, bytes: usize) -> Decision {
         let Some(m) = self.members.get(peer) else {
@@ -593,6 +620,14 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
         }
         _ => None,
     };
+    // A Tier-1 node replicates on demand what is listed on the market; in a paid network, also
+    // what paying members ask for (their demand alone counts there).
+    let listings = Arc::new(crate::listings::Listings::default());
+    tc.replication.policy = Arc::new(Replicate {
+        members: paid.as_ref().map(|p| p.members.keys().copied().collect()),
+        listings: listings.clone(),
+    });
+    tc.limits.max_provided_roots = provided_roots_for(cfg.node.quota);
     let meter: Arc<dyn Meter> = match &paid {
         Some(p) => p.clone(),
         None => Arc::new(Free),
@@ -633,7 +668,6 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     let listings = match (&cfg.market, &ledger) {
         (Some(m), Some((ledger, _))) => {
             let topic = config::topic("market.topic", &m.topic)?;
-            let listings = Arc::new(crate::listings::Listings::default());
             tokio::spawn(crate::listings::follow(
                 ledger.clone(),
                 topic,

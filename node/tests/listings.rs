@@ -155,6 +155,28 @@ async fn listings_follow_the_market_topic_and_refuse_squatters() {
     assert_eq!(mine[0]["Price"], 1_000);
     let _ = other;
 
+    // The answer is a page: bounded whatever the topic holds.
+    let page = common::post(
+        api,
+        "/api/v0/streamspace/listings?seller=all&offset=1&limit=1",
+    )
+    .await
+    .json();
+    assert_eq!(page["Total"], 2, "{page}");
+    assert_eq!(page["Offset"], 1);
+    let page = page["Listings"].as_array().expect("listings");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0]["Title"], "Other");
+    let huge = common::post(api, "/api/v0/streamspace/listings?seller=all&limit=1000000").await;
+    assert_eq!(huge.status, 400);
+    assert!(
+        huge.kubo_error().contains("at most 1000"),
+        "{}",
+        huge.kubo_error()
+    );
+    let nan = common::post(api, "/api/v0/streamspace/listings?offset=x").await;
+    assert_eq!(nan.status, 400);
+
     let bad = common::post(api, "/api/v0/streamspace/listings?seller=nobody").await;
     assert_eq!(bad.status, 400);
     assert!(bad.kubo_error().contains("seller"));

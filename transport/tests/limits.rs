@@ -200,7 +200,10 @@ async fn a_have_query_flood_is_rate_limited_per_peer() {
         .count();
     assert_eq!(refused + answered, 300, "{answers:?}");
     assert!(answered >= 40, "the burst is allowed: {answered}");
-    assert!(answered <= 100, "{answered} answered: more than the burst and its refill");
+    assert!(
+        answered <= 100,
+        "{answered} answered: more than the burst and its refill"
+    );
     assert!(refused >= 200, "only {refused} refused");
     // Another peer's budget is its own.
     match honest.request(server.peer_id(), have.clone()).await {

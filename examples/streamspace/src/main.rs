@@ -163,6 +163,8 @@ enum CarCommand {
         /// Output file (standard output by default).
         #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        online: online::OnlineArgs,
     },
     /// Read a CARv1 or CARv2 into the store and pin its roots.
     Import {
@@ -193,11 +195,15 @@ enum BlockCommand {
     Stat {
         /// The block's CID.
         cid: String,
+        #[command(flatten)]
+        online: online::OnlineArgs,
     },
     /// Print a block's raw bytes.
     Get {
         /// The block's CID.
         cid: String,
+        #[command(flatten)]
+        online: online::OnlineArgs,
     },
 }
 
@@ -510,9 +516,22 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 async fn car(cli: &Cli, c: &CarCommand) -> Result<()> {
+    if let CarCommand::Export {
+        cid,
+        output,
+        online,
+    } = c
+        && let Some(online) = online::Online::reach(cli, online).await?
+    {
+        // Through the node's `dag/export`, which fetches what the repository lacks.
+        let api = online.api;
+        return online
+            .run(remote::dag_export(api, cid, output.as_deref()))
+            .await;
+    }
     let store = open_store(cli)?;
     match c {
-        CarCommand::Export { cid, output } => {
+        CarCommand::Export { cid, output, .. } => {
             let (root, path) = parse_path(cid)?;
             let root = resolve(&store, &root, &path).await?;
             let summary = match output {
@@ -587,20 +606,22 @@ async fn pin_cmd(cli: &Cli, p: &PinCommand) -> Result<()> {
 }
 
 async fn block(cli: &Cli, b: &BlockCommand) -> Result<()> {
-    if let Some(api) = running_node(cli).await {
+    let (BlockCommand::Stat { online, .. } | BlockCommand::Get { online, .. }) = b;
+    if let Some(online) = online::Online::reach(cli, online).await? {
+        let api = online.api;
         return match b {
-            BlockCommand::Stat { cid } => remote::block_stat(api, cid).await,
-            BlockCommand::Get { cid } => remote::block_get(api, cid).await,
+            BlockCommand::Stat { cid, .. } => online.run(remote::block_stat(api, cid)).await,
+            BlockCommand::Get { cid, .. } => online.run(remote::block_get(api, cid)).await,
         };
     }
     let store = open_store(cli)?;
     match b {
-        BlockCommand::Stat { cid } => {
+        BlockCommand::Stat { cid, .. } => {
             let cid = Cid::try_from(cid.as_str()).context("invalid CID")?;
             let data = fetch(&store, &cid).await?;
             println!("Key: {cid}\nSize: {}", data.len());
         }
-        BlockCommand::Get { cid } => {
+        BlockCommand::Get { cid, .. } => {
             let cid = Cid::try_from(cid.as_str()).context("invalid CID")?;
             let data = fetch(&store, &cid).await?;
             let mut out = tokio::io::stdout();

@@ -132,6 +132,34 @@ pub(crate) async fn cat(
     to_stdout(res).await
 }
 
+/// `car export` through the API's `dag/export`: the CAR to `output` (made durable) or to
+/// standard output.
+pub(crate) async fn dag_export(
+    addr: SocketAddr,
+    arg: &str,
+    output: Option<&std::path::Path>,
+) -> Result<()> {
+    let q = query(&[("arg", arg.to_owned())]);
+    let res = call(addr, &format!("/api/v0/dag/export?{q}"), None, empty()).await?;
+    let Some(path) = output else {
+        return to_stdout(res).await;
+    };
+    let f = tokio::fs::File::create(path)
+        .await
+        .with_context(|| format!("{}", path.display()))?;
+    let mut w = tokio::io::BufWriter::new(f);
+    let mut bytes = 0u64;
+    let mut s = std::pin::pin!(body_stream(res));
+    while let Some(b) = s.try_next().await? {
+        bytes += b.len() as u64;
+        w.write_all(&b).await?;
+    }
+    w.flush().await?;
+    w.into_inner().sync_all().await?;
+    eprintln!("exported {bytes} bytes");
+    Ok(())
+}
+
 /// `block get` through the API.
 pub(crate) async fn block_get(addr: SocketAddr, cid: &str) -> Result<()> {
     let q = query(&[("arg", cid.to_owned())]);
