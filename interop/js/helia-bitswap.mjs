@@ -14,7 +14,11 @@
 //       -> {"sent"}  writes on a new /ipfs/bitswap/1.2.0 stream one message of exactly N bytes
 //          (want of C, padded with an unknown field), encoded by @helia/bitswap's codec
 //   {"op":"raw-bytes","peer":P,"hex":H}   -> {"sent"}  writes H behind a length prefix
+//   {"op":"provide","cid":C}              -> {}                  (HELIA_DHT=1: on the DHT)
+//   {"op":"find-providers","cid":C}       -> {"providers":[id]}  (HELIA_DHT=1)
 //   {"op":"quit"}                         -> exits
+// With HELIA_DHT=1 the node also runs the public IPFS DHT's protocol (@libp2p/kad-dht,
+// /ipfs/kad/1.0.0) as a server, keeping loopback addresses (it runs on loopback only).
 // Errors answer {"error": "..."}.
 import './polyfill.mjs'
 import { createHash } from 'node:crypto'
@@ -26,6 +30,8 @@ import { withBitswap } from '@helia/bitswap'
 import { withLibp2pLight } from '@helia/libp2p'
 import { unixfs, globSource } from '@helia/unixfs'
 import { identify } from '@libp2p/identify'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
+import { ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -39,7 +45,13 @@ const helia = withBitswap(withLibp2pLight(createHeliaLight({ start: false }), {
   transports: [tcp()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
-  services: { identify: identify() },
+  services: process.env.HELIA_DHT === '1'
+    ? {
+        identify: identify(),
+        ping: ping(),
+        dht: kadDHT({ protocol: '/ipfs/kad/1.0.0', clientMode: false, peerInfoMapper: passthroughMapper })
+      }
+    : { identify: identify() },
   peerDiscovery: []
 }))
 await helia.start()
@@ -177,6 +189,22 @@ async function run (cmd) {
       return { sent: await writeRaw(cmd.peer, padded(cmd.cid, cmd.type, cmd.size)) }
     case 'raw-bytes':
       return { sent: await writeRaw(cmd.peer, Uint8Array.from(Buffer.from(cmd.hex, 'hex'))) }
+    case 'provide':
+      await libp2p.contentRouting.provide(CID.parse(cmd.cid))
+      return {}
+    case 'find-providers': {
+      const providers = []
+      const signal = AbortSignal.timeout(20000)
+      try {
+        for await (const p of libp2p.contentRouting.findProviders(CID.parse(cmd.cid), { signal })) {
+          providers.push(p.id.toString())
+          if (cmd.first) break
+        }
+      } catch (err) {
+        if (providers.length === 0) throw err
+      }
+      return { providers }
+    }
     case 'quit':
       await helia.stop()
       process.exit(0)

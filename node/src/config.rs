@@ -27,6 +27,7 @@ use streamspace_transport::{Multiaddr, PeerId, Tier};
 /// metrics = "127.0.0.1:9464"            # optional Prometheus endpoint
 /// api = "127.0.0.1:5001"                # optional operator API (/api/v0) and dashboard
 /// api_token_file = "api.token"          # bearer token, required off loopback
+/// amino_dht = false                     # open networks: also join the public IPFS DHT
 ///
 /// [nat]                                 # optional: getting through home routers
 /// reachability = "auto"                 # AutoNAT decides; or "public" / "private"
@@ -154,6 +155,11 @@ pub struct NodeSection {
     /// A file holding the bearer token the API requires; needed when the API listens on an
     /// address other than loopback.
     pub api_token_file: Option<PathBuf>,
+    /// Whether the node also joins the public IPFS DHT (`/ipfs/kad/1.0.0`) so that IPFS
+    /// nodes find what it provides, and it finds theirs. Open networks only: a closed
+    /// network's node refuses to start with it.
+    #[serde(default)]
+    pub amino_dht: bool,
 }
 
 impl Default for NodeSection {
@@ -169,6 +175,7 @@ impl Default for NodeSection {
             metrics: None,
             api: None,
             api_token_file: None,
+            amino_dht: false,
         }
     }
 }

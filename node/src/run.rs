@@ -530,6 +530,11 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     }
     tc.bootstrap = config::multiaddrs("node.bootstrap", &cfg.node.bootstrap)?;
     tc.nat = cfg.nat.to_transport(&tc.listen)?;
+    anyhow::ensure!(
+        !(cfg.node.amino_dht && cfg.allowlist.is_some()),
+        "node.amino_dht: a closed network ([allowlist]) does not announce its content on the public IPFS DHT"
+    );
+    tc.amino_dht = cfg.node.amino_dht;
     tc.capacity = cfg
         .node
         .quota

@@ -85,6 +85,15 @@ impl libp2p::request_response::Codec for ExchangeCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, res.encode()).await
+        // The blocks are written as they are, behind the frame's length.
+        let parts = res.encode_parts();
+        let len: usize = parts.iter().map(Bytes::len).sum();
+        let len = u32::try_from(len)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
+        io.write_all(&len.to_be_bytes()).await?;
+        for p in &parts {
+            io.write_all(p).await?;
+        }
+        io.close().await
     }
 }

@@ -399,6 +399,36 @@ impl Request {
 }
 
 impl Response {
+    /// The encoding in pieces whose concatenation is [`Response::encode`]: blocks' bytes are
+    /// the blocks themselves, not copies, so that an answer is written without a second
+    /// buffer of its size.
+    pub fn encode_parts(&self) -> Vec<Bytes> {
+        let Self::Blocks {
+            blocks,
+            missing,
+            deferred,
+            cancelled,
+        } = self
+        else {
+            return vec![self.encode()];
+        };
+        let mut parts = Vec::with_capacity(2 * blocks.len() + 2);
+        let mut head = BytesMut::new();
+        head.put_u8(0x81);
+        put_varint(&mut head, blocks.len() as u64);
+        for (cid, data) in blocks {
+            put_cid(&mut head, cid);
+            put_varint(&mut head, data.len() as u64);
+            parts.push(head.split().freeze());
+            parts.push(data.clone());
+        }
+        put_cids(&mut head, missing);
+        put_cids(&mut head, deferred);
+        put_cids(&mut head, cancelled);
+        parts.push(head.freeze());
+        parts
+    }
+
     /// Encodes the response (without the length frame).
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::new();

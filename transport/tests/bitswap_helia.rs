@@ -71,8 +71,19 @@ fn number(line: &str, key: &str) -> Option<f64> {
 
 impl Helia {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A Helia node that also runs the public IPFS DHT's protocol (`/ipfs/kad/1.0.0`) as a
+    /// server.
+    fn start_with_dht() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(dht: bool) -> Self {
         let mut child = Command::new("node")
             .arg(js_dir().join("helia-bitswap.mjs"))
+            .env("HELIA_DHT", if dht { "1" } else { "0" })
             .current_dir(js_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -432,5 +443,84 @@ async fn our_node_fetches_from_helia() {
         .unwrap();
     assert_eq!(reply.blocks, vec![(tiny_cid, Bytes::from(tiny))]);
     drop(helia);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_amino_dht_names_our_node_to_helia_and_helia_to_our_node() {
+    if skip() {
+        return;
+    }
+    let mut helia = tokio::task::block_in_place(Helia::start_with_dht);
+    let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+    c.request_timeout = Duration::from_secs(10);
+    c.amino_dht = true;
+    let node = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+        .await
+        .unwrap();
+    node.dial(helia.addr.clone()).await.unwrap();
+    await_bitswap_peer(&node, &helia.peer).await;
+
+    // Our node provides a file: Helia's DHT lookup names our node, and Helia fetches it.
+    let data = random(700_000, 41);
+    let root = add_reader(
+        Some(node.store().as_ref()),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    node.provide(root).await.unwrap();
+    let me = node.peer_id().to_string();
+    let mut named = false;
+    for _ in 0..40 {
+        // Helia's routing table learns our node once identify has run on both sides.
+        let line = tokio::task::block_in_place(|| {
+            helia.call(&format!(
+                r#"{{"op":"find-providers","cid":"{root}","first":true}}"#
+            ))
+        });
+        if line.contains(&me) {
+            named = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        named,
+        "Helia's DHT never named our node as a provider of {root}"
+    );
+    let (len, sha, _) = tokio::task::block_in_place(|| helia.cat(&root));
+    assert_eq!((len, sha), (data.len() as u64, hex_sha(&data)));
+
+    // Helia provides a file on the DHT: our node's lookup names Helia and fetches it from it.
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = random(900_000, 42);
+    let path = dir.path().join("theirs.bin");
+    std::fs::write(&path, &theirs).unwrap();
+    let hroot = tokio::task::block_in_place(|| helia.add_file(&path));
+    tokio::task::block_in_place(|| helia.call(&format!(r#"{{"op":"provide","cid":"{hroot}"}}"#)));
+    let mut found = Vec::new();
+    for _ in 0..40 {
+        found = node.find_providers(hroot).await.unwrap();
+        if found.contains(&helia.peer) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(found.contains(&helia.peer), "{found:?}");
+    let report = node
+        .fetch(
+            hroot,
+            FetchOptions {
+                bitswap_peers: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.bytes_from.contains_key(&helia.peer), "{report:?}");
+    assert_eq!(read_all(node.store().as_ref(), hroot).await, theirs);
     node.shutdown().await;
 }

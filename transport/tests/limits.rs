@@ -188,23 +188,32 @@ async fn a_have_query_flood_is_rate_limited_per_peer() {
         root: None,
         cids: cids.clone(),
     };
-    // 300 queries at once: a burst of 40 is allowed, the rest refused.
-    let answers = futures::future::join_all(
-        (0..300).map(|_| hostile.request(server.peer_id(), have.clone())),
-    )
-    .await;
+    // 200 queries in four waves of 50 (fewer at once than a connection's streams): a burst of
+    // 40 is allowed, and what the rate refills meanwhile; the rest is refused.
+    let mut answers = Vec::new();
+    let began = std::time::Instant::now();
+    for _ in 0..4 {
+        answers.extend(
+            futures::future::join_all(
+                (0..50).map(|_| hostile.request(server.peer_id(), have.clone())),
+            )
+            .await,
+        );
+    }
+    // What the bucket can have given: the burst, and 20 a second since the first query.
+    let most = 40 + (20.0 * began.elapsed().as_secs_f64()).ceil() as usize;
     let refused = answers.iter().filter(|r| is_overloaded(r)).count();
     let answered = answers
         .iter()
         .filter(|r| matches!(r, Ok(Response::Haves { .. })))
         .count();
-    assert_eq!(refused + answered, 300, "{answers:?}");
+    assert_eq!(refused + answered, 200, "{answers:?}");
     assert!(answered >= 40, "the burst is allowed: {answered}");
     assert!(
-        answered <= 100,
-        "{answered} answered: more than the burst and its refill"
+        answered <= most,
+        "{answered} answered: more than the burst and its refill ({most})"
     );
-    assert!(refused >= 200, "only {refused} refused");
+    assert!(refused > 0, "nothing refused");
     // Another peer's budget is its own.
     match honest.request(server.peer_id(), have.clone()).await {
         Ok(Response::Haves { have }) => assert_eq!(have, vec![true; 4]),

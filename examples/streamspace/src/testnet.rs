@@ -3,6 +3,9 @@
 //! a settlement topic; node identities; the member list; an allowlist signed by an operator
 //! key; one configuration file per node. Node 1 is a Tier-1 node that keeps the ledger, serves
 //! it over Hedera's gRPC API to the others and settles each period.
+// A build without Hedera support refuses the command (see `NEEDS_HEDERA`), leaving the rest
+// of this module unused there.
+#![cfg_attr(not(feature = "hedera"), allow(dead_code, unused_imports))]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -46,7 +49,23 @@ fn write_key(path: &Path, key: &SigningKey) -> Result<()> {
     crate::write_secret(path, hex::encode(key.to_bytes()).as_bytes())
 }
 
+/// Why a build without Hedera support writes no test network: node 1 would serve the embedded
+/// ledger to the others over Hedera's gRPC API, which such a build lacks, so the configurations
+/// it wrote could not run.
+#[cfg(not(feature = "hedera"))]
+const NEEDS_HEDERA: &str = "streamspace testnet writes a network whose nodes share node 1's \
+     ledger over Hedera's gRPC API, which this build lacks: build with `--features hedera` \
+     (cargo run --release -p streamspace-cli --features hedera -- testnet ...)";
+
 pub(crate) async fn run(args: &TestnetArgs) -> Result<()> {
+    #[cfg(not(feature = "hedera"))]
+    anyhow::bail!(NEEDS_HEDERA);
+    #[cfg(feature = "hedera")]
+    run_hedera(args).await
+}
+
+#[cfg(feature = "hedera")]
+async fn run_hedera(args: &TestnetArgs) -> Result<()> {
     ensure!(
         (1..=99).contains(&args.nodes),
         "--nodes: from 1 to 99 nodes"
@@ -194,4 +213,24 @@ pub(crate) async fn run(args: &TestnetArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(all(test, not(feature = "hedera")))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_build_without_hedera_writes_no_network_it_cannot_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = TestnetArgs {
+            dir: dir.path().join("net"),
+            nodes: 3,
+            base_port: 40000,
+            period_secs: 3600,
+            price_per_shard: 1,
+        };
+        let e = run(&args).await.unwrap_err();
+        assert!(e.to_string().contains("--features hedera"), "{e}");
+        assert!(!args.dir.exists());
+    }
 }

@@ -29,6 +29,8 @@ pub(super) struct Behaviour {
     pub(super) ping: ping::Behaviour,
     /// The network's private DHT.
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// The public IPFS DHT (Amino), in an open network that joins it.
+    pub(super) amino: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     /// The exchange protocol (see `protocol`).
     pub(super) exchange: request_response::Behaviour<ExchangeCodec>,
     pub(super) pubsub: gossipsub::Behaviour,
@@ -73,6 +75,7 @@ pub(super) fn build(
             .map_err(|e| NodeError::Transport(e.to_string()))?;
     let request_timeout = config.request_timeout;
     let limits = config.limits;
+    let amino = config.amino_dht && config.admission.is_none();
     let nat = config.nat.clone();
     let relay_limits = nat.relay.filter(|_| config.tier == Tier::Tier1);
     // TLS 1.3 first (AES-NI, what the speed measurements favour), noise for peers without it.
@@ -107,19 +110,29 @@ pub(super) fn build(
                 .set_query_timeout(Duration::from_secs(30))
                 .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
             // kad's defaults (1,024 provided keys and records) would cap the catalogue.
-            let store = kad::store::MemoryStore::with_config(
-                peer_id,
-                kad::store::MemoryStoreConfig {
-                    max_provided_keys: limits.max_provided_roots,
-                    max_records: limits.max_provider_records,
-                    ..Default::default()
-                },
-            );
-            let mut kad = kad::Behaviour::with_config(peer_id, store, kc);
+            let store = || {
+                kad::store::MemoryStore::with_config(
+                    peer_id,
+                    kad::store::MemoryStoreConfig {
+                        max_provided_keys: limits.max_provided_roots,
+                        max_records: limits.max_provider_records,
+                        ..Default::default()
+                    },
+                )
+            };
             // A server of the DHT only once reachable.
-            kad.set_mode(Some(Nat::kad_mode(
-                nat.reachability.unwrap_or(Reachability::Unknown),
-            )));
+            let mode = Nat::kad_mode(nat.reachability.unwrap_or(Reachability::Unknown));
+            let amino = amino.then(|| {
+                let mut ac = kad::Config::new(super::AMINO_PROTOCOL);
+                ac.set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+                    .set_provider_record_ttl(Some(PROVIDER_TTL))
+                    .set_query_timeout(Duration::from_secs(30));
+                let mut k = kad::Behaviour::with_config(peer_id, store(), ac);
+                k.set_mode(Some(mode));
+                k
+            });
+            let mut kad = kad::Behaviour::with_config(peer_id, store(), kc);
+            kad.set_mode(Some(mode));
             let relay = relay_limits.map(|l| {
                 let mut r = relay::Behaviour::new(peer_id, l.to_relay_config());
                 // A Tier-1 node relays whether or not it has confirmed an address yet.
@@ -146,6 +159,7 @@ pub(super) fn build(
                 )),
                 ping: ping::Behaviour::default(),
                 kad,
+                amino: Toggle::from(amino),
                 exchange: protocol::behaviour(request_timeout),
                 pubsub,
                 relay_client,

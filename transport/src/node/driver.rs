@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cid::Cid;
 use futures::StreamExt;
-use libp2p::request_response::{OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad};
 use streamspace_shard::store::BlockStore;
@@ -33,8 +33,14 @@ pub(super) enum Command {
         Request,
         oneshot::Sender<Result<Response, RequestError>>,
     ),
-    /// An answer prepared off the swarm task for `PeerId`, whose share of serving it frees.
-    Respond(PeerId, ResponseChannel<Response>, Response),
+    /// An answer prepared off the swarm task for `PeerId`, and what it holds until written.
+    Respond(
+        PeerId,
+        InboundRequestId,
+        ResponseChannel<Response>,
+        Response,
+        super::serving::Held,
+    ),
     BadBlock(PeerId, Cid, oneshot::Sender<()>),
     Connected(oneshot::Sender<Vec<PeerId>>),
     Tiers(oneshot::Sender<HashMap<PeerId, (Tier, u64)>>),
@@ -50,6 +56,9 @@ pub(super) enum Command {
 }
 
 type DialWaiter = (Multiaddr, oneshot::Sender<Result<(), NodeError>>);
+/// A provider lookup: the providers found so far, the DHT queries still running for it (one
+/// per DHT), and who waits.
+type Find = (HashSet<PeerId>, usize, oneshot::Sender<Vec<PeerId>>);
 
 /// The task that owns the swarm: it runs the handles' commands and the swarm's events, one at
 /// a time.
@@ -60,15 +69,23 @@ pub(super) struct Driver<S> {
     pub(super) shared: Arc<Shared<S>>,
     pub(super) serving: Arc<Semaphore>,
     pub(super) pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, RequestError>>>,
-    providers: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    /// Provider lookups under way, by number.
+    finds: HashMap<u64, Find>,
+    next_find: u64,
+    /// The lookup each query of the network's DHT, and of the Amino DHT, belongs to.
+    providers: HashMap<kad::QueryId, u64>,
+    amino_providers: HashMap<kad::QueryId, u64>,
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NodeError>>>,
     dials: HashMap<PeerId, Vec<DialWaiter>>,
     listening: Vec<Multiaddr>,
     /// Roots provided, in the order first provided (some are named in status answers).
     pub(super) provided: Vec<Cid>,
     pub(super) provided_set: HashSet<Cid>,
-    /// Answers in preparation per peer (see [`super::Limits::serves_per_peer`]).
+    /// Answers in preparation or being written, per peer (see
+    /// [`super::Limits::serves_per_peer`]).
     pub(super) in_service: HashMap<PeerId, usize>,
+    /// Answers handed to the swarm and not yet written, with what they hold.
+    pub(super) writing: HashMap<InboundRequestId, (PeerId, super::serving::Held)>,
     /// Have-list queries each connected peer may still make (see `serving`).
     pub(super) have_buckets: HashMap<PeerId, super::serving::Bucket>,
     pub(super) limits: super::Limits,
@@ -139,13 +156,17 @@ impl<S: BlockStore + 'static> Driver<S> {
             shared,
             serving: Arc::new(Semaphore::new(config.max_concurrent_serves)),
             pending: HashMap::new(),
+            finds: HashMap::new(),
+            next_find: 0,
             providers: HashMap::new(),
+            amino_providers: HashMap::new(),
             provides: HashMap::new(),
             dials: HashMap::new(),
             listening: Vec::new(),
             provided: Vec::new(),
             provided_set: HashSet::new(),
             in_service: HashMap::new(),
+            writing: HashMap::new(),
             have_buckets: HashMap::new(),
             limits: config.limits,
             bad: HashMap::new(),
@@ -250,6 +271,13 @@ impl<S: BlockStore + 'static> Driver<S> {
                             self.provided.push(root);
                         }
                         self.provides.insert(q, tx);
+                        // Announced to the public DHT too, where it is joined; its outcome
+                        // there does not hold up the caller.
+                        if let Some(amino) = self.swarm.behaviour_mut().amino.as_mut()
+                            && let Err(e) = amino.start_providing(provider_key(&root))
+                        {
+                            tracing::info!(%root, error = %e, "not provided on the Amino DHT");
+                        }
                     }
                     Err(e) => {
                         let _ = tx.send(Err(NodeError::Provide(e.to_string())));
@@ -257,25 +285,30 @@ impl<S: BlockStore + 'static> Driver<S> {
                 }
             }
             Command::FindProviders(root, tx) => {
-                let q = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .get_providers(provider_key(&root));
-                self.providers.insert(q, (HashSet::new(), tx));
+                let id = self.next_find;
+                self.next_find += 1;
+                let key = provider_key(&root);
+                let q = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+                self.providers.insert(q, id);
+                let mut waiting = 1;
+                if let Some(amino) = self.swarm.behaviour_mut().amino.as_mut() {
+                    self.amino_providers.insert(amino.get_providers(key), id);
+                    waiting += 1;
+                }
+                self.finds.insert(id, (HashSet::new(), waiting, tx));
             }
             Command::Request(peer, req, tx) => {
                 let id = self.swarm.behaviour_mut().exchange.send_request(&peer, req);
                 self.pending.insert(id, tx);
             }
-            Command::Respond(peer, ch, resp) => {
-                if let Some(n) = self.in_service.get_mut(&peer) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.in_service.remove(&peer);
+            Command::Respond(peer, id, ch, resp, held) => {
+                // Its share of serving and its bytes stay taken until the answer is written.
+                match self.swarm.behaviour_mut().exchange.send_response(ch, resp) {
+                    Ok(()) => {
+                        self.writing.insert(id, (peer, held));
                     }
+                    Err(_) => self.written(peer),
                 }
-                let _ = self.swarm.behaviour_mut().exchange.send_response(ch, resp);
             }
             Command::BadBlock(peer, cid, done) => {
                 self.emit(NodeEvent::BadBlock { peer, cid });
@@ -421,6 +454,17 @@ impl<S: BlockStore + 'static> Driver<S> {
         self.emit(NodeEvent::AllowlistExpired);
     }
 
+    /// An answer to `peer` was written, or failed: its share of serving is free again (what
+    /// it held is dropped by the caller).
+    pub(super) fn written(&mut self, peer: PeerId) {
+        if let Some(n) = self.in_service.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_service.remove(&peer);
+            }
+        }
+    }
+
     fn unban(&mut self) {
         let now = Instant::now();
         let (due, keep): (Vec<_>, Vec<_>) = self.bans.drain(..).partition(|(t, _)| *t <= now);
@@ -464,6 +508,11 @@ impl<S: BlockStore + 'static> Driver<S> {
             } => {
                 self.tiers.remove(&peer_id);
                 self.have_buckets.remove(&peer_id);
+                self.shared
+                    .peer_answer_bytes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&peer_id);
                 self.emit(NodeEvent::Disconnected(peer_id));
             }
             SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {
@@ -485,13 +534,24 @@ impl<S: BlockStore + 'static> Driver<S> {
                 peer_id,
                 info,
                 ..
-            })) if info.protocols.contains(&self.kad_protocol) => {
-                // Peers of our DHT go into the routing table with the addresses they listen on.
+            })) => {
+                // Peers of a DHT go into its routing table with the addresses they listen on.
+                let ours = info.protocols.contains(&self.kad_protocol);
+                let amino = info.protocols.contains(&super::AMINO_PROTOCOL);
                 for addr in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                    if ours {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                    if amino && let Some(a) = self.swarm.behaviour_mut().amino.as_mut() {
+                        a.add_address(&peer_id, addr);
+                    }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.kad(e, false),
+            SwarmEvent::Behaviour(BehaviourEvent::Amino(e)) => self.kad(e, true),
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(e)) => self.exchange(e),
             SwarmEvent::Behaviour(BehaviourEvent::Bitswap(e)) => {
                 crate::bitswap::serve(&self.shared, e)
@@ -538,7 +598,8 @@ impl<S: BlockStore + 'static> Driver<S> {
         self.emit(NodeEvent::Refused(peer));
     }
 
-    fn kad(&mut self, e: kad::Event) {
+    /// An event of the network's DHT, or of the Amino DHT (`amino`).
+    fn kad(&mut self, e: kad::Event, amino: bool) {
         let kad::Event::OutboundQueryProgressed {
             id, result, step, ..
         } = e
@@ -547,6 +608,19 @@ impl<S: BlockStore + 'static> Driver<S> {
         };
         match result {
             kad::QueryResult::GetProviders(r) => {
+                let queries = if amino {
+                    &mut self.amino_providers
+                } else {
+                    &mut self.providers
+                };
+                let find = if step.last {
+                    queries.remove(&id)
+                } else {
+                    queries.get(&id).copied()
+                };
+                let Some(find) = find else {
+                    return;
+                };
                 if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = r {
                     let me = *self.swarm.local_peer_id();
                     for p in providers {
@@ -557,17 +631,23 @@ impl<S: BlockStore + 'static> Driver<S> {
                         if !self.swarm.is_connected(&p) {
                             let _ = self.swarm.dial(p);
                         }
-                        if let Some((found, _)) = self.providers.get_mut(&id) {
+                        if let Some((found, _, _)) = self.finds.get_mut(&find) {
                             found.insert(p);
                         }
                     }
                 }
                 if step.last
-                    && let Some((found, tx)) = self.providers.remove(&id)
+                    && let Some((_, waiting, _)) = self.finds.get_mut(&find)
                 {
-                    let _ = tx.send(found.into_iter().collect());
+                    *waiting -= 1;
+                    if *waiting == 0
+                        && let Some((found, _, tx)) = self.finds.remove(&find)
+                    {
+                        let _ = tx.send(found.into_iter().collect());
+                    }
                 }
             }
+            kad::QueryResult::StartProviding(_) if amino => {}
             kad::QueryResult::StartProviding(r) => {
                 if let Some(tx) = self.provides.remove(&id) {
                     // The record is kept and served locally even when no other node took a

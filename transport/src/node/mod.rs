@@ -97,6 +97,11 @@ pub struct Config {
     pub nat: NatConfig,
     /// Bitswap, for IPFS peers (on by default).
     pub bitswap: crate::bitswap::Config,
+    /// Whether an open network's node also joins the public IPFS DHT (Amino,
+    /// `/ipfs/kad/1.0.0`) beside its own: roots it provides are announced there too, and
+    /// providers are looked up in both. Ignored (off) in a closed network, whose content is
+    /// not announced to the world.
+    pub amino_dht: bool,
 }
 
 impl Config {
@@ -124,6 +129,7 @@ impl Config {
             limits: Limits::default(),
             nat: NatConfig::default(),
             bitswap: crate::bitswap::Config::default(),
+            amino_dht: false,
         }
     }
 
@@ -153,6 +159,14 @@ pub struct Limits {
     /// most [`crate::message::MAX_RESPONSE_DATA`] bytes, this bounds the bytes one peer has in
     /// flight from this node.
     pub serves_per_peer: usize,
+    /// Bytes of blocks in answers prepared or being written, over all peers: an answer takes
+    /// its blocks' bytes before it reads them, and gives them back once the answer is written
+    /// to its stream (or has failed), so slow readers hold what they cost. A want that finds
+    /// no bytes free is answered "overloaded".
+    pub max_answer_bytes: usize,
+    /// The same, for one peer: a peer that reads its answers slowly, or not at all, holds at
+    /// most this much of the node's memory (until its requests time out).
+    pub max_answer_bytes_per_peer: usize,
     /// Have-list queries one peer may make per second (a burst of twice as many is allowed);
     /// more are answered "overloaded".
     pub have_queries_per_second: u32,
@@ -170,6 +184,8 @@ impl Default for Limits {
             max_connections_per_peer: 4,
             max_pending_incoming: 64,
             serves_per_peer: 8,
+            max_answer_bytes: 64 << 20,
+            max_answer_bytes_per_peer: 8 << 20,
             have_queries_per_second: 100,
             max_provided_roots: 65_536,
             max_provider_records: 65_536,
@@ -428,6 +444,11 @@ pub(crate) struct Shared<S> {
     pub(crate) relayed_only: Mutex<HashSet<PeerId>>,
     /// Asks IPFS peers for blocks over Bitswap.
     pub(crate) bitswap: crate::bitswap::Client,
+    /// Bytes of answers prepared or being written (see [`Limits::max_answer_bytes`]).
+    pub(crate) answer_bytes: Arc<tokio::sync::Semaphore>,
+    /// The same per connected peer (see [`Limits::max_answer_bytes_per_peer`]).
+    pub(crate) peer_answer_bytes: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
+    pub(crate) answer_bytes_per_peer: usize,
 }
 
 impl<S> Shared<S> {
@@ -499,6 +520,10 @@ fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         .last()
 }
 
+/// The public IPFS DHT's protocol (Amino), which an open node joins with
+/// [`Config::amino_dht`].
+pub const AMINO_PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/ipfs/kad/1.0.0");
+
 /// The DHT key for a content root: its multihash, as IPFS provider records use.
 pub fn provider_key(root: &Cid) -> kad::RecordKey {
     kad::RecordKey::new(&root.hash().to_bytes())
@@ -531,6 +556,17 @@ impl<S: BlockStore + 'static> Node<S> {
             cancelled: Mutex::default(),
             relayed_only: Mutex::default(),
             bitswap: bitswap_client,
+            answer_bytes: Arc::new(tokio::sync::Semaphore::new(
+                config
+                    .limits
+                    .max_answer_bytes
+                    .max(crate::message::MAX_RESPONSE_DATA),
+            )),
+            peer_answer_bytes: Mutex::default(),
+            answer_bytes_per_peer: config
+                .limits
+                .max_answer_bytes_per_peer
+                .max(crate::message::MAX_RESPONSE_DATA),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver::new(

@@ -427,6 +427,9 @@ impl<S: BlockStore + 'static> Driver<S> {
             .behaviour_mut()
             .kad
             .set_mode(Some(Nat::kad_mode(r)));
+        if let Some(amino) = self.swarm.behaviour_mut().amino.as_mut() {
+            amino.set_mode(Some(Nat::kad_mode(r)));
+        }
         if r == Reachability::Public {
             // Reachable directly: relay slots are given back.
             let ids: Vec<ListenerId> = self.nat.reservations.keys().copied().collect();

@@ -36,10 +36,18 @@ impl<S: BlockStore + 'static> Driver<S> {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
-            } => self.serve(peer, request, channel),
+            } => self.serve(peer, request_id, request, channel),
+            Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
+                if let Some((peer, held)) = self.writing.remove(&request_id) {
+                    drop(held);
+                    self.written(peer);
+                }
+            }
             Event::Message {
                 peer,
                 message:
@@ -76,7 +84,6 @@ impl<S: BlockStore + 'static> Driver<S> {
                     }));
                 }
             }
-            _ => {}
         }
     }
 }

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use cid::Cid;
 use libp2p::PeerId;
-use libp2p::request_response::ResponseChannel;
+use libp2p::request_response::{InboundRequestId, ResponseChannel};
+use std::sync::Arc;
 use streamspace_shard::store::BlockStore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Shared;
 use super::driver::{Command, Driver};
@@ -67,6 +69,13 @@ impl Cancelled {
     }
 }
 
+/// What an answer holds until it is written: a serving slot and its blocks' bytes.
+#[derive(Debug)]
+pub(crate) struct Held {
+    _slot: OwnedSemaphorePermit,
+    _bytes: Vec<OwnedSemaphorePermit>,
+}
+
 /// A token bucket: have-list queries a peer may still make, refilled at a steady rate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bucket {
@@ -116,6 +125,7 @@ impl<S: BlockStore + 'static> Driver<S> {
     pub(super) fn serve(
         &mut self,
         peer: PeerId,
+        id: InboundRequestId,
         request: Request,
         channel: ResponseChannel<Response>,
     ) {
@@ -187,16 +197,26 @@ impl<S: BlockStore + 'static> Driver<S> {
         *self.in_service.entry(peer).or_default() += 1;
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let resp = answer(&shared, peer, request).await;
-            let _ = me.send(Command::Respond(peer, channel, resp)).await;
-            drop(permit);
+            let (resp, bytes) = answer(&shared, peer, request).await;
+            let held = Held {
+                _slot: permit,
+                _bytes: bytes,
+            };
+            let _ = me
+                .send(Command::Respond(peer, id, channel, resp, held))
+                .await;
         });
     }
 }
 
-/// The answer to a want, have list or payment.
-async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Request) -> Response {
-    match request {
+/// The answer to a want, have list or payment, and the bytes its blocks hold.
+async fn answer<S: BlockStore>(
+    shared: &Shared<S>,
+    peer: PeerId,
+    request: Request,
+) -> (Response, Vec<OwnedSemaphorePermit>) {
+    let mut held = Vec::new();
+    let resp = match request {
         Request::Want { cids, .. } => {
             let mut blocks = Vec::new();
             let mut missing = Vec::new();
@@ -225,10 +245,37 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
                             deferred.push(cid);
                             continue;
                         }
+                        // The node's bytes for answers: none free, the rest waits for a
+                        // later request (or, with nothing in this answer, "overloaded").
+                        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+                        let mine = shared
+                            .peer_answer_bytes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(peer)
+                            .or_insert_with(|| {
+                                Arc::new(Semaphore::new(shared.answer_bytes_per_peer))
+                            })
+                            .clone();
+                        let bytes = mine.try_acquire_many_owned(n).and_then(|m| {
+                            shared
+                                .answer_bytes
+                                .clone()
+                                .try_acquire_many_owned(n)
+                                .map(|all| [m, all])
+                        });
+                        let Ok(bytes) = bytes else {
+                            if refusal.is_none() {
+                                refusal = Some((RefusalReason::Overloaded, 50));
+                            }
+                            deferred.push(cid);
+                            continue;
+                        };
                         match shared.meter.before_send(&peer, &cid, data.len()) {
                             Decision::Serve => {
                                 total += data.len();
                                 blocks.push((cid, data));
+                                held.extend(bytes);
                             }
                             Decision::Pause { retry_after_ms } => {
                                 refusal = Some((RefusalReason::Paused, retry_after_ms));
@@ -250,11 +297,20 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
             if blocks.is_empty()
                 && let Some((reason, retry_after_ms)) = refusal
             {
-                shared.with_stats(|s| s.metered_refusals += 1);
-                return Response::Refused {
-                    reason,
-                    retry_after_ms,
-                };
+                shared.with_stats(|s| {
+                    if reason == RefusalReason::Overloaded {
+                        s.overloaded += 1;
+                    } else {
+                        s.metered_refusals += 1;
+                    }
+                });
+                return (
+                    Response::Refused {
+                        reason,
+                        retry_after_ms,
+                    },
+                    held,
+                );
             }
             shared.with_stats(|s| {
                 let p = s.peers.entry(peer).or_default();
@@ -291,5 +347,6 @@ async fn answer<S: BlockStore>(shared: &Shared<S>, peer: PeerId, request: Reques
             reason: RefusalReason::Refused,
             retry_after_ms: 0,
         },
-    }
+    };
+    (resp, held)
 }
