@@ -524,3 +524,96 @@ async fn the_amino_dht_names_our_node_to_helia_and_helia_to_our_node() {
     assert_eq!(read_all(node.store().as_ref(), hroot).await, theirs);
     node.shutdown().await;
 }
+
+/// The median of some durations, in milliseconds.
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A measurement, not a check: a 40 MiB file over Bitswap on loopback, each pair in the same
+/// run, three rounds alternating, fresh fetchers each time:
+/// Helia from our node against Helia from Helia, and our node from Helia against Helia from
+/// Helia.
+///
+/// `cargo test --release -p streamspace-transport --all-features --test bitswap_helia -- --ignored --exact helia_figures --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; run it by name"]
+async fn helia_figures() {
+    if skip() {
+        return;
+    }
+    let data = random(40 << 20, 61);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forty.bin");
+    std::fs::write(&path, &data).unwrap();
+    // The holders: a Helia node and ours, each with the file added its own way.
+    let mut holder = tokio::task::block_in_place(Helia::start);
+    let helia_root = tokio::task::block_in_place(|| holder.add_file(&path));
+    let ours = start_node().await;
+    let our_root = add_reader(
+        Some(ours.store().as_ref()),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let our_addr = ours.dialable_addrs().await.unwrap()[0].clone();
+    let (mut helia_helia, mut helia_ours, mut ours_helia) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        // Helia from Helia.
+        let mut f = tokio::task::block_in_place(Helia::start);
+        let (len, sha, ms) = tokio::task::block_in_place(|| {
+            f.call(&format!(r#"{{"op":"dial","addr":"{}"}}"#, holder.addr));
+            f.cat(&helia_root)
+        });
+        assert_eq!(
+            (len, sha.as_str()),
+            (data.len() as u64, hex_sha(&data).as_str())
+        );
+        helia_helia.push(ms);
+        drop(f);
+        // Helia from our node.
+        let mut f = tokio::task::block_in_place(Helia::start);
+        let (len, _, ms) = tokio::task::block_in_place(|| {
+            f.call(&format!(r#"{{"op":"dial","addr":"{our_addr}"}}"#));
+            f.cat(&our_root)
+        });
+        assert_eq!(len, data.len() as u64);
+        helia_ours.push(ms);
+        drop(f);
+        // Our node from Helia.
+        let n = start_node().await;
+        n.dial(holder.addr.clone()).await.unwrap();
+        await_bitswap_peer(&n, &holder.peer).await;
+        let t = std::time::Instant::now();
+        n.fetch(
+            helia_root,
+            FetchOptions {
+                use_dht: false,
+                ..FetchOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        ours_helia.push(t.elapsed().as_secs_f64() * 1000.0);
+        n.shutdown().await;
+    }
+    let (hh, ho, oh) = (
+        median_ms(helia_helia),
+        median_ms(helia_ours),
+        median_ms(ours_helia),
+    );
+    println!("40 MiB over Bitswap on loopback, medians of 3:");
+    println!("  Helia from Helia     {hh:8.0} ms");
+    println!(
+        "  Helia from our node  {ho:8.0} ms  ({:.2}x Helia from Helia; goal <= 1)",
+        ho / hh
+    );
+    println!(
+        "  our node from Helia  {oh:8.0} ms  ({:.2}x Helia from Helia; goal <= 1)",
+        oh / hh
+    );
+    ours.shutdown().await;
+}
