@@ -1488,6 +1488,91 @@ mod tests {
         origin.shutdown().await;
     }
 
+    /// A measurement, not a check: time to the first byte of a 1 GiB film through a
+    /// gateway whose node holds none of it, against the time a node takes to fetch the film's
+    /// first 256 KiB shard from the same origin; fresh nodes each round, three rounds.
+    ///
+    /// `cargo test --release -p streamspace-node --lib -- --ignored --exact gateway::tests::gateway_figures --nocapture`
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; run it by name"]
+    async fn gateway_figures() {
+        use std::time::Instant;
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        let film: Vec<u8> = (0..1u32 << 30).map(|i| (i ^ (i >> 11)) as u8).collect();
+        let root = add_reader(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(film),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        origin.provide(root).await.unwrap();
+        let joined = || async {
+            let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+            c.bootstrap = origin.dialable_addrs().await.unwrap();
+            let n = Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free))
+                .await
+                .unwrap();
+            while n.connected_peers().await.unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        };
+        let (mut first_byte, mut first_shard) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let gw = joined().await;
+            let app = router(gw.clone(), Arc::new(CacheStats::default()));
+            let t = Instant::now();
+            let r = app
+                .oneshot(
+                    Request::get(format!("/ipfs/{root}"))
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            let mut b = r.into_body();
+            let frame = b.frame().await.unwrap().unwrap();
+            assert!(!frame.data_ref().unwrap().is_empty());
+            first_byte.push(t.elapsed().as_secs_f64() * 1000.0);
+            drop(b);
+            gw.shutdown().await;
+
+            let n = joined().await;
+            let t = Instant::now();
+            n.fetch(
+                root,
+                FetchOptions {
+                    range: Some((0, 256 << 10)),
+                    peers: vec![origin.peer_id()],
+                    ..FetchOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            first_shard.push(t.elapsed().as_secs_f64() * 1000.0);
+            n.shutdown().await;
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (fb, fs) = (median(first_byte), median(first_shard));
+        println!("1 GiB film from one origin on loopback, medians of 3:");
+        println!("  gateway time to first byte      {fb:7.1} ms");
+        println!("  a node fetching its first shard {fs:7.1} ms");
+        println!("  ratio {:.2} (goal <= 1.5)", fb / fs);
+        origin.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serves_raw_car_and_ranges_fetching_from_the_network() {
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();

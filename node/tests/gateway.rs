@@ -57,9 +57,9 @@ async fn stalled_clients_do_not_stop_an_honest_one() {
     let data = common::data(100_000, 1);
     let root = add(&node, &data).await;
 
-    // 200 clients each send a few bytes of a request and then nothing.
+    // 1,000 clients each send a few bytes of a request and then nothing (slowloris).
     let mut stalled = Vec::new();
-    for i in 0..200 {
+    for i in 0..1000 {
         let mut s = TcpStream::connect(gw).await.expect("connect");
         let part: &[u8] = match i % 3 {
             0 => b"GET /ipfs/",

@@ -764,7 +764,15 @@ impl<S: BlockStore + 'static> Node<S> {
                 Some(p) => taken.entry(p).or_default().push((key, in_window)),
                 None => {
                     let usable = s.peers.keys().any(|p| s.usable(p, need));
-                    if !usable && !s.dht_running && s.flying.is_empty() {
+                    // A peer benched for failing (a dial made before its address was known,
+                    // say) comes back when its bench ends: the fetch waits for it, within
+                    // the stall deadline, rather than ending on three quick failures.
+                    let benched = s.peers.iter().any(|(p, score)| {
+                        !need.excluded.contains(p)
+                            && !score.refused
+                            && score.benched_until.is_some_and(|t| t > now)
+                    });
+                    if !usable && !benched && !s.dht_running && s.flying.is_empty() {
                         return Err(FetchError::Unavailable {
                             cid: need.cid,
                             tried: need.excluded.len(),

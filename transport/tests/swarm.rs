@@ -972,3 +972,39 @@ async fn a_root_nobody_holds_ends_the_fetch_before_the_stall_deadline() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_could_not_be_dialed_yet_is_asked_again_after_its_bench() {
+    let holder = start(config(), MemoryStore::new()).await;
+    let data = random(600_000, 31);
+    let root = publish(&holder, &data).await;
+    // The fetcher knows the holder's id but not yet its address: its first requests fail at
+    // once, three failures bench the holder, and it is the only peer.
+    let fetcher = start(config(), MemoryStore::new()).await;
+    let options = FetchOptions {
+        peers: vec![holder.peer_id()],
+        use_dht: false,
+        deadline: Duration::from_millis(500),
+        ..FetchOptions::default()
+    };
+    let fetch = {
+        let f = fetcher.clone();
+        tokio::spawn(async move { f.fetch(root, options).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its address becomes known while it is benched: the fetch waits for the bench to end
+    // and completes, instead of ending on the first three failures.
+    fetcher
+        .dial(holder.dialable_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let report = fetch.await.unwrap().unwrap();
+    assert!(report.bytes_from.contains_key(&holder.peer_id()));
+    assert_eq!(
+        read_back(fetcher.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+    for n in [&fetcher, &holder] {
+        n.shutdown().await;
+    }
+}
