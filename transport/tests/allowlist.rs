@@ -230,3 +230,15 @@ async fn an_expired_list_refuses_everyone_until_a_newer_one_over_quic_too() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_network_refuses_to_join_the_public_dht() {
+    let operator = ed25519::Keypair::generate();
+    let k = Keypair::generate_ed25519();
+    let mut c = member_config(&k, &operator, &list(&operator, 3600, &[&k]));
+    c.amino_dht = true;
+    match Node::start(c, Arc::new(MemoryStore::new()), Arc::new(Free)).await {
+        Err(NodeError::Transport(why)) => assert!(why.contains("amino_dht"), "{why}"),
+        other => panic!("started: {other:?}"),
+    }
+}

@@ -75,7 +75,12 @@ pub(super) fn build(
             .map_err(|e| NodeError::Transport(e.to_string()))?;
     let request_timeout = config.request_timeout;
     let limits = config.limits;
-    let amino = config.amino_dht && config.admission.is_none();
+    if config.amino_dht && config.admission.is_some() {
+        return Err(NodeError::Transport(
+            "amino_dht: a closed network (an allowlist) does not announce its content on the public IPFS DHT".into(),
+        ));
+    }
+    let amino = config.amino_dht;
     let nat = config.nat.clone();
     let relay_limits = nat.relay.filter(|_| config.tier == Tier::Tier1);
     // TLS 1.3 first (AES-NI, what the speed measurements favour), noise for peers without it.

@@ -99,8 +99,8 @@ pub struct Config {
     pub bitswap: crate::bitswap::Config,
     /// Whether an open network's node also joins the public IPFS DHT (Amino,
     /// `/ipfs/kad/1.0.0`) beside its own: roots it provides are announced there too, and
-    /// providers are looked up in both. Ignored (off) in a closed network, whose content is
-    /// not announced to the world.
+    /// providers are looked up in both. A closed network's content is not announced to the
+    /// world: with an allowlist, the node refuses to start ([`NodeError::Transport`]).
     pub amino_dht: bool,
 }
 
