@@ -1422,16 +1422,12 @@ mod tests {
             .unwrap();
         let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
 
+        let head = |uri: String| {
+            app.clone()
+                .oneshot(Request::head(uri).body(Body::empty()).unwrap())
+        };
         // HEAD: the headers of the whole file, from its root alone.
-        let r = app
-            .clone()
-            .oneshot(
-                Request::head(format!("/ipfs/{root}"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let r = head(format!("/ipfs/{root}")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(
             r.headers()[header::CONTENT_LENGTH],
@@ -1439,15 +1435,7 @@ mod tests {
         );
         assert!(body(r).await.is_empty());
         // HEAD of the CAR: its headers, no CAR written, nothing fetched below the root.
-        let r = app
-            .clone()
-            .oneshot(
-                Request::head(format!("/ipfs/{root}?format=car"))
-                    .body(Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let r = head(format!("/ipfs/{root}?format=car")).await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert!(
             r.headers()[header::CONTENT_TYPE]

@@ -71,6 +71,26 @@ async fn next_update(events: &mut tokio::sync::broadcast::Receiver<NodeEvent>) -
     .expect("an allowlist event")
 }
 
+/// `a` took a newer list of two peers that drops one, `gone`, and no longer holds a
+/// connection to it.
+async fn dropped_one(
+    a: &Node<MemoryStore>,
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    gone: PeerId,
+) {
+    assert_eq!(
+        next_update(events).await,
+        NodeEvent::AllowlistUpdated {
+            peers: 2,
+            removed: 1
+        }
+    );
+    until("the dropped peer is disconnected", async || {
+        !connected(a, gone).await
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_list_disconnects_the_peers_it_drops_and_old_lists_are_refused() {
     let operator = ed25519::Keypair::generate();
@@ -91,17 +111,7 @@ async fn a_newer_list_disconnects_the_peers_it_drops_and_old_lists_are_refused()
     let mut events = a.events();
     let second = list(&operator, 7200, &[&keys[0], &keys[1]]);
     a.update_allowlist(second.clone()).await.unwrap();
-    assert_eq!(
-        next_update(&mut events).await,
-        NodeEvent::AllowlistUpdated {
-            peers: 2,
-            removed: 1
-        }
-    );
-    until("C is disconnected", async || {
-        !connected(&a, c.peer_id()).await
-    })
-    .await;
+    dropped_one(&a, &mut events, c.peer_id()).await;
     // C cannot come back, B is still served.
     let _ = c.dial(addr.clone()).await;
     let asked = c.request(a.peer_id(), Request::Status).await;
@@ -165,17 +175,7 @@ async fn a_list_published_on_the_topic_is_taken_and_a_forged_one_is_not() {
     // B relays the operator's new list (anyone may carry it; the operator signed it).
     let second = list(&operator, 7200, &[&keys[0], &keys[1]]);
     publish(&b, &second).await;
-    assert_eq!(
-        next_update(&mut events).await,
-        NodeEvent::AllowlistUpdated {
-            peers: 2,
-            removed: 1
-        }
-    );
-    until("C is disconnected", async || {
-        !connected(&a, c.peer_id()).await
-    })
-    .await;
+    dropped_one(&a, &mut events, c.peer_id()).await;
     assert!(connected(&a, b.peer_id()).await);
     for n in [&a, &b, &c] {
         n.shutdown().await;
