@@ -396,6 +396,19 @@ enum Missing {
     Timeout,
 }
 
+/// How the gateway fetches `range` of an item (or all of it): as Bitswap does, the
+/// neighbours first, then the DHT's providers.
+async fn network_options<S: BlockStore + 'static>(
+    node: &Node<S>,
+    range: Option<(u64, u64)>,
+) -> FetchOptions {
+    FetchOptions {
+        range,
+        peers: node.connected_peers().await.unwrap_or_default(),
+        ..FetchOptions::default()
+    }
+}
+
 async fn fetch_from_network<S: BlockStore + 'static>(
     node: &Node<S>,
     cache: &CacheStats,
@@ -403,12 +416,7 @@ async fn fetch_from_network<S: BlockStore + 'static>(
     range: Option<(u64, u64)>,
 ) -> Result<(), Missing> {
     use streamspace_transport::FetchError;
-    let options = FetchOptions {
-        range,
-        // As Bitswap does: the neighbours first, then the DHT's providers.
-        peers: node.connected_peers().await.unwrap_or_default(),
-        ..FetchOptions::default()
-    };
+    let options = network_options(node, range).await;
     match tokio::time::timeout(FETCH_TIMEOUT, node.fetch(target, options)).await {
         Ok(Ok(report)) => {
             cache.count(&report);
@@ -459,11 +467,7 @@ impl<S: BlockStore + 'static> BlockStore for Fetching<S> {
             self.cache.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(b));
         }
-        let one = FetchOptions {
-            range: Some((0, 0)),
-            peers: self.node.connected_peers().await.unwrap_or_default(),
-            ..FetchOptions::default()
-        };
+        let one = network_options(&self.node, Some((0, 0))).await;
         match self.node.fetch(*cid, one).await {
             Ok(report) => self.cache.count(&report),
             Err(_) => return Ok(None),
@@ -892,11 +896,7 @@ async fn stream_range<S: BlockStore + 'static>(
     let fetcher = {
         let node = node.clone();
         tokio::spawn(async move {
-            let options = FetchOptions {
-                range: Some((offset, count)),
-                peers: node.connected_peers().await.unwrap_or_default(),
-                ..FetchOptions::default()
-            };
+            let options = network_options(&node, Some((offset, count))).await;
             let r = node.fetch(target, options).await;
             if let Ok(report) = &r {
                 cache.count(report);

@@ -86,6 +86,10 @@ pub(super) struct Driver<S> {
     pub(super) in_service: HashMap<PeerId, usize>,
     /// Answers handed to the swarm and not yet written, with what they hold.
     pub(super) writing: HashMap<InboundRequestId, (PeerId, super::serving::Held)>,
+    /// Bytes of answers each connected peer holds (see
+    /// [`super::Limits::max_answer_bytes_per_peer`]); made when its first request is served,
+    /// dropped when its last connection closes.
+    pub(super) answer_bytes: HashMap<PeerId, Arc<Semaphore>>,
     /// Have-list queries each connected peer may still make (see `serving`).
     pub(super) have_buckets: HashMap<PeerId, super::serving::Bucket>,
     pub(super) limits: super::Limits,
@@ -168,6 +172,7 @@ impl<S: BlockStore + 'static> Driver<S> {
             in_service: HashMap::new(),
             writing: HashMap::new(),
             have_buckets: HashMap::new(),
+            answer_bytes: HashMap::new(),
             limits: config.limits,
             bad: HashMap::new(),
             bans: Vec::new(),
@@ -508,11 +513,7 @@ impl<S: BlockStore + 'static> Driver<S> {
             } => {
                 self.tiers.remove(&peer_id);
                 self.have_buckets.remove(&peer_id);
-                self.shared
-                    .peer_answer_bytes
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&peer_id);
+                self.answer_bytes.remove(&peer_id);
                 self.emit(NodeEvent::Disconnected(peer_id));
             }
             SwarmEvent::IncomingConnectionError { error, peer_id, .. } => {

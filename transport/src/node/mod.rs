@@ -446,9 +446,6 @@ pub(crate) struct Shared<S> {
     pub(crate) bitswap: crate::bitswap::Client,
     /// Bytes of answers prepared or being written (see [`Limits::max_answer_bytes`]).
     pub(crate) answer_bytes: Arc<tokio::sync::Semaphore>,
-    /// The same per connected peer (see [`Limits::max_answer_bytes_per_peer`]).
-    pub(crate) peer_answer_bytes: Mutex<HashMap<PeerId, Arc<tokio::sync::Semaphore>>>,
-    pub(crate) answer_bytes_per_peer: usize,
 }
 
 impl<S> Shared<S> {
@@ -562,11 +559,6 @@ impl<S: BlockStore + 'static> Node<S> {
                     .max_answer_bytes
                     .max(crate::message::MAX_RESPONSE_DATA),
             )),
-            peer_answer_bytes: Mutex::default(),
-            answer_bytes_per_peer: config
-                .limits
-                .max_answer_bytes_per_peer
-                .max(crate::message::MAX_RESPONSE_DATA),
         });
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver::new(

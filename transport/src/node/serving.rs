@@ -6,12 +6,12 @@
 //! "overloaded".
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cid::Cid;
 use libp2p::PeerId;
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
-use std::sync::Arc;
 use streamspace_shard::store::BlockStore;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -195,9 +195,15 @@ impl<S: BlockStore + 'static> Driver<S> {
             return self.overloaded(channel, 50);
         };
         *self.in_service.entry(peer).or_default() += 1;
+        let per_peer = self.limits.max_answer_bytes_per_peer.max(MAX_RESPONSE_DATA);
+        let mine = self
+            .answer_bytes
+            .entry(peer)
+            .or_insert_with(|| Arc::new(Semaphore::new(per_peer)))
+            .clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let (resp, bytes) = answer(&shared, peer, request).await;
+            let (resp, bytes) = answer(&shared, &mine, peer, request).await;
             let held = Held {
                 _slot: permit,
                 _bytes: bytes,
@@ -212,6 +218,7 @@ impl<S: BlockStore + 'static> Driver<S> {
 /// The answer to a want, have list or payment, and the bytes its blocks hold.
 async fn answer<S: BlockStore>(
     shared: &Shared<S>,
+    mine: &Arc<Semaphore>,
     peer: PeerId,
     request: Request,
 ) -> (Response, Vec<OwnedSemaphorePermit>) {
@@ -248,16 +255,7 @@ async fn answer<S: BlockStore>(
                         // The node's bytes for answers: none free, the rest waits for a
                         // later request (or, with nothing in this answer, "overloaded").
                         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                        let mine = shared
-                            .peer_answer_bytes
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(peer)
-                            .or_insert_with(|| {
-                                Arc::new(Semaphore::new(shared.answer_bytes_per_peer))
-                            })
-                            .clone();
-                        let bytes = mine.try_acquire_many_owned(n).and_then(|m| {
+                        let bytes = mine.clone().try_acquire_many_owned(n).and_then(|m| {
                             shared
                                 .answer_bytes
                                 .clone()
