@@ -22,6 +22,11 @@ async fn one_block_many_names<S: BlockStore>(store: &S, held: impl Fn() -> u64) 
     for name in names {
         assert!(store.has(&name).await.expect("has"), "{name}");
         assert_eq!(
+            store.size(&name).await.expect("size"),
+            Some(data.len()),
+            "{name}"
+        );
+        assert_eq!(
             store.get(&name).await.expect("get"),
             Some(data.clone()),
             "{name}"
@@ -37,6 +42,9 @@ async fn one_block_many_names<S: BlockStore>(store: &S, held: impl Fn() -> u64) 
     // Identity: the block is the CID.
     let inline = Cid::new_v1(RAW, Multihash::wrap(0x00, b"tiny").expect("fits"));
     assert!(store.has(&inline).await.expect("has"));
+    assert_eq!(store.size(&inline).await.expect("size"), Some(4));
+    let absent = Block::encode(cid::Version::V1, RAW, Bytes::from_static(b"never stored"));
+    assert_eq!(store.size(absent.cid()).await.expect("size"), None);
     assert_eq!(
         store.get(&inline).await.expect("get"),
         Some(Bytes::from_static(b"tiny"))

@@ -1176,6 +1176,16 @@ impl BlockStore for DiskStore {
         self.inner.locate(&key_of(cid)).map(|l| l.is_some())
     }
 
+    /// The length the index records, without reading the pack.
+    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
+        if is_inline(cid) {
+            return Ok(Some(cid.hash().digest().len()));
+        }
+        self.inner
+            .locate(&key_of(cid))
+            .map(|l| l.and_then(|l| usize::try_from(l.len).ok()))
+    }
+
     /// Stores the blocks not yet held (by multihash) in one transaction: one `fdatasync` of
     /// the pack written and one commit of the index. Identity blocks are not stored.
     async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {

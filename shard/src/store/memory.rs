@@ -90,6 +90,18 @@ impl BlockStore for MemoryStore {
             .cloned())
     }
 
+    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
+        if cid.hash().code() == IDENTITY {
+            return Ok(Some(cid.hash().digest().len()));
+        }
+        Ok(self
+            .blocks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(cid.hash())
+            .map(Bytes::len))
+    }
+
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
         if inline(cid).is_some() {
             return Ok(true);

@@ -95,6 +95,13 @@ pub trait BlockStore: Send + Sync {
     /// Whether the block named `cid` is present.
     fn has(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The length of the block named `cid`, if present, without reading its bytes where the
+    /// store can tell (as [`DiskStore`] does, from its index; the length is what was stored,
+    /// not checked again). The default reads the block.
+    fn size(&self, cid: &Cid) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send {
+        async move { Ok(self.get(cid).await?.map(|b| b.len())) }
+    }
+
     /// Stores blocks atomically: all of them or none.
     fn put_many(&self, blocks: Vec<Block>) -> impl Future<Output = Result<(), StoreError>> + Send;
 

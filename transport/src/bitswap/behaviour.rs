@@ -6,7 +6,10 @@
 //! up and meters them off the swarm task ([`super::serve`]) and hands back one message,
 //! which the behaviour sends. A round starts only while fewer than
 //! [`Config::max_outstanding_bytes`] bytes of blocks wait to be written to the peer, so a
-//! peer that reads slowly is not buffered for.
+//! peer that reads slowly is not buffered for; a round fills half of that bound at most, so
+//! that the next round is looked up while the last one's message is written. A round reads
+//! the blocks it sends and no others: the store's index says which blocks are held and how
+//! long they are (for HAVEs and `pendingBytes`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,7 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handler::{FromBehaviour, Handler, Received, ToBehaviour};
 use super::ledger::{Ledger, Want};
-use super::message::{Entry, Message, Presence, Version, WantType, Wantlist, is_identity};
+use super::message::{
+    Entry, MAX_BLOCK, Message, Presence, Version, WantType, Wantlist, is_identity,
+};
 use super::{Config, Reply};
 
 /// Commands a [`super::Client`] sends.
@@ -206,7 +211,9 @@ impl Behaviour {
         }
         p.serving = true;
         let wants = p.ledger.next(batch);
-        let budget = max - p.outstanding;
+        // Half the bound at most, so that the next round is looked up while this one's
+        // message is written; and no more than one message can carry.
+        let budget = (max - p.outstanding).min(max.div_ceil(2)).min(MAX_BLOCK);
         self.events
             .push_back(ToSwarm::GenerateEvent(Event::Serve(ServeJob {
                 peer,

@@ -228,13 +228,41 @@ async fn round<S: BlockStore>(shared: &Shared<S>, job: ServeJob) -> Served {
     let mut pending = 0usize;
     let mut refused = 0u64;
     for (cid, want) in wants {
-        let data = match shared.store.get(&cid).await {
-            Ok(d) => d,
+        // The index first: a block beyond this round's budget, or answered with a HAVE, is
+        // not read.
+        let size = match shared.store.size(&cid).await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(%cid, error = %e, "store read failed while serving bitswap");
                 None
             }
         };
+        let as_block =
+            size.is_some_and(|n| want.want_type == WantType::Block || n <= replace_have_below);
+        if let Some(n) = size
+            && as_block
+            && (paused.is_some() || (total + n > budget && total > 0))
+        {
+            // Next round.
+            pending += n;
+            continue;
+        }
+        let data = match size {
+            Some(_) if as_block => match shared.store.get(&cid).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%cid, error = %e, "store read failed while serving bitswap");
+                    None
+                }
+            },
+            Some(_) => {
+                message.presences.push((cid, Presence::Have));
+                answered.push((cid, want.seq));
+                continue;
+            }
+            None => None,
+        };
+        // Absent, or found corrupt when read (and dropped by the store).
         let Some(data) = data else {
             if want.send_dont_have {
                 message.presences.push((cid, Presence::DontHave));
@@ -244,17 +272,6 @@ async fn round<S: BlockStore>(shared: &Shared<S>, job: ServeJob) -> Served {
             }
             continue;
         };
-        let as_block = want.want_type == WantType::Block || data.len() <= replace_have_below;
-        if !as_block {
-            message.presences.push((cid, Presence::Have));
-            answered.push((cid, want.seq));
-            continue;
-        }
-        if paused.is_some() || (total + data.len() > budget && total > 0) {
-            // Next round.
-            pending += data.len();
-            continue;
-        }
         match shared.meter.before_send(&peer, &cid, data.len()) {
             Decision::Serve => {
                 total += data.len();
