@@ -19,6 +19,7 @@ use streamspace_shard::export::{ByteRange, cat};
 use streamspace_shard::import::{ImportOptions, Layout};
 use streamspace_shard::pb::{DataType, PbLink, PbNode, UnixFsData};
 use streamspace_shard::store::{BlockStore, MemoryStore, StoreError, add_reader};
+use streamspace_transport::bitswap::message::WantType;
 use streamspace_transport::meter::Free;
 use streamspace_transport::{Budget, Config, Exceeded, FetchError, FetchOptions, Node, PeerId};
 
@@ -42,6 +43,9 @@ impl BlockStore for Counting {
     }
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
         self.inner.has(cid).await
+    }
+    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
+        self.inner.size(cid).await
     }
     async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
         self.inner.put_many(blocks).await
@@ -492,4 +496,67 @@ proptest! {
         };
         prop_assert_eq!(budget, expected);
     }
+}
+
+/// A peer that wants many large blocks over Bitswap makes the node read each of them once,
+/// though they go out over several serving rounds (each bounded by the peer's outstanding
+/// bytes); a peer that only asks whether the node has them makes it read none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitswap_wants_read_each_block_once_and_haves_read_none() {
+    let blocks: Vec<Block> = (0..64)
+        .map(|i| Block::encode(Version::V1, RAW, Bytes::from(random(256 << 10, 900 + i))))
+        .collect();
+    let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+    let (server, fetcher) = pair(blocks.clone()).await;
+    let peer = server.peer_id();
+    // Connected once a want-have is answered.
+    let mut connected = false;
+    for _ in 0..200 {
+        let r = fetcher
+            .bitswap_want(peer, vec![cids[0]], WantType::Have)
+            .await
+            .unwrap();
+        if r.have == vec![cids[0]] {
+            connected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        connected,
+        "the fetcher never reached the server over Bitswap"
+    );
+    assert_eq!(server.store().gets(), 0, "a HAVE reads no block");
+
+    let r = fetcher
+        .bitswap_want(peer, cids.clone(), WantType::Have)
+        .await
+        .unwrap();
+    assert_eq!(r.have.len(), 64);
+    assert_eq!(server.store().gets(), 0, "HAVEs read no block");
+
+    let r = fetcher
+        .bitswap_want(peer, cids.clone(), WantType::Block)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.blocks.len(),
+        64,
+        "every block arrives ({} unanswered)",
+        r.unanswered.len()
+    );
+    for (cid, data) in &r.blocks {
+        let b = blocks
+            .iter()
+            .find(|b| b.cid() == cid)
+            .expect("a wanted block");
+        assert_eq!(data, b.data());
+    }
+    assert_eq!(
+        server.store().gets(),
+        64,
+        "each block read once, in whichever round sent it"
+    );
+    server.shutdown().await;
+    fetcher.shutdown().await;
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cid::Cid;
 use libp2p::PeerId;
-use streamspace_shard::store::BlockStore;
+use streamspace_shard::store::{BlockStore, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 mod behaviour;
@@ -228,38 +228,20 @@ async fn round<S: BlockStore>(shared: &Shared<S>, job: ServeJob) -> Served {
     let mut pending = 0usize;
     let mut refused = 0u64;
     for (cid, want) in wants {
-        // The index first: a block beyond this round's budget, or answered with a HAVE, is
+        // The index first: a block answered with a HAVE, or beyond this round's budget, is
         // not read.
-        let size = match shared.store.size(&cid).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(%cid, error = %e, "store read failed while serving bitswap");
-                None
-            }
-        };
-        let as_block =
-            size.is_some_and(|n| want.want_type == WantType::Block || n <= replace_have_below);
-        if let Some(n) = size
-            && as_block
-            && (paused.is_some() || (total + n > budget && total > 0))
-        {
-            // Next round.
-            pending += n;
-            continue;
-        }
-        let data = match size {
-            Some(_) if as_block => match shared.store.get(&cid).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(%cid, error = %e, "store read failed while serving bitswap");
-                    None
-                }
-            },
-            Some(_) => {
+        let data = match logged(&cid, shared.store.size(&cid).await) {
+            Some(n) if want.want_type == WantType::Have && n > replace_have_below => {
                 message.presences.push((cid, Presence::Have));
                 answered.push((cid, want.seq));
                 continue;
             }
+            Some(n) if paused.is_some() || (total + n > budget && total > 0) => {
+                // Next round.
+                pending += n;
+                continue;
+            }
+            Some(_) => logged(&cid, shared.store.get(&cid).await),
             None => None,
         };
         // Absent, or found corrupt when read (and dropped by the store).
@@ -310,6 +292,14 @@ async fn round<S: BlockStore>(shared: &Shared<S>, job: ServeJob) -> Served {
         parked,
         paused,
     }
+}
+
+/// A store answer while serving: a failed read is logged and served as absent.
+fn logged<T>(cid: &Cid, r: Result<Option<T>, StoreError>) -> Option<T> {
+    r.unwrap_or_else(|e| {
+        tracing::warn!(%cid, error = %e, "store read failed while serving bitswap");
+        None
+    })
 }
 
 impl<S: BlockStore + 'static> Node<S> {
