@@ -4,6 +4,7 @@
 // Prints one JSON line at start: {"peer": "<peer id>", "addrs": ["<multiaddr>/p2p/<id>"]}.
 // Then reads one JSON command a line and answers one JSON line each, in order:
 //   {"op":"add-file","path":P}            -> {"cid"}             (UnixFS defaults of @helia/unixfs)
+//   {"op":"add-file","path":P,"chunkSize":N} -> {"cid"}          (the same, in fixed chunks of N bytes)
 //   {"op":"add-dir","path":P}             -> {"cid"}             (the directory is the root)
 //   {"op":"dial","addr":A}                -> {}
 //   {"op":"cat","cid":C}                  -> {"len","sha256","ms"}  (fetched over Bitswap)
@@ -36,6 +37,7 @@ import { tcp } from '@libp2p/tcp'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createHeliaLight } from 'helia'
+import { fixedSize } from 'ipfs-unixfs-importer/chunker'
 import * as lp from 'it-length-prefixed'
 import { CID } from 'multiformats/cid'
 import { BitswapMessage, WantType } from './node_modules/@helia/bitswap/dist/src/pb/message.js'
@@ -140,7 +142,9 @@ function padded (cid, type, size) {
 async function run (cmd) {
   switch (cmd.op) {
     case 'add-file': {
-      const cid = await fs.addBytes(readFileSync(cmd.path))
+      // Helia's defaults, or fixed chunks of `chunkSize` bytes.
+      const options = cmd.chunkSize != null ? { chunker: fixedSize({ chunkSize: cmd.chunkSize }) } : {}
+      const cid = await fs.addBytes(readFileSync(cmd.path), options)
       return { cid: cid.toString() }
     }
     case 'add-dir': {

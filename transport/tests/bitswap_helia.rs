@@ -22,7 +22,7 @@ use rand::{RngCore, SeedableRng};
 use streamspace_shard::block::{RAW, cid_of};
 use streamspace_shard::dag::resolve;
 use streamspace_shard::export::{ByteRange, cat};
-use streamspace_shard::import::ImportOptions;
+use streamspace_shard::import::{ImportOptions, Profile};
 use streamspace_shard::store::{BlockStore, MemoryStore, add_path, add_reader};
 use streamspace_transport::bitswap::message::{MAX_MESSAGE, WantType};
 use streamspace_transport::meter::Free;
@@ -126,6 +126,15 @@ impl Helia {
     fn add_file(&mut self, path: &Path) -> Cid {
         let line = self.call(&format!(
             r#"{{"op":"add-file","path":"{}"}}"#,
+            path.display()
+        ));
+        text(&line, "cid").expect("cid").parse().expect("cid")
+    }
+
+    /// Adds a file as Helia does, in fixed chunks of `chunk` bytes.
+    fn add_file_chunked(&mut self, path: &Path, chunk: usize) -> Cid {
+        let line = self.call(&format!(
+            r#"{{"op":"add-file","path":"{}","chunkSize":{chunk}}}"#,
             path.display()
         ));
         text(&line, "cid").expect("cid").parse().expect("cid")
@@ -532,9 +541,12 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 }
 
 /// A measurement, not a check: a 40 MiB file over Bitswap on loopback, each pair in the same
-/// run, three rounds alternating, fresh fetchers each time:
+/// run, five rounds alternating, fresh fetchers each time:
 /// Helia from our node against Helia from Helia, and our node from Helia against Helia from
-/// Helia.
+/// Helia. Both holders hold the same DAG, in two shapes: Helia's defaults (the
+/// `unixfs-v1-2025` profile: CIDv1, raw 1 MiB leaves, 1024 links) and the same in 256 KiB
+/// leaves; the roots imported by Helia and by us must agree, so every fetcher asks for the
+/// same blocks.
 ///
 /// `cargo test --release -p streamspace-transport --all-features --test bitswap_helia -- --ignored --exact helia_figures --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,40 +559,54 @@ async fn helia_figures() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("forty.bin");
     std::fs::write(&path, &data).unwrap();
+    println!("40 MiB over Bitswap on loopback, medians of 5:");
+    for chunk in [1 << 20, 256 << 10] {
+        figures_of_shape(&data, &path, chunk).await;
+    }
+}
+
+/// [`helia_figures`] for one leaf size.
+async fn figures_of_shape(data: &[u8], path: &Path, chunk: usize) {
     // The holders: a Helia node and ours, each with the file added its own way.
     let mut holder = tokio::task::block_in_place(Helia::start);
-    let helia_root = tokio::task::block_in_place(|| holder.add_file(&path));
+    let root = tokio::task::block_in_place(|| holder.add_file_chunked(path, chunk));
     let ours = start_node().await;
     let our_root = add_reader(
         Some(ours.store().as_ref()),
-        std::io::Cursor::new(data.clone()),
-        ImportOptions::default(),
+        std::io::Cursor::new(data.to_vec()),
+        ImportOptions::profile(Profile::UnixfsV1_2025)
+            .with_chunker(&format!("size-{chunk}"))
+            .unwrap(),
     )
     .await
     .unwrap()
     .cid;
+    assert_eq!(our_root, root, "one DAG, imported by Helia and by us");
     let our_addr = ours.dialable_addrs().await.unwrap()[0].clone();
     let (mut helia_helia, mut helia_ours, mut ours_helia) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..5 {
         // Helia from Helia.
         let mut f = tokio::task::block_in_place(Helia::start);
         let (len, sha, ms) = tokio::task::block_in_place(|| {
             f.call(&format!(r#"{{"op":"dial","addr":"{}"}}"#, holder.addr));
-            f.cat(&helia_root)
+            f.cat(&root)
         });
         assert_eq!(
             (len, sha.as_str()),
-            (data.len() as u64, hex_sha(&data).as_str())
+            (data.len() as u64, hex_sha(data).as_str())
         );
         helia_helia.push(ms);
         drop(f);
         // Helia from our node.
         let mut f = tokio::task::block_in_place(Helia::start);
-        let (len, _, ms) = tokio::task::block_in_place(|| {
+        let (len, sha, ms) = tokio::task::block_in_place(|| {
             f.call(&format!(r#"{{"op":"dial","addr":"{our_addr}"}}"#));
-            f.cat(&our_root)
+            f.cat(&root)
         });
-        assert_eq!(len, data.len() as u64);
+        assert_eq!(
+            (len, sha.as_str()),
+            (data.len() as u64, hex_sha(data).as_str())
+        );
         helia_ours.push(ms);
         drop(f);
         // Our node from Helia.
@@ -589,7 +615,7 @@ async fn helia_figures() {
         await_bitswap_peer(&n, &holder.peer).await;
         let t = std::time::Instant::now();
         n.fetch(
-            helia_root,
+            root,
             FetchOptions {
                 use_dht: false,
                 ..FetchOptions::default()
@@ -605,7 +631,7 @@ async fn helia_figures() {
         median_ms(helia_ours),
         median_ms(ours_helia),
     );
-    println!("40 MiB over Bitswap on loopback, medians of 3:");
+    println!("{} KiB leaves:", chunk >> 10);
     println!("  Helia from Helia     {hh:8.0} ms");
     println!(
         "  Helia from our node  {ho:8.0} ms  ({:.2}x Helia from Helia; goal <= 1)",
