@@ -25,10 +25,13 @@ use streamspace_shard::crypto::{
 use streamspace_shard::dag::{hamt_shards, resolve};
 use streamspace_shard::export::{ByteRange, cat, file_size};
 use streamspace_shard::store::{BlockStore, StoreError};
-use streamspace_transport::{FetchOptions, Node};
+use streamspace_transport::{FetchOptions, Node, Pace};
 
 /// How long a request may wait for content to arrive from the network.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How far a streamed answer's fetch runs ahead of what the client has taken: what a slow
+/// client makes the node fetch and hold is bounded by this, per answer.
+pub const READ_AHEAD: u64 = 16 << 20;
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const RAW: &str = "application/vnd.ipld.raw";
 const CAR: &str = "application/vnd.ipld.car";
@@ -883,6 +886,11 @@ async fn serve<S: BlockStore + 'static>(
 /// a failure after it cuts the body short. The deadline is on progress,
 /// not on the whole answer, so a long film on a slow link is served to its end; a client that
 /// goes away stops the fetch.
+///
+/// The fetch is paced by the client: it runs at most [`READ_AHEAD`] bytes past what the
+/// client has taken, and every block it brings (or finds in the store) is held against
+/// eviction until the answer has read it, so a block is never evicted between its arrival
+/// and its sending, and a slow client holds at most that much of the store.
 async fn stream_range<S: BlockStore + 'static>(
     node: Node<S>,
     cache: Arc<CacheStats>,
@@ -893,11 +901,18 @@ async fn stream_range<S: BlockStore + 'static>(
     h: HeaderMap,
 ) -> Response {
     let (done_tx, done) = tokio::sync::watch::channel(None);
+    let (position, paced) = tokio::sync::watch::channel(offset);
+    let holding = Arc::new(Holding::new(node.store().clone()));
     let fetcher = {
         let node = node.clone();
+        let holding = holding.clone();
         tokio::spawn(async move {
-            let options = network_options(&node, Some((offset, count))).await;
-            let r = node.fetch(target, options).await;
+            let mut options = network_options(&node, Some((offset, count))).await;
+            options.pace = Some(Pace {
+                position: paced,
+                ahead: READ_AHEAD,
+            });
+            let r = node.fetch_into(holding.as_ref(), target, options).await;
             if let Ok(report) = &r {
                 cache.count(report);
             }
@@ -906,21 +921,29 @@ async fn stream_range<S: BlockStore + 'static>(
     };
     // The fetch ends when the answer does, however it ends.
     let guard = AbortOnDrop(fetcher);
-    let arriving = Arriving {
-        store: node.store().clone(),
-        done,
-    };
+    let arriving = Arriving { holding, done };
     let (first_tx, first) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let (tx, body) = body_pipe();
     tokio::spawn(async move {
         let _guard = guard;
         let parts = cat(&arriving, target, ByteRange::new(offset, Some(count)));
         let mut parts = std::pin::pin!(parts);
+        let mut at = offset;
         match parts.next().await {
             Some(Ok(p)) => {
                 let _ = first_tx.send(Ok(()));
-                if tx.send(Ok(p)).await.is_ok() {
-                    forward(parts, tx).await;
+                let mut next = Some(Ok(p));
+                while let Some(p) = next {
+                    let len = p.as_ref().map_or(0, |b| b.len() as u64);
+                    let p = p.map_err(std::io::Error::other);
+                    let stop = p.is_err();
+                    if tx.send(p).await.is_err() || stop {
+                        break;
+                    }
+                    // Taken by the client (or in the few pieces the body buffers).
+                    at += len;
+                    position.send_replace(at);
+                    next = parts.next().await;
                 }
             }
             Some(Err(e)) => {
@@ -953,10 +976,96 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The node's store, read while a fetch fills it: a block not here yet is waited for until
-/// the fetch ends, or until [`FETCH_TIMEOUT`] passes without it.
-struct Arriving<S> {
+/// The node's store as a streamed answer's fetch writes to it: every block the fetch stores
+/// or finds there is held against eviction ([`BlockStore::hold`]) until the answer has read
+/// it ([`Holding::taken`]); whatever is still held when the answer ends is released then.
+struct Holding<S: BlockStore> {
     store: Arc<S>,
+    held: std::sync::Mutex<HashMap<Cid, u32>>,
+}
+
+impl<S: BlockStore> Holding<S> {
+    fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, u32>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn hold_one(&self, cid: &Cid) {
+        self.store.hold(cid);
+        *self.held().entry(*cid).or_insert(0) += 1;
+    }
+
+    /// The answer has read `cid`: one hold of it ends.
+    fn taken(&self, cid: &Cid) {
+        let mut held = self.held();
+        if let Some(n) = held.get_mut(cid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(cid);
+            }
+            self.store.release(cid);
+        }
+    }
+}
+
+impl<S: BlockStore> Drop for Holding<S> {
+    fn drop(&mut self) {
+        for (cid, n) in self.held().drain() {
+            for _ in 0..n {
+                self.store.release(&cid);
+            }
+        }
+    }
+}
+
+impl<S: BlockStore> BlockStore for Holding<S> {
+    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        // The fetch looking for what the store holds already: held from here on.
+        self.hold_one(cid);
+        let b = self.store.get(cid).await;
+        if !matches!(b, Ok(Some(_))) {
+            self.taken(cid);
+        }
+        b
+    }
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.has(cid).await
+    }
+    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
+        self.store.size(cid).await
+    }
+    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+        // Held before they are stored, so no eviction falls between.
+        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+        for c in &cids {
+            self.hold_one(c);
+        }
+        let r = self.store.put_many(blocks).await;
+        if r.is_err() {
+            for c in &cids {
+                self.taken(c);
+            }
+        }
+        r
+    }
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.delete(cid).await
+    }
+}
+
+/// The node's store, read while a fetch fills it: a block not here yet is waited for until
+/// the fetch ends, or until [`FETCH_TIMEOUT`] passes without it. A block read is no longer
+/// held for the answer.
+struct Arriving<S: BlockStore> {
+    holding: Arc<Holding<S>>,
     /// The fetch's outcome, once it ended.
     done: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
@@ -964,17 +1073,27 @@ struct Arriving<S> {
 /// How often a block not here yet is looked for while the fetch runs.
 const ARRIVAL_POLL: Duration = Duration::from_millis(5);
 
+impl<S: BlockStore> Arriving<S> {
+    async fn look(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+        let b = self.holding.store.get(cid).await?;
+        if b.is_some() {
+            self.holding.taken(cid);
+        }
+        Ok(b)
+    }
+}
+
 impl<S: BlockStore> BlockStore for Arriving<S> {
     async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
         let mut done = self.done.clone();
         loop {
-            if let Some(b) = self.store.get(cid).await? {
+            if let Some(b) = self.look(cid).await? {
                 return Ok(Some(b));
             }
             if done.borrow().is_some() || tokio::time::Instant::now() >= deadline {
                 // The fetch ended (or stalled) without it: one last look.
-                return self.store.get(cid).await;
+                return self.look(cid).await;
             }
             tokio::select! {
                 _ = done.changed() => {}
@@ -983,13 +1102,13 @@ impl<S: BlockStore> BlockStore for Arriving<S> {
         }
     }
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.store.has(cid).await
+        self.holding.store.has(cid).await
     }
     async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
-        self.store.put_many(blocks).await
+        self.holding.store.put_many(blocks).await
     }
     async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.store.delete(cid).await
+        self.holding.store.delete(cid).await
     }
 }
 
@@ -1472,6 +1591,87 @@ mod tests {
         got.extend_from_slice(&rest);
         assert_eq!(got.len(), data.len());
         assert!(got == data, "the streamed file differs");
+        gw_node.shutdown().await;
+        origin.shutdown().await;
+    }
+
+    /// A client that reads slowly: the gateway fetches at most [`READ_AHEAD`] past what it
+    /// has taken, and the blocks fetched for it stay while other writes fill the store to its
+    /// quota (the oldest blocks not held go instead); the film arrives whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_client_bounds_the_fetch_and_its_blocks_stay_until_sent() {
+        use streamspace_shard::store::DiskStore;
+        const LEAF: u64 = 256 << 10;
+        let origin = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(MemoryStore::new()),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        // 48 MiB: 192 leaves, three times the read-ahead.
+        let len = 3 * READ_AHEAD;
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let root = add_reader(
+            Some(origin.store().as_ref()),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        let dir = tempfile::tempdir().unwrap();
+        let quota = READ_AHEAD + 8 * (1 << 20);
+        let store = Arc::new(DiskStore::open(dir.path().join("blocks"), Some(quota)).unwrap());
+        let mut c = Config::new(Keypair::generate_ed25519()).loopback();
+        c.bootstrap = origin.dialable_addrs().await.unwrap();
+        let gw_node = Node::start(c, store.clone(), Arc::new(Free)).await.unwrap();
+        let app = router(gw_node.clone(), Arc::new(CacheStats::default()));
+        let r = app
+            .oneshot(
+                Request::get(format!("/ipfs/{root}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body_stream = r.into_body();
+        let mut got = Vec::new();
+        while got.len() < (1 << 20) {
+            let frame = body_stream.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        // The client stops reading. What the gateway fetched is bounded by what it took, the
+        // pieces buffered on the way to it (four, and one being sent) and the read-ahead.
+        let bound = (got.len() as u64 + 5 * LEAF + READ_AHEAD) / LEAF + 2;
+        let mut last = 0;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = gw_node.stats().shards_received;
+            assert!(
+                last <= bound,
+                "{last} blocks fetched for a stalled client; at most {bound}"
+            );
+        }
+        assert!(
+            last < 193,
+            "the whole film was fetched for a client that stopped"
+        );
+        // Other writes fill the store past its quota: blocks not held make room.
+        for i in 0..32u8 {
+            let filler = streamspace_shard::Block::encode(
+                cid::Version::V1,
+                streamspace_shard::block::RAW,
+                vec![i; LEAF as usize].into(),
+            );
+            store.put(filler).await.unwrap();
+        }
+        assert!(store.used_bytes() <= quota);
+        let rest = body_stream.collect().await.unwrap().to_bytes();
+        got.extend_from_slice(&rest);
+        assert_eq!(got.len(), data.len(), "the film was cut short");
+        assert!(got == data, "the streamed film differs");
         gw_node.shutdown().await;
         origin.shutdown().await;
     }

@@ -65,6 +65,50 @@ async fn quota_evicts_least_recently_used_unpinned_blocks() {
     assert!(store.used_bytes() <= 10_000);
 }
 
+/// Held blocks (an answer still being sent) are neither evicted nor deleted; holds count,
+/// end with as many releases, bound what eviction can free, and do not outlive the store.
+#[tokio::test]
+async fn held_blocks_stay_until_released_and_holds_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("b.redb");
+    let store = DiskStore::open(&path, Some(3000)).unwrap();
+    let (a, b) = (block(1, 1000), block(2, 1000));
+    // Held before it is stored, twice.
+    store.hold(a.cid());
+    store.hold(a.cid());
+    store.put(a.clone()).await.unwrap();
+    store.put(b.clone()).await.unwrap();
+    assert!(matches!(store.delete(a.cid()).await, Err(StoreError::Pinned(c)) if c == *a.cid()));
+    // Over the quota: the oldest block not held goes (b, after a).
+    store.put(block(3, 1000)).await.unwrap();
+    store.put(block(4, 1000)).await.unwrap();
+    assert!(store.has(a.cid()).await.unwrap());
+    assert!(!store.has(b.cid()).await.unwrap());
+    // One release of two: still held.
+    store.release(a.cid());
+    store.put(block(5, 1000)).await.unwrap();
+    assert!(store.has(a.cid()).await.unwrap());
+    // Held blocks bound what can be freed: with everything held, a write over the quota is
+    // refused, and nothing held is lost.
+    for i in [4, 5] {
+        store.hold(block(i, 1000).cid());
+    }
+    assert!(matches!(
+        store.put(block(6, 1000)).await,
+        Err(StoreError::QuotaExceeded { .. })
+    ));
+    assert_eq!(store.len(), 3);
+    store.release(a.cid());
+    store.put(block(6, 1000)).await.unwrap();
+    assert!(!store.has(a.cid()).await.unwrap());
+    // A release of a block not held does nothing.
+    store.release(b.cid());
+    // Holds live in memory: reopened, the store holds nothing.
+    drop(store);
+    let store = DiskStore::open(&path, Some(3000)).unwrap();
+    assert!(store.delete(block(4, 1000).cid()).await.unwrap());
+}
+
 #[tokio::test]
 async fn pin_of_incomplete_dag_is_refused() {
     let dir = tempfile::tempdir().unwrap();

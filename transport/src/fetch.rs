@@ -90,6 +90,37 @@ pub struct FetchOptions {
     /// The most blocks and bytes the fetch may take in; `None` (the default) for the budget
     /// the root declares ([`Budget::for_root`]).
     pub budget: Option<Budget>,
+    /// A reader that paces the fetch (a gateway streaming a film to a client): blocks are
+    /// asked for only up to [`Pace::ahead`] bytes past the reader's position. `None` (the
+    /// default) fetches as fast as peers send.
+    pub pace: Option<Pace>,
+}
+
+/// The position of a reader that paces a fetch ([`FetchOptions::pace`]).
+///
+/// Blocks whose data starts more than `ahead` bytes past the position the reader last
+/// published are neither asked of peers nor looked up in the store until the reader
+/// advances, so what a slow reader makes a node fetch and keep is bounded by `ahead` (plus
+/// one block). A fetch waiting for its reader does not stall; when the sender is dropped the
+/// fetch ends with [`FetchError::ReaderGone`].
+///
+/// ```
+/// use streamspace_transport::{FetchOptions, Pace};
+///
+/// let (position, rx) = tokio::sync::watch::channel(0u64);
+/// let options = FetchOptions {
+///     pace: Some(Pace { position: rx, ahead: 16 << 20 }),
+///     ..FetchOptions::default()
+/// };
+/// // As the reader sends bytes of the file: `position.send_replace(offset)`.
+/// # drop((position, options));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// The byte offset in the file up to which the reader has read.
+    pub position: tokio::sync::watch::Receiver<u64>,
+    /// How many bytes past the position the fetch may run ahead.
+    pub ahead: u64,
 }
 
 impl Default for FetchOptions {
@@ -113,6 +144,7 @@ impl Default for FetchOptions {
             max_failures: 3,
             stall: Duration::from_secs(30),
             budget: None,
+            pace: None,
         }
     }
 }
@@ -271,6 +303,9 @@ pub enum FetchError {
     /// The node shut down.
     #[error("node has shut down")]
     Closed,
+    /// The reader pacing the fetch ([`FetchOptions::pace`]) went away.
+    #[error("the reader pacing the fetch of {0} went away")]
+    ReaderGone(Cid),
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +444,10 @@ struct Session {
     budget: Option<Budget>,
     /// Bytes of blocks taken in so far.
     taken: u64,
+    /// Blocks whose data starts past this offset wait for the reader ([`Pace`]).
+    limit: u64,
+    /// Whether a reader paces the fetch.
+    paced: bool,
     /// Peers reachable only through a relay now: asked after others of their class.
     relayed: HashSet<PeerId>,
 }
@@ -508,19 +547,26 @@ impl Session {
             .map(|(_, _, p)| p)
     }
 
+    /// The pending blocks in playback order, up to the reader's pace (offsets only grow
+    /// along playback order, a node's children starting where it does or later).
+    fn paced(&self) -> impl Iterator<Item = (&Key, &Need)> {
+        let limit = self.limit;
+        self.pending
+            .iter()
+            .take_while(move |(_, n)| n.offset <= limit)
+    }
+
     /// What to ask for next: the window in playback order, then up to `lookahead` more,
     /// rarest first. Each is flagged with whether it is in the window.
     fn candidates(&self) -> Vec<(Key, bool)> {
         let window = self.options.window;
         let mut keys: Vec<(Key, bool)> = self
-            .pending
-            .keys()
+            .paced()
             .take(window)
-            .map(|k| (k.clone(), true))
+            .map(|(k, _)| (k.clone(), true))
             .collect();
         let mut beyond: Vec<(usize, u64, Key)> = self
-            .pending
-            .iter()
+            .paced()
             .skip(window)
             .take(self.options.lookahead)
             .map(|(k, n)| {
@@ -599,6 +645,8 @@ impl<S: BlockStore + 'static> Node<S> {
             outstanding: HashMap::new(),
             budget: options_budget,
             taken: 0,
+            limit: u64::MAX,
+            paced: false,
             relayed: HashSet::new(),
         };
         if s.options.bitswap_peers {
@@ -623,8 +671,18 @@ impl<S: BlockStore + 'static> Node<S> {
         }
         let mut next_dht = start;
         let mut next_have = start;
+        let mut pace = s.options.pace.take();
+        s.paced = pace.is_some();
 
         loop {
+            if let Some(p) = &mut pace {
+                let limit = p.position.borrow_and_update().saturating_add(p.ahead);
+                if limit != s.limit {
+                    // The reader moved: waiting for it was no stall.
+                    s.last_progress = Instant::now();
+                    s.limit = limit;
+                }
+            }
             expand_local(target, &mut s).await?;
             if s.pending.is_empty() && s.flying.is_empty() {
                 break;
@@ -682,6 +740,10 @@ impl<S: BlockStore + 'static> Node<S> {
                 });
             }
             self.schedule(&mut s, &mut tasks, now)?;
+            if s.flying.is_empty() && s.paced().next().is_none() {
+                // Everything left is past the reader's pace: waiting for it is no stall.
+                s.last_progress = Instant::now();
+            }
             if s.last_progress.elapsed() > s.options.stall {
                 let cid = s.pending.values().next().map_or(root, |n| n.cid);
                 return Err(FetchError::Unavailable {
@@ -698,6 +760,16 @@ impl<S: BlockStore + 'static> Node<S> {
                 done = tasks.next(), if !tasks.is_empty() => {
                     if let Some(done) = done {
                         self.settle(target, &mut s, done).await?;
+                    }
+                }
+                moved = async {
+                    match &mut pace {
+                        Some(p) => p.position.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if moved.is_err() {
+                        return Err(FetchError::ReaderGone(root));
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
@@ -1065,9 +1137,15 @@ impl<S: BlockStore + 'static> Node<S> {
 /// be held too).
 async fn expand_local<T: BlockStore>(target: &T, s: &mut Session) -> Result<(), FetchError> {
     let span = s.options.window.max(1) + s.options.lookahead;
+    let limit = s.limit;
     loop {
         let mut local = Vec::new();
-        for (key, need) in s.pending.iter_mut().take(span) {
+        for (key, need) in s
+            .pending
+            .iter_mut()
+            .take(span)
+            .take_while(|(_, n)| n.offset <= limit)
+        {
             if need.checked {
                 continue;
             }
@@ -1142,9 +1220,12 @@ impl Session {
             reason: e.to_string(),
         };
         let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
-        // With a range, follow only the children of a file node whose bytes overlap it.
-        let sizes = match (&options.range, &node.data) {
-            (Some(_), Some(d)) => UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes,
+        // With a range, follow only the children of a file node whose bytes overlap it; with
+        // a range or a pace, know where each child's bytes start.
+        let sizes = match &node.data {
+            Some(d) if options.range.is_some() || self.paced => {
+                UnixFsData::decode(d).map_err(|e| malformed(&e))?.blocksizes
+            }
             _ => Vec::new(),
         };
         let ranged = options.range.is_some();

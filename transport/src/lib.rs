@@ -34,7 +34,7 @@ pub mod meter;
 pub mod node;
 
 pub use cache::View;
-pub use fetch::{Budget, Exceeded, FetchError, FetchOptions, FetchReport};
+pub use fetch::{Budget, Exceeded, FetchError, FetchOptions, FetchReport, Pace};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, identity::ed25519};
 pub use message::Tier;
 pub use node::{

@@ -18,7 +18,7 @@ use streamspace_transport::allowlist::SignedAllowlist;
 use streamspace_transport::message::{Request, Response};
 use streamspace_transport::meter::{Decision, Free, Meter};
 use streamspace_transport::{
-    Admission, Config, FetchError, FetchOptions, Node, NodeEvent, PeerId, ReplicateAnything,
+    Admission, Config, FetchError, FetchOptions, Node, NodeEvent, Pace, PeerId, ReplicateAnything,
     ReplicationConfig, Tier,
 };
 
@@ -1005,6 +1005,88 @@ async fn a_peer_that_could_not_be_dialed_yet_is_asked_again_after_its_bench() {
         data
     );
     for n in [&fetcher, &holder] {
+        n.shutdown().await;
+    }
+}
+
+/// Waits until `node` has received `n` shards (or fails after 20 s).
+async fn await_received<S: BlockStore + 'static>(node: &Node<S>, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while node.stats().shards_received < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} shards received, waiting for {n}",
+            node.stats().shards_received
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_fetch_runs_ahead_of_its_reader_by_the_pace_and_no_further() {
+    // 16 leaves of 256 KiB.
+    let data = random(4 << 20, 21);
+    let origin = start(config(), MemoryStore::new()).await;
+    let root = publish(&origin, &data).await;
+    let viewer = start(config(), MemoryStore::new()).await;
+    viewer
+        .dial(origin.dialable_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    let (position, rx) = tokio::sync::watch::channel(0u64);
+    let options = FetchOptions {
+        pace: Some(Pace {
+            position: rx,
+            ahead: 1 << 20,
+        }),
+        // Waiting for the reader is no stall, however long it waits.
+        stall: Duration::from_millis(300),
+        ..direct(vec![origin.peer_id()])
+    };
+    let fetch = tokio::spawn({
+        let viewer = viewer.clone();
+        async move { viewer.fetch(root, options).await }
+    });
+    // Leaves starting at 0, 256 KiB, ..., 1 MiB: five, and the root.
+    await_received(&viewer, 6).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(viewer.stats().shards_received, 6, "fetched past the pace");
+    assert!(!fetch.is_finished());
+    // The reader moves on: the rest (offsets up to 4 MiB) is fetched and the fetch ends.
+    position.send_replace(3 << 20);
+    let report = fetch.await.unwrap().unwrap();
+    assert_eq!((report.blocks, report.fetched), (17, 17));
+    assert_eq!(
+        read_back(viewer.store().as_ref(), root, ByteRange::default()).await,
+        data
+    );
+
+    // A reader that goes away ends its fetch.
+    let other = publish(&origin, &random(4 << 20, 22)).await;
+    let (position, rx) = tokio::sync::watch::channel(0u64);
+    let from = origin.peer_id();
+    let fetch = tokio::spawn({
+        let viewer = viewer.clone();
+        async move {
+            viewer
+                .fetch(
+                    other,
+                    FetchOptions {
+                        pace: Some(Pace {
+                            position: rx,
+                            ahead: 1 << 20,
+                        }),
+                        ..direct(vec![from])
+                    },
+                )
+                .await
+        }
+    });
+    await_received(&viewer, 17 + 6).await;
+    drop(position);
+    let e = fetch.await.unwrap().unwrap_err();
+    assert!(matches!(e, FetchError::ReaderGone(c) if c == other), "{e}");
+    for n in [viewer, origin] {
         n.shutdown().await;
     }
 }

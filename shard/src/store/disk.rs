@@ -55,6 +55,8 @@ struct State {
     disk: u64,
     quota: Option<u64>,
     policy: Box<dyn EvictionPolicy>,
+    /// Blocks held against eviction ([`BlockStore::hold`]), by key, with their hold counts.
+    held: HashMap<Vec<u8>, u32>,
 }
 
 /// Shared by the clones of one store.
@@ -230,6 +232,7 @@ impl DiskStore {
                 disk: 0,
                 quota,
                 policy: Box::<Lru>::default(),
+                held: HashMap::new(),
             }),
             pack_size: AtomicU64::new(DEFAULT_PACK_SIZE),
             corrupt: AtomicU64::new(0),
@@ -653,7 +656,7 @@ fn evictions(
         let Some(loc) = tx.lookup(&key)? else {
             continue;
         };
-        if pinned.get(key.as_slice()).map_err(db_err)?.is_some() {
+        if st.held.contains_key(&key) || pinned.get(key.as_slice()).map_err(db_err)?.is_some() {
             pinned_bytes += loc.len;
             continue;
         }
@@ -1087,7 +1090,7 @@ impl Inner {
         let Some(loc) = tx.lookup(&key)? else {
             return Ok(false);
         };
-        if block_pinned(&tx.txn, &key)? {
+        if self.lock().held.contains_key(&key) || block_pinned(&tx.txn, &key)? {
             return Err(StoreError::Pinned(cid));
         }
         tx.remove(&key, loc)?;
@@ -1206,10 +1209,50 @@ impl BlockStore for DiskStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Pinned`] for a block of a pinned DAG: nothing is removed.
+    /// [`StoreError::Pinned`] for a block of a pinned DAG or a held block: nothing is
+    /// removed.
     async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
         let inner = self.inner.clone();
         let cid = *cid;
         blocking(move || inner.delete(cid)).await
+    }
+
+    /// Holds the block against eviction (and [`BlockStore::delete`]), in memory.
+    ///
+    /// ```
+    /// # use cid::Version;
+    /// # use streamspace_shard::block::{Block, RAW};
+    /// # use streamspace_shard::store::{BlockStore, DiskStore};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let block = |b: u8| Block::encode(Version::V1, RAW, vec![b; 1000].into());
+    /// let dir = tempfile::tempdir()?;
+    /// let store = DiskStore::open(dir.path().join("blocks"), Some(2500))?;
+    /// let (held, other) = (block(1), block(2));
+    /// store.hold(held.cid());
+    /// store.put(held.clone()).await?;
+    /// store.put(other.clone()).await?;
+    /// store.put(block(3)).await?; // over the quota: the oldest block not held goes
+    /// assert!(store.has(held.cid()).await? && !store.has(other.cid()).await?);
+    /// store.release(held.cid());
+    /// store.put(block(4)).await?; // now the first may go
+    /// assert!(!store.has(held.cid()).await?);
+    /// # Ok(()) }
+    /// ```
+    fn hold(&self, cid: &Cid) {
+        if is_inline(cid) {
+            return;
+        }
+        *self.inner.lock().held.entry(key_of(cid)).or_insert(0) += 1;
+    }
+
+    fn release(&self, cid: &Cid) {
+        let key = key_of(cid);
+        let mut st = self.inner.lock();
+        if let Some(n) = st.held.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                st.held.remove(&key);
+            }
+        }
     }
 }

@@ -130,8 +130,22 @@ pub trait BlockStore: Send + Sync {
 
     /// Removes a block; returns whether it was present.
     ///
-    /// Stores with pins refuse a pinned block with [`StoreError::Pinned`].
+    /// Stores with pins refuse a pinned or held block with [`StoreError::Pinned`].
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Holds the block named `cid` against eviction until as many [`BlockStore::release`]s
+    /// end the holds: a block fetched for an answer still being sent (a gateway streaming a
+    /// film) stays until it is sent. A block not stored yet is held from the moment it is.
+    /// Holds live in memory only (a restart drops them); callers bound how much they hold.
+    /// Stores that never evict, as [`MemoryStore`], need do nothing; the default does nothing.
+    fn hold(&self, cid: &Cid) {
+        let _ = cid;
+    }
+
+    /// Ends one hold of `cid` ([`BlockStore::hold`]).
+    fn release(&self, cid: &Cid) {
+        let _ = cid;
+    }
 }
 
 /// Most blocks sent from the importer thread to the store per write.
