@@ -448,6 +448,9 @@ struct Session {
     limit: u64,
     /// Whether a reader paces the fetch.
     paced: bool,
+    /// Whether a leaf (a block without links) has arrived: until then only the block at the
+    /// playback position is asked for.
+    started: bool,
     /// Peers reachable only through a relay now: asked after others of their class.
     relayed: HashSet<PeerId>,
 }
@@ -647,6 +650,7 @@ impl<S: BlockStore + 'static> Node<S> {
             taken: 0,
             limit: u64::MAX,
             paced: false,
+            started: false,
             relayed: HashSet::new(),
         };
         if s.options.bitswap_peers {
@@ -827,12 +831,24 @@ impl<S: BlockStore + 'static> Node<S> {
         now: Instant,
     ) -> Result<(), FetchError> {
         let keys = s.candidates();
+        // The block at the playback position, when not yet asked for, is asked alone: it
+        // arrives without waiting behind the rest of a batch. Until the first leaf is here,
+        // it is the only block asked for, so that the first bytes (a gateway's first byte)
+        // do not share the link with the rest.
+        let head = s.pending.keys().next().cloned();
+        let mut solo: Vec<(PeerId, Vec<(Key, bool)>)> = Vec::new();
         let mut taken: HashMap<PeerId, Vec<(Key, bool)>> = HashMap::new();
         for (key, in_window) in keys {
+            if !s.started && head.as_ref() != Some(&key) {
+                continue;
+            }
             let Some(need) = s.pending.get(&key) else {
                 continue;
             };
             match s.choose(need, in_window, &taken, &[], now) {
+                Some(p) if in_window && head.as_ref() == Some(&key) => {
+                    solo.push((p, vec![(key, in_window)]));
+                }
                 Some(p) => taken.entry(p).or_default().push((key, in_window)),
                 None => {
                     let usable = s.peers.keys().any(|p| s.usable(p, need));
@@ -879,7 +895,7 @@ impl<S: BlockStore + 'static> Node<S> {
                 taken.entry(p).or_default().push((key, true));
             }
         }
-        for (peer, keyed) in taken {
+        for (peer, keyed) in solo.into_iter().chain(taken) {
             let mut cids = Vec::with_capacity(keyed.len());
             let mut keys = Vec::with_capacity(keyed.len());
             for (key, in_window) in keyed {
@@ -1212,7 +1228,11 @@ impl Session {
         }
         let budget = self.budget.unwrap_or(Budget::UNDECLARED);
         let options = &self.options;
-        if need.cid.codec() != DAG_PB || matches!(options.range, Some((_, 0))) {
+        if need.cid.codec() != DAG_PB {
+            self.started = true;
+            return Ok(());
+        }
+        if matches!(options.range, Some((_, 0))) {
             return Ok(());
         }
         let malformed = |e: &dyn std::fmt::Display| FetchError::Malformed {
@@ -1220,6 +1240,9 @@ impl Session {
             reason: e.to_string(),
         };
         let node = PbNode::decode(data).map_err(|e| malformed(&e))?;
+        if node.links.is_empty() {
+            self.started = true;
+        }
         // With a range, follow only the children of a file node whose bytes overlap it; with
         // a range or a pace, know where each child's bytes start.
         let sizes = match &node.data {
