@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use cid::Cid;
 use ed25519_dalek::SigningKey;
-use streamspace_shard::store::BlockStore;
+use streamspace_shard::store::{BlockStore, Holding};
 use streamspace_transport::{Node, NodeError};
 
 use crate::keys::StreamKey;
@@ -21,14 +21,20 @@ pub struct PublisherConfig {
     pub window: usize,
     /// Segments per key epoch.
     pub epoch_len: u32,
+    /// Segments kept behind the window (the DVR window): the window's segments and these are
+    /// held in the node's store against eviction ([`BlockStore::hold`]); older ones are
+    /// released, for the store to evict when it needs room.
+    pub dvr: usize,
 }
 
 impl Default for PublisherConfig {
-    /// A window of 6 segments; epochs of 30 segments (a minute of 2 s segments).
+    /// A window of 6 segments; epochs of 30 segments (a minute of 2 s segments); 32 segments
+    /// of DVR behind the window.
     fn default() -> Self {
         Self {
             window: 6,
             epoch_len: 30,
+            dvr: 32,
         }
     }
 }
@@ -69,19 +75,21 @@ pub struct Published {
 }
 
 /// A live stream's publisher on a node (see the module's documentation).
-pub struct Publisher<S> {
+pub struct Publisher<S: BlockStore> {
     node: Node<S>,
     signing: SigningKey,
     stream: StreamId,
     key: Option<StreamKey>,
     config: PublisherConfig,
     window: VecDeque<Segment>,
+    /// The segments held (the window and the DVR behind it), oldest first.
+    held: VecDeque<Holding<S>>,
     next: u64,
     seq: u64,
     ended: bool,
 }
 
-impl<S> std::fmt::Debug for Publisher<S> {
+impl<S: BlockStore> std::fmt::Debug for Publisher<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("stream", &self.stream)
@@ -113,8 +121,10 @@ impl<S: BlockStore + 'static> Publisher<S> {
             config: PublisherConfig {
                 window: config.window.clamp(1, MAX_WINDOW),
                 epoch_len: config.epoch_len.max(1),
+                dvr: config.dvr,
             },
             window: VecDeque::new(),
+            held: VecDeque::new(),
             next: 0,
             seq: 0,
             ended: false,
@@ -193,9 +203,15 @@ impl<S: BlockStore + 'static> Publisher<S> {
             .key
             .as_ref()
             .map(|k| k.segment_key(&self.stream, self.config.epoch_len, seq));
-        let cid = add_segment(Some(self.node.store().as_ref()), bytes, key)
+        // Held from the moment each block is stored, until the segment leaves the DVR window.
+        let holding = Holding::new(self.node.store().clone());
+        let cid = add_segment(Some(&holding), bytes, key)
             .await
             .map_err(|source| PublishError::Add { seq, source })?;
+        self.held.push_back(holding);
+        while self.held.len() > self.config.window + self.config.dvr {
+            self.held.pop_front();
+        }
         if let Err(e) = self.node.provide(cid).await {
             tracing::debug!(%cid, error = %e, "segment not provided on the DHT");
         }

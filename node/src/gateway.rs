@@ -24,7 +24,7 @@ use streamspace_shard::crypto::{
 };
 use streamspace_shard::dag::{hamt_shards, resolve};
 use streamspace_shard::export::{ByteRange, cat, file_size};
-use streamspace_shard::store::{BlockStore, StoreError};
+use streamspace_shard::store::{BlockStore, Holding, StoreError};
 use streamspace_transport::{FetchOptions, Node, Pace};
 
 /// How long a request may wait for content to arrive from the network.
@@ -976,99 +976,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The node's store as a streamed answer's fetch writes to it: every block the fetch stores
-/// or finds there is held against eviction ([`BlockStore::hold`]) until the answer has read
-/// it ([`Holding::taken`]); whatever is still held when the answer ends is released then.
-/// The reader is woken as each block is at hand ([`Holding::arrived`]).
-struct Holding<S: BlockStore> {
-    store: Arc<S>,
-    held: std::sync::Mutex<HashMap<Cid, u32>>,
-    /// Notified whenever the fetch stores a block or finds one in the store.
-    arrived: tokio::sync::Notify,
-}
-
-impl<S: BlockStore> Holding<S> {
-    fn new(store: Arc<S>) -> Self {
-        Self {
-            store,
-            held: std::sync::Mutex::new(HashMap::new()),
-            arrived: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Cid, u32>> {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn hold_one(&self, cid: &Cid) {
-        self.store.hold(cid);
-        *self.held().entry(*cid).or_insert(0) += 1;
-    }
-
-    /// The answer has read `cid`: one hold of it ends.
-    fn taken(&self, cid: &Cid) {
-        let mut held = self.held();
-        if let Some(n) = held.get_mut(cid) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(cid);
-            }
-            self.store.release(cid);
-        }
-    }
-}
-
-impl<S: BlockStore> Drop for Holding<S> {
-    fn drop(&mut self) {
-        for (cid, n) in self.held().drain() {
-            for _ in 0..n {
-                self.store.release(&cid);
-            }
-        }
-    }
-}
-
-impl<S: BlockStore> BlockStore for Holding<S> {
-    async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
-        // The fetch looking for what the store holds already: held from here on.
-        self.hold_one(cid);
-        let b = self.store.get(cid).await;
-        if matches!(b, Ok(Some(_))) {
-            self.arrived.notify_waiters();
-        } else {
-            self.taken(cid);
-        }
-        b
-    }
-    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.store.has(cid).await
-    }
-    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
-        self.store.size(cid).await
-    }
-    async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
-        // Held before they are stored, so no eviction falls between.
-        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
-        for c in &cids {
-            self.hold_one(c);
-        }
-        let r = self.store.put_many(blocks).await;
-        if r.is_err() {
-            for c in &cids {
-                self.taken(c);
-            }
-        } else {
-            self.arrived.notify_waiters();
-        }
-        r
-    }
-    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.store.delete(cid).await
-    }
-}
-
 /// The node's store, read while a fetch fills it: a block not here yet is waited for until
 /// the fetch ends, or until [`FETCH_TIMEOUT`] passes without it. A block read is no longer
 /// held for the answer.
@@ -1084,9 +991,9 @@ const ARRIVAL_POLL: Duration = Duration::from_millis(100);
 
 impl<S: BlockStore> Arriving<S> {
     async fn look(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
-        let b = self.holding.store.get(cid).await?;
+        let b = self.holding.store().get(cid).await?;
         if b.is_some() {
-            self.holding.taken(cid);
+            self.holding.release(cid);
         }
         Ok(b)
     }
@@ -1098,7 +1005,7 @@ impl<S: BlockStore> BlockStore for Arriving<S> {
         let mut done = self.done.clone();
         loop {
             // Listening before looking: a block stored in between still wakes this.
-            let arrived = self.holding.arrived.notified();
+            let arrived = self.holding.arrived();
             let mut arrived = std::pin::pin!(arrived);
             arrived.as_mut().enable();
             if let Some(b) = self.look(cid).await? {
@@ -1116,13 +1023,13 @@ impl<S: BlockStore> BlockStore for Arriving<S> {
         }
     }
     async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.holding.store.has(cid).await
+        self.holding.store().has(cid).await
     }
     async fn put_many(&self, blocks: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
-        self.holding.store.put_many(blocks).await
+        self.holding.store().put_many(blocks).await
     }
     async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
-        self.holding.store.delete(cid).await
+        self.holding.store().delete(cid).await
     }
 }
 

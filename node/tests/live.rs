@@ -297,3 +297,84 @@ async fn a_publisher_that_dies_silently_ends_the_playlist() {
     }
     viewer.shutdown().await;
 }
+
+/// The publisher's store under pressure: the window's segments and the DVR window behind it
+/// stay (held), older segments are released and evicted first, before anything newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publisher_keeps_its_window_and_dvr_and_lets_older_segments_go() {
+    use streamspace_shard::Block;
+    use streamspace_shard::block::RAW;
+    use streamspace_shard::store::{BlockStore, DiskStore};
+    let dir = tempfile::tempdir().expect("dir");
+    // Room for eight 300 KB segments; the window and DVR hold four.
+    let quota = 8 * 310_000;
+    let store = Arc::new(DiskStore::open(dir.path().join("blocks"), Some(quota)).expect("store"));
+    let signing = SigningKey::from_bytes(&[17; 32]);
+    let mut secret = signing.to_bytes();
+    let secret = ed25519::SecretKey::try_from_bytes(&mut secret).expect("secret");
+    let node = Node::start(
+        Config::new(ed25519::Keypair::from(secret).into()).loopback(),
+        store.clone(),
+        Arc::new(Free),
+    )
+    .await
+    .expect("node");
+    let mut config = PublisherConfig::default();
+    config.window = 2;
+    config.dvr = 2;
+    let mut p = Publisher::new(node.clone(), signing, "dvr", None, config).expect("pub");
+    let mut roots = Vec::new();
+    for seq in 0..8u64 {
+        let bytes: Vec<u8> = (0..300_000u64).map(|i| (i * 31 + seq * 7) as u8).collect();
+        roots.push(p.push(bytes, 2000).await.expect("push").cid.expect("cid"));
+    }
+    let held = |cid| {
+        let store = store.clone();
+        async move {
+            let mut all = std::pin::pin!(streamspace_shard::dag::walk(store.as_ref(), cid));
+            let mut n = 0;
+            while let Some(b) = futures::StreamExt::next(&mut all).await {
+                if b.is_err() {
+                    return false;
+                }
+                n += 1;
+            }
+            n > 0
+        }
+    };
+    // Other writes fill the store twice over.
+    for i in 0..40u32 {
+        let mut data = vec![0u8; 128 << 10];
+        data[..4].copy_from_slice(&i.to_le_bytes());
+        store
+            .put(Block::encode(cid::Version::V1, RAW, data.into()))
+            .await
+            .expect("a write that evicts what is not held");
+    }
+    for (seq, root) in roots.iter().enumerate() {
+        let whole = held(*root).await;
+        if seq >= 4 {
+            assert!(
+                whole,
+                "segment {seq}, in the window or the DVR, lost a block"
+            );
+        } else {
+            assert!(!whole, "segment {seq}, behind the DVR, was kept");
+        }
+    }
+    // A publisher that goes away holds nothing.
+    drop(p);
+    for i in 40..80u32 {
+        let mut data = vec![0u8; 128 << 10];
+        data[..4].copy_from_slice(&i.to_le_bytes());
+        store
+            .put(Block::encode(cid::Version::V1, RAW, data.into()))
+            .await
+            .expect("write");
+    }
+    assert!(
+        !held(roots[7]).await,
+        "a dropped publisher still holds its window"
+    );
+    node.shutdown().await;
+}

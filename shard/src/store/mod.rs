@@ -3,6 +3,7 @@
 
 #[cfg(feature = "disk")]
 mod disk;
+mod holding;
 mod memory;
 #[cfg(feature = "disk")]
 mod pack;
@@ -10,6 +11,7 @@ mod policy;
 
 #[cfg(feature = "disk")]
 pub use disk::DiskStore;
+pub use holding::Holding;
 pub use memory::MemoryStore;
 pub use policy::{EvictionPolicy, Lru};
 

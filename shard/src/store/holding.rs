@@ -1,0 +1,160 @@
+//! A store seen through the holds of one reader: what is written or found through it stays.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use cid::Cid;
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+use super::{BlockStore, StoreError};
+use crate::block::Block;
+
+/// A store seen through the holds of one reader ([`BlockStore::hold`]): every block stored
+/// through it, or found in it by [`BlockStore::get`], is held against eviction until
+/// [`Holding::release`] ends that hold, or the `Holding` is dropped, which ends them all.
+///
+/// A block is held before it is stored, so no eviction falls between. A streamed answer
+/// fetches through one and releases each block once sent; a live publisher adds each segment
+/// through one and drops it when the segment leaves its DVR window. What is held is bounded
+/// by what the owner writes through it, so owners bound that.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use cid::Version;
+/// # use streamspace_shard::block::{Block, RAW};
+/// # use streamspace_shard::store::{BlockStore, DiskStore, Holding};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let block = |b: u8| Block::encode(Version::V1, RAW, vec![b; 1000].into());
+/// let dir = tempfile::tempdir()?;
+/// let store = Arc::new(DiskStore::open(dir.path().join("blocks"), Some(2500))?);
+/// let holding = Holding::new(store.clone());
+/// let kept = block(1);
+/// holding.put(kept.clone()).await?;
+/// for b in 2..6 {
+///     store.put(block(b)).await?; // over the quota: blocks not held go
+/// }
+/// assert!(store.has(kept.cid()).await?);
+/// drop(holding);
+/// store.put(block(6)).await?;
+/// assert!(!store.has(kept.cid()).await?);
+/// # Ok(()) }
+/// ```
+pub struct Holding<S: BlockStore> {
+    store: Arc<S>,
+    held: Mutex<HashMap<Cid, u32>>,
+    /// Notified whenever a block is stored or found through this.
+    arrived: Notify,
+}
+
+impl<S: BlockStore> std::fmt::Debug for Holding<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holding")
+            .field("held", &self.held().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: BlockStore> Holding<S> {
+    /// `store`, holding nothing yet.
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            store,
+            held: Mutex::new(HashMap::new()),
+            arrived: Notify::new(),
+        }
+    }
+
+    /// The store underneath (reads through it hold nothing).
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<Cid, u32>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hold_one(&self, cid: &Cid) {
+        self.store.hold(cid);
+        *self.held().entry(*cid).or_insert(0) += 1;
+    }
+
+    /// Ends one hold of `cid` taken through this (nothing if none is).
+    pub fn release(&self, cid: &Cid) {
+        let mut held = self.held();
+        if let Some(n) = held.get_mut(cid) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(cid);
+            }
+            self.store.release(cid);
+        }
+    }
+
+    /// Blocks held through this (each once, however many holds).
+    pub fn held_blocks(&self) -> usize {
+        self.held().len()
+    }
+
+    /// Completes once a block is stored or found through this after the call (enable it
+    /// before looking, so that a block stored in between is not missed).
+    pub fn arrived(&self) -> Notified<'_> {
+        self.arrived.notified()
+    }
+}
+
+impl<S: BlockStore> Drop for Holding<S> {
+    fn drop(&mut self) {
+        for (cid, n) in self.held().drain() {
+            for _ in 0..n {
+                self.store.release(&cid);
+            }
+        }
+    }
+}
+
+impl<S: BlockStore> BlockStore for Holding<S> {
+    const VERIFIES_READS: bool = S::VERIFIES_READS;
+
+    /// The block, held from now on if present.
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
+        self.hold_one(cid);
+        let b = self.store.get(cid).await;
+        if matches!(b, Ok(Some(_))) {
+            self.arrived.notify_waiters();
+        } else {
+            self.release(cid);
+        }
+        b
+    }
+
+    async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.has(cid).await
+    }
+
+    async fn size(&self, cid: &Cid) -> Result<Option<usize>, StoreError> {
+        self.store.size(cid).await
+    }
+
+    /// Stores the blocks, each held before it is stored.
+    async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
+        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
+        for c in &cids {
+            self.hold_one(c);
+        }
+        let r = self.store.put_many(blocks).await;
+        if r.is_err() {
+            for c in &cids {
+                self.release(c);
+            }
+        } else {
+            self.arrived.notify_waiters();
+        }
+        r
+    }
+
+    async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.store.delete(cid).await
+    }
+}
