@@ -24,7 +24,7 @@ use streamspace_shard::crypto::{
 };
 use streamspace_shard::dag::{hamt_shards, resolve};
 use streamspace_shard::export::{ByteRange, cat, file_size};
-use streamspace_shard::store::{BlockStore, Holding, StoreError};
+use streamspace_shard::store::{BlockStore, HoldBudget, Holding, StoreError};
 use streamspace_transport::{FetchOptions, Node, Pace};
 
 /// How long a request may wait for content to arrive from the network.
@@ -32,6 +32,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How far a streamed answer's fetch runs ahead of what the client has taken: what a slow
 /// client makes the node fetch and hold is bounded by this, per answer.
 pub const READ_AHEAD: u64 = 16 << 20;
+/// The most bytes all streamed answers together hold in the store against eviction (about 30
+/// answers' read-ahead): beyond it, blocks fetched for an answer are stored without a hold, so
+/// that however many slow clients there are, the rest of the store stays evictable.
+pub const HOLD_BUDGET: u64 = 512 << 20;
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 const RAW: &str = "application/vnd.ipld.raw";
 const CAR: &str = "application/vnd.ipld.car";
@@ -73,6 +77,8 @@ struct Gateway<S> {
     node: Node<S>,
     cache: Arc<CacheStats>,
     keys: Arc<Keyring>,
+    /// What streamed answers may hold in the store, together ([`HOLD_BUDGET`]).
+    holds: Arc<HoldBudget>,
 }
 
 impl<S> Clone for Gateway<S> {
@@ -81,6 +87,7 @@ impl<S> Clone for Gateway<S> {
             node: self.node.clone(),
             cache: self.cache.clone(),
             keys: self.keys.clone(),
+            holds: self.holds.clone(),
         }
     }
 }
@@ -104,6 +111,7 @@ pub fn router_with_keys<S: BlockStore + 'static>(
             node: node.clone(),
             cache: cache.clone(),
             keys: keys.clone(),
+            holds: HoldBudget::new(HOLD_BUDGET),
         })
         .merge(crate::live::router(node, cache, keys))
 }
@@ -654,7 +662,9 @@ async fn car_blocks<S: BlockStore + 'static>(
 }
 
 async fn serve<S: BlockStore + 'static>(
-    State(Gateway { node, cache, .. }): State<Gateway<S>>,
+    State(Gateway {
+        node, cache, holds, ..
+    }): State<Gateway<S>>,
     method: axum::http::Method,
     Path(path): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -874,7 +884,12 @@ async fn serve<S: BlockStore + 'static>(
             if method == axum::http::Method::HEAD || count == 0 {
                 return (status, h, Body::empty()).into_response();
             }
-            stream_range(node, cache, target, (offset, count), &path, status, h).await
+            let answer = Answer {
+                status,
+                h,
+                path: &path,
+            };
+            stream_range(node, cache, holds, target, (offset, count), answer).await
         }
     }
 }
@@ -890,19 +905,19 @@ async fn serve<S: BlockStore + 'static>(
 /// The fetch is paced by the client: it runs at most [`READ_AHEAD`] bytes past what the
 /// client has taken, and every block it brings (or finds in the store) is held against
 /// eviction until the answer has read it, so a block is never evicted between its arrival
-/// and its sending, and a slow client holds at most that much of the store.
+/// and its sending, and a slow client holds at most that much of the store; all answers
+/// together hold at most [`HOLD_BUDGET`].
 async fn stream_range<S: BlockStore + 'static>(
     node: Node<S>,
     cache: Arc<CacheStats>,
+    holds: Arc<HoldBudget>,
     target: Cid,
     (offset, count): (u64, u64),
-    path: &str,
-    status: StatusCode,
-    h: HeaderMap,
+    Answer { status, h, path }: Answer<'_>,
 ) -> Response {
     let (done_tx, done) = tokio::sync::watch::channel(None);
     let (position, paced) = tokio::sync::watch::channel(offset);
-    let holding = Arc::new(Holding::new(node.store().clone()));
+    let holding = Arc::new(Holding::with_budget(node.store().clone(), holds));
     let fetcher = {
         let node = node.clone();
         let holding = holding.clone();
@@ -965,6 +980,13 @@ async fn stream_range<S: BlockStore + 'static>(
             format!("/ipfs/{path}: fetching {target} ended"),
         ),
     }
+}
+
+/// A streamed answer's status and headers, and the path it answers.
+struct Answer<'a> {
+    status: StatusCode,
+    h: HeaderMap,
+    path: &'a str,
 }
 
 /// Aborts a task when dropped.
@@ -1202,7 +1224,9 @@ async fn write_scoped_car<S: BlockStore, W: tokio::io::AsyncWrite + Unpin>(
 /// shards under the range are fetched; each is verified, then opened (its tag checked) before
 /// a byte of it is sent. Answers are private: never to be kept by shared caches.
 async fn play<S: BlockStore + 'static>(
-    State(Gateway { node, cache, keys }): State<Gateway<S>>,
+    State(Gateway {
+        node, cache, keys, ..
+    }): State<Gateway<S>>,
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {

@@ -109,6 +109,45 @@ async fn held_blocks_stay_until_released_and_holds_count() {
     assert!(store.delete(block(4, 1000).cid()).await.unwrap());
 }
 
+/// Holdings sharing a budget hold no more than it together: a reader past it stores its
+/// blocks unheld (evictable), and a released hold gives its bytes back.
+#[tokio::test]
+async fn holdings_share_a_budget_and_hold_no_more() {
+    use std::sync::Arc;
+    use streamspace_shard::store::{HoldBudget, Holding};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(DiskStore::open(dir.path().join("b.redb"), Some(4000)).unwrap());
+    let budget = HoldBudget::new(2000);
+    let first = Holding::with_budget(store.clone(), budget.clone());
+    let second = Holding::with_budget(store.clone(), budget.clone());
+    first.put(block(1, 1000)).await.unwrap();
+    second.put(block(2, 1000)).await.unwrap();
+    assert_eq!(budget.available(), 0);
+    // Past the budget: stored, not held.
+    second.put(block(3, 1000)).await.unwrap();
+    assert_eq!((first.held_blocks(), second.held_blocks()), (1, 1));
+    // Found through a holding past the budget: read, not held.
+    assert!(second.get(block(3, 1000).cid()).await.unwrap().is_some());
+    assert_eq!(second.held_blocks(), 1);
+    // Writes past the quota evict block 3, never 1 or 2.
+    for i in 10..14 {
+        store.put(block(i, 1000)).await.unwrap();
+    }
+    assert!(store.has(block(1, 1000).cid()).await.unwrap());
+    assert!(store.has(block(2, 1000).cid()).await.unwrap());
+    assert!(!store.has(block(3, 1000).cid()).await.unwrap());
+    // A release gives its bytes back; a dropped holding gives back all it held.
+    second.release(block(2, 1000).cid());
+    assert_eq!(budget.available(), 1000);
+    drop(first);
+    assert_eq!(budget.available(), 2000);
+    // Nothing is held now: the oldest blocks go first.
+    for i in 20..24 {
+        store.put(block(i, 1000)).await.unwrap();
+    }
+    assert!(!store.has(block(1, 1000).cid()).await.unwrap());
+}
+
 #[tokio::test]
 async fn pin_of_incomplete_dag_is_refused() {
     let dir = tempfile::tempdir().unwrap();

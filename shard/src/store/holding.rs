@@ -1,6 +1,7 @@
 //! A store seen through the holds of one reader: what is written or found through it stays.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -43,7 +44,9 @@ use crate::block::Block;
 /// ```
 pub struct Holding<S: BlockStore> {
     store: Arc<S>,
-    held: Mutex<HashMap<Cid, u32>>,
+    /// Holds taken through this, by block: how many, and the bytes each took of the budget.
+    held: Mutex<HashMap<Cid, (u32, u64)>>,
+    budget: Option<Arc<HoldBudget>>,
     /// Notified whenever a block is stored or found through this.
     arrived: Notify,
 }
@@ -62,8 +65,17 @@ impl<S: BlockStore> Holding<S> {
         Self {
             store,
             held: Mutex::new(HashMap::new()),
+            budget: None,
             arrived: Notify::new(),
         }
+    }
+
+    /// `store`, holding at most what is left of `budget`, which holdings share: a block that
+    /// would pass it is stored (or read) without a hold.
+    pub fn with_budget(store: Arc<S>, budget: Arc<HoldBudget>) -> Self {
+        let mut h = Self::new(store);
+        h.budget = Some(budget);
+        h
     }
 
     /// The store underneath (reads through it hold nothing).
@@ -71,24 +83,37 @@ impl<S: BlockStore> Holding<S> {
         &self.store
     }
 
-    fn held(&self) -> MutexGuard<'_, HashMap<Cid, u32>> {
+    fn held(&self) -> MutexGuard<'_, HashMap<Cid, (u32, u64)>> {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn hold_one(&self, cid: &Cid) {
+    /// Holds `cid` (`len` bytes) if the budget has room; whether it did.
+    fn hold_one(&self, cid: &Cid, len: u64) -> bool {
+        if let Some(b) = &self.budget
+            && !b.take(len)
+        {
+            return false;
+        }
         self.store.hold(cid);
-        *self.held().entry(*cid).or_insert(0) += 1;
+        let mut held = self.held();
+        let e = held.entry(*cid).or_insert((0, len));
+        e.0 += 1;
+        true
     }
 
     /// Ends one hold of `cid` taken through this (nothing if none is).
     pub fn release(&self, cid: &Cid) {
         let mut held = self.held();
-        if let Some(n) = held.get_mut(cid) {
+        if let Some((n, len)) = held.get_mut(cid) {
             *n -= 1;
+            let len = *len;
             if *n == 0 {
                 held.remove(cid);
             }
             self.store.release(cid);
+            if let Some(b) = &self.budget {
+                b.give(len);
+            }
         }
     }
 
@@ -106,9 +131,13 @@ impl<S: BlockStore> Holding<S> {
 
 impl<S: BlockStore> Drop for Holding<S> {
     fn drop(&mut self) {
-        for (cid, n) in self.held().drain() {
+        let drained: Vec<_> = self.held().drain().collect();
+        for (cid, (n, len)) in drained {
             for _ in 0..n {
                 self.store.release(&cid);
+            }
+            if let Some(b) = &self.budget {
+                b.give(len * u64::from(n));
             }
         }
     }
@@ -117,13 +146,17 @@ impl<S: BlockStore> Drop for Holding<S> {
 impl<S: BlockStore> BlockStore for Holding<S> {
     const VERIFIES_READS: bool = S::VERIFIES_READS;
 
-    /// The block, held from now on if present.
+    /// The block, held from now on if present (and the budget has room).
     async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, StoreError> {
-        self.hold_one(cid);
+        // Held before it is read, so that no eviction falls between.
+        let held = match self.store.size(cid).await? {
+            Some(n) => self.hold_one(cid, n as u64),
+            None => return Ok(None),
+        };
         let b = self.store.get(cid).await;
         if matches!(b, Ok(Some(_))) {
             self.arrived.notify_waiters();
-        } else {
+        } else if held {
             self.release(cid);
         }
         b
@@ -139,13 +172,14 @@ impl<S: BlockStore> BlockStore for Holding<S> {
 
     /// Stores the blocks, each held before it is stored.
     async fn put_many(&self, blocks: Vec<Block>) -> Result<(), StoreError> {
-        let cids: Vec<Cid> = blocks.iter().map(|b| *b.cid()).collect();
-        for c in &cids {
-            self.hold_one(c);
-        }
+        let held: Vec<Cid> = blocks
+            .iter()
+            .filter(|b| self.hold_one(b.cid(), b.data().len() as u64))
+            .map(|b| *b.cid())
+            .collect();
         let r = self.store.put_many(blocks).await;
         if r.is_err() {
-            for c in &cids {
+            for c in &held {
                 self.release(c);
             }
         } else {
@@ -156,5 +190,37 @@ impl<S: BlockStore> BlockStore for Holding<S> {
 
     async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
         self.store.delete(cid).await
+    }
+}
+
+/// Bytes that several [`Holding`]s may hold together ([`Holding::with_budget`]): a gateway's
+/// streamed answers share one, so that however many slow clients there are, the blocks held
+/// for them stay within it and the rest of the store can still be evicted and written.
+#[derive(Debug)]
+pub struct HoldBudget {
+    left: AtomicU64,
+}
+
+impl HoldBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> Arc<Self> {
+        Arc::new(Self {
+            left: AtomicU64::new(bytes),
+        })
+    }
+
+    /// Bytes not held yet.
+    pub fn available(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_sub(n))
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.left.fetch_add(n, Ordering::AcqRel);
     }
 }

@@ -11,7 +11,7 @@ mod policy;
 
 #[cfg(feature = "disk")]
 pub use disk::DiskStore;
-pub use holding::Holding;
+pub use holding::{HoldBudget, Holding};
 pub use memory::MemoryStore;
 pub use policy::{EvictionPolicy, Lru};
 
