@@ -1012,8 +1012,16 @@ struct Arriving<S: BlockStore> {
 const ARRIVAL_POLL: Duration = Duration::from_millis(100);
 
 impl<S: BlockStore> Arriving<S> {
+    /// The block, from the fetch's hands (checked when it arrived) or from the store
+    /// (checked here unless the store checks its reads): either way hashed once.
     async fn look(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
-        let b = self.holding.store().get(cid).await?;
+        let b =
+            match self.holding.take_awaited(cid) {
+                Some(b) => Some(b.into_parts().1),
+                None => self.holding.store().get(cid).await?.filter(|d| {
+                    S::VERIFIES_READS || streamspace_shard::block::verify(cid, d).is_ok()
+                }),
+            };
         if b.is_some() {
             self.holding.release(cid);
         }
@@ -1022,9 +1030,13 @@ impl<S: BlockStore> Arriving<S> {
 }
 
 impl<S: BlockStore> BlockStore for Arriving<S> {
+    /// Every block answered is checked once ([`Arriving::look`]): readers need not hash again.
+    const VERIFIES_READS: bool = true;
+
     async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
         let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
         let mut done = self.done.clone();
+        self.holding.await_block(*cid);
         loop {
             // Listening before looking: a block stored in between still wakes this.
             let arrived = self.holding.arrived();
@@ -1538,6 +1550,92 @@ mod tests {
         assert!(got == data, "the streamed file differs");
         gw_node.shutdown().await;
         origin.shutdown().await;
+    }
+
+    /// A store that does not check its reads, and answers one block with a byte flipped (a
+    /// disk that rots under a store trusting it).
+    struct Rotten {
+        inner: MemoryStore,
+        rotten: std::sync::Mutex<Option<Cid>>,
+    }
+
+    impl BlockStore for Rotten {
+        async fn get(&self, cid: &Cid) -> Result<Option<bytes::Bytes>, StoreError> {
+            let b = self.inner.get(cid).await?;
+            if *self.rotten.lock().unwrap() == Some(*cid) {
+                return Ok(b.map(|d| {
+                    let mut v = d.to_vec();
+                    v[100] ^= 1;
+                    v.into()
+                }));
+            }
+            Ok(b)
+        }
+        async fn has(&self, cid: &Cid) -> Result<bool, StoreError> {
+            self.inner.has(cid).await
+        }
+        async fn put_many(&self, b: Vec<streamspace_shard::Block>) -> Result<(), StoreError> {
+            self.inner.put_many(b).await
+        }
+        async fn delete(&self, cid: &Cid) -> Result<bool, StoreError> {
+            self.inner.delete(cid).await
+        }
+    }
+
+    /// The gateway never sends bytes that are not what the CID names, even from its own
+    /// store: a rotten block ends the answer short, after only the true bytes before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotten_block_in_the_store_is_never_sent() {
+        let node = Node::start(
+            Config::new(Keypair::generate_ed25519()).loopback(),
+            Arc::new(Rotten {
+                inner: MemoryStore::new(),
+                rotten: std::sync::Mutex::new(None),
+            }),
+            Arc::new(Free),
+        )
+        .await
+        .unwrap();
+        // Eight leaves of 256 KiB; the third rots.
+        let data: Vec<u8> = (0..2u32 << 20).map(|i| (i * 29 % 241) as u8).collect();
+        let root = add_reader(
+            Some(&node.store().inner),
+            std::io::Cursor::new(data.clone()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        let root_block = node.store().inner.get(&root).await.unwrap().unwrap();
+        let links = streamspace_shard::pb::PbNode::decode(root_block)
+            .unwrap()
+            .links;
+        *node.store().rotten.lock().unwrap() = Some(links[2].cid);
+        let app = router(node.clone(), Arc::new(CacheStats::default()));
+        let r = app
+            .oneshot(
+                Request::get(format!("/ipfs/{root}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body_stream = r.into_body();
+        let mut got = Vec::new();
+        while let Some(frame) = body_stream.frame().await {
+            match frame {
+                Ok(f) => got.extend_from_slice(f.data_ref().unwrap()),
+                Err(_) => break,
+            }
+        }
+        assert!(
+            got.len() <= 2 * (256 << 10),
+            "{} bytes sent past the rotten block",
+            got.len()
+        );
+        assert_eq!(&got[..], &data[..got.len()], "a wrong byte was sent");
+        node.shutdown().await;
     }
 
     /// A client that reads slowly: the gateway fetches at most [`READ_AHEAD`] past what it

@@ -31,7 +31,7 @@ use cid::Cid;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use libp2p::PeerId;
-use streamspace_shard::block::{Block, DAG_PB, verify};
+use streamspace_shard::block::{Block, DAG_PB};
 use streamspace_shard::dag::MAX_DEPTH;
 use streamspace_shard::pb::{DataType, PbNode, UnixFsData};
 use streamspace_shard::store::{BlockStore, StoreError};
@@ -398,15 +398,23 @@ const RELAYED_PENALTY: f64 = 16.0;
 
 type Key = Vec<u32>;
 
+/// A response's blocks, hashed off the fetch's task: those that are what their CIDs name,
+/// and those that are not.
+#[derive(Default)]
+struct Checked {
+    good: HashMap<Cid, Block>,
+    bad: HashSet<Cid>,
+}
+
 enum Done {
-    /// The peer, the blocks asked, the response, the time it took, and the blocks in the
-    /// response that failed verification.
+    /// The peer, the blocks asked, the response, the time it took, and the response's
+    /// blocks checked.
     Want(
         PeerId,
         Vec<Key>,
         Result<Response, RequestError>,
         Duration,
-        HashSet<Cid>,
+        Checked,
     ),
     Have(PeerId, Vec<Cid>, Result<Response, RequestError>),
     /// Providers found, and whether any peer was there to ask.
@@ -933,23 +941,30 @@ impl<S: BlockStore + 'static> Node<S> {
                     )
                     .await;
                 let took = t.elapsed();
-                // Blocks are verified off the fetch's own task, in parallel with it.
-                let bad = match &r {
+                // Blocks are verified off the fetch's own task, in parallel with it, once.
+                let checked = match &r {
                     Ok(Response::Blocks { blocks, .. }) => {
                         let blocks = blocks.clone();
                         tokio::task::spawn_blocking(move || {
-                            blocks
-                                .iter()
-                                .filter(|(cid, data)| verify(cid, data).is_err())
-                                .map(|(cid, _)| *cid)
-                                .collect()
+                            let mut c = Checked::default();
+                            for (cid, data) in blocks {
+                                match Block::new(cid, data) {
+                                    Ok(b) => {
+                                        c.good.insert(cid, b);
+                                    }
+                                    Err(_) => {
+                                        c.bad.insert(cid);
+                                    }
+                                }
+                            }
+                            c
                         })
                         .await
                         .unwrap_or_default()
                     }
-                    _ => HashSet::new(),
+                    _ => Checked::default(),
                 };
-                Done::Want(peer, keys, r, took, bad)
+                Done::Want(peer, keys, r, took, checked)
             }));
         }
         Ok(())
@@ -993,8 +1008,8 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                 }
             }
-            Done::Want(peer, keys, result, took, bad) => {
-                self.settle_want(target, s, peer, keys, result, took, &bad)
+            Done::Want(peer, keys, result, took, checked) => {
+                self.settle_want(target, s, peer, keys, result, took, &checked)
                     .await?;
             }
         }
@@ -1010,8 +1025,9 @@ impl<S: BlockStore + 'static> Node<S> {
         keys: Vec<Key>,
         result: Result<Response, RequestError>,
         took: Duration,
-        bad: &HashSet<Cid>,
+        checked: &Checked,
     ) -> Result<(), FetchError> {
+        let bad = &checked.bad;
         let score = s.peers.entry(peer).or_default();
         score.inflight = score.inflight.saturating_sub(1);
         match result {
@@ -1090,9 +1106,16 @@ impl<S: BlockStore + 'static> Node<S> {
                 let start = s.start;
                 s.report.first_block.get_or_insert_with(|| start.elapsed());
                 s.take_in(bytes)?;
+                // Checked off the task; hashed here only if that check did not run.
                 let blocks: Vec<Block> = got
                     .iter()
-                    .map(|(_, n, d)| Block::new(n.cid, d.clone()))
+                    .map(|(_, n, d)| {
+                        checked
+                            .good
+                            .get(&n.cid)
+                            .cloned()
+                            .map_or_else(|| Block::new(n.cid, d.clone()), Ok)
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(|e| FetchError::Malformed {
                         cid: got[0].1.cid,

@@ -49,6 +49,8 @@ pub struct Holding<S: BlockStore> {
     budget: Option<Arc<HoldBudget>>,
     /// Notified whenever a block is stored or found through this.
     arrived: Notify,
+    /// The block a reader waits for ([`Holding::await_block`]), and the block once stored.
+    awaited: Mutex<Option<(Cid, Option<Block>)>>,
 }
 
 impl<S: BlockStore> std::fmt::Debug for Holding<S> {
@@ -67,6 +69,7 @@ impl<S: BlockStore> Holding<S> {
             held: Mutex::new(HashMap::new()),
             budget: None,
             arrived: Notify::new(),
+            awaited: Mutex::new(None),
         }
     }
 
@@ -120,6 +123,28 @@ impl<S: BlockStore> Holding<S> {
     /// Blocks held through this (each once, however many holds).
     pub fn held_blocks(&self) -> usize {
         self.held().len()
+    }
+
+    /// Asks that the block `cid`, when it is stored through this, be kept for
+    /// [`Holding::take_awaited`]: a reader waiting for the next block it needs takes it from
+    /// the writer's hands, without reading (and hashing) it again. One block at a time.
+    pub fn await_block(&self, cid: Cid) {
+        let mut a = self.awaited.lock().unwrap_or_else(PoisonError::into_inner);
+        if a.as_ref().is_none_or(|(c, _)| *c != cid) {
+            *a = Some((cid, None));
+        }
+    }
+
+    /// The awaited block ([`Holding::await_block`]), if it was stored through this since.
+    pub fn take_awaited(&self, cid: &Cid) -> Option<Block> {
+        let mut a = self.awaited.lock().unwrap_or_else(PoisonError::into_inner);
+        match a.take() {
+            Some((c, Some(b))) if c == *cid => Some(b),
+            other => {
+                *a = other;
+                None
+            }
+        }
     }
 
     /// Completes once a block is stored or found through this after the call (enable it
@@ -177,12 +202,25 @@ impl<S: BlockStore> BlockStore for Holding<S> {
             .filter(|b| self.hold_one(b.cid(), b.data().len() as u64))
             .map(|b| *b.cid())
             .collect();
+        let awaited = {
+            let a = self.awaited.lock().unwrap_or_else(PoisonError::into_inner);
+            a.as_ref()
+                .and_then(|(c, _)| blocks.iter().find(|b| b.cid() == c).cloned())
+        };
         let r = self.store.put_many(blocks).await;
         if r.is_err() {
             for c in &held {
                 self.release(c);
             }
         } else {
+            if let Some(b) = awaited {
+                let mut a = self.awaited.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some((c, slot)) = a.as_mut()
+                    && c == b.cid()
+                {
+                    *slot = Some(b);
+                }
+            }
             self.arrived.notify_waiters();
         }
         r
