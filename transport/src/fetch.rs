@@ -250,6 +250,9 @@ pub struct FetchReport {
     pub hedged: u64,
     /// Verified blocks that arrived after another copy (hedged requests).
     pub duplicates: u64,
+    /// Blocks a peer sent that this fetch had not asked of it in that request (padding):
+    /// dropped, not metered, and counted against the peer as a failure.
+    pub unrequested: u64,
     /// Blocks cancelled at a peer after another peer sent them first (hedged requests).
     pub cancelled: u64,
     /// Time until the first verified block arrived.
@@ -399,11 +402,12 @@ const RELAYED_PENALTY: f64 = 16.0;
 type Key = Vec<u32>;
 
 /// A response's blocks, hashed off the fetch's task: those that are what their CIDs name,
-/// and those that are not.
+/// and those that are not; and what the request asked for.
 #[derive(Default)]
 struct Checked {
     good: HashMap<Cid, Block>,
     bad: HashSet<Cid>,
+    asked: HashSet<Cid>,
 }
 
 enum Done {
@@ -929,6 +933,7 @@ impl<S: BlockStore + 'static> Node<S> {
             score.inflight += 1;
             let node = self.clone();
             let root = s.root;
+            let asked: HashSet<Cid> = cids.iter().copied().collect();
             tasks.push(Box::pin(async move {
                 let t = Instant::now();
                 let r = node
@@ -942,9 +947,14 @@ impl<S: BlockStore + 'static> Node<S> {
                     .await;
                 let took = t.elapsed();
                 // Blocks are verified off the fetch's own task, in parallel with it, once.
-                let checked = match &r {
+                let mut checked = match &r {
                     Ok(Response::Blocks { blocks, .. }) => {
-                        let blocks = blocks.clone();
+                        // Only what was asked is hashed: the rest is dropped unread.
+                        let blocks: Vec<(Cid, Bytes)> = blocks
+                            .iter()
+                            .filter(|(cid, _)| asked.contains(cid))
+                            .cloned()
+                            .collect();
                         tokio::task::spawn_blocking(move || {
                             let mut c = Checked::default();
                             for (cid, data) in blocks {
@@ -964,6 +974,7 @@ impl<S: BlockStore + 'static> Node<S> {
                     }
                     _ => Checked::default(),
                 };
+                checked.asked = asked;
                 Done::Want(peer, keys, r, took, checked)
             }));
         }
@@ -1034,7 +1045,25 @@ impl<S: BlockStore + 'static> Node<S> {
             Ok(Response::Blocks {
                 blocks, missing, ..
             }) => {
-                let by_cid: HashMap<Cid, Bytes> = blocks.into_iter().collect();
+                // Blocks not asked of this peer in this request are padding: dropped, never
+                // metered (so never paid for), and held against the peer.
+                let unrequested = blocks
+                    .iter()
+                    .filter(|(cid, _)| !checked.asked.contains(cid))
+                    .count() as u64;
+                let by_cid: HashMap<Cid, Bytes> = blocks
+                    .into_iter()
+                    .filter(|(cid, _)| checked.asked.contains(cid))
+                    .collect();
+                if unrequested > 0 {
+                    tracing::debug!(%peer, unrequested, "blocks sent that were not asked for dropped");
+                    s.report.unrequested += unrequested;
+                    let (max, bench) =
+                        (s.options.max_failures, s.options.deadline.saturating_mul(2));
+                    if let Some(score) = s.peers.get_mut(&peer) {
+                        score.failed(max, bench);
+                    }
+                }
                 let missing: HashSet<Cid> = missing.into_iter().collect();
                 let mut got = Vec::new();
                 let mut bytes = 0u64;

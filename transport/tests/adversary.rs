@@ -560,3 +560,136 @@ async fn bitswap_wants_read_each_block_once_and_haves_read_none() {
     server.shutdown().await;
     fetcher.shutdown().await;
 }
+
+/// Counts what the metering hook is told was received (what a paying node would pay for).
+#[derive(Default)]
+struct Received {
+    blocks: AtomicU64,
+}
+
+impl streamspace_transport::meter::Meter for Received {
+    fn before_send(&self, _: &PeerId, _: &Cid, _: usize) -> streamspace_transport::meter::Decision {
+        streamspace_transport::meter::Decision::Serve
+    }
+    fn received(&self, _: &PeerId, _: &Cid, _: usize) {
+        self.blocks.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A peer pads every answer with valid blocks of its own (and answers have lists as if it held
+/// everything): the fetcher stores and meters only the blocks it asked of it, so the padding
+/// is never paid for, and counts against the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_padding_its_answers_is_neither_paid_nor_stored_for_the_padding() {
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::swarm::SwarmEvent;
+    use libp2p::{noise, tcp, yamux};
+    use streamspace_transport::codec::{ExchangeCodec, PROTOCOL};
+    use streamspace_transport::message::{Request, Response};
+
+    let data = random(1 << 20, 31);
+    let store = MemoryStore::new();
+    let root = add_reader(
+        Some(&store),
+        std::io::Cursor::new(data.clone()),
+        ImportOptions::default(),
+    )
+    .await
+    .unwrap()
+    .cid;
+    let pads: Vec<Block> = (0..3)
+        .map(|i| Block::encode(Version::V1, RAW, random(1000, 100 + i).into()))
+        .collect();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<ExchangeCodec>::new(
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let padder = *swarm.local_peer_id();
+    let pad_cids: Vec<Cid> = pads.iter().map(|p| *p.cid()).collect();
+    let server = tokio::spawn(async move {
+        loop {
+            let SwarmEvent::Behaviour(request_response::Event::Message {
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) = swarm.select_next_some().await
+            else {
+                continue;
+            };
+            let response = match request {
+                Request::Want { cids, .. } => {
+                    let mut blocks = Vec::new();
+                    for c in cids {
+                        if let Some(b) = store.get(&c).await.unwrap() {
+                            blocks.push((c, b));
+                        }
+                    }
+                    blocks.extend(pads.iter().map(|p| (*p.cid(), p.data().clone())));
+                    Response::Blocks {
+                        blocks,
+                        missing: Vec::new(),
+                        deferred: Vec::new(),
+                        cancelled: Vec::new(),
+                    }
+                }
+                Request::Have { cids, .. } => Response::Haves {
+                    have: vec![true; cids.len()],
+                },
+                _ => Response::Accepted,
+            };
+            let _ = swarm.behaviour_mut().send_response(channel, response);
+        }
+    });
+    let meter = Arc::new(Received::default());
+    let fetcher = Node::start(config(), Arc::new(MemoryStore::new()), meter.clone())
+        .await
+        .unwrap();
+    fetcher
+        .dial(addr.with(libp2p::multiaddr::Protocol::P2p(padder)))
+        .await
+        .unwrap();
+    let report = fetcher.fetch(root, direct(vec![padder])).await.unwrap();
+    // Root and four leaves asked, stored and metered; every answer's three pads dropped.
+    assert_eq!((report.blocks, report.fetched), (5, 5));
+    assert_eq!(
+        meter.blocks.load(Ordering::SeqCst),
+        5,
+        "padding was metered"
+    );
+    assert!(report.unrequested >= 3, "{report:?}");
+    assert_eq!(report.unrequested % 3, 0);
+    for c in &pad_cids {
+        assert!(!fetcher.store().has(c).await.unwrap(), "padding stored");
+    }
+    let mut got = Vec::new();
+    let mut parts = std::pin::pin!(cat(fetcher.store().as_ref(), root, ByteRange::default()));
+    while let Some(p) = parts.next().await {
+        got.extend_from_slice(&p.unwrap());
+    }
+    assert!(got == data);
+    server.abort();
+    fetcher.shutdown().await;
+}
