@@ -943,22 +943,19 @@ async fn stream_range<S: BlockStore + 'static>(
         let _guard = guard;
         let parts = cat(&arriving, target, ByteRange::new(offset, Some(count)));
         let mut parts = std::pin::pin!(parts);
+        // What the client has taken (or the few pieces the body buffers) paces the fetch.
         let mut at = offset;
+        let mut sent = |len: u64| {
+            at += len;
+            position.send_replace(at);
+        };
         match parts.next().await {
             Some(Ok(p)) => {
                 let _ = first_tx.send(Ok(()));
-                let mut next = Some(Ok(p));
-                while let Some(p) = next {
-                    let len = p.as_ref().map_or(0, |b| b.len() as u64);
-                    let p = p.map_err(std::io::Error::other);
-                    let stop = p.is_err();
-                    if tx.send(p).await.is_err() || stop {
-                        break;
-                    }
-                    // Taken by the client (or in the few pieces the body buffers).
-                    at += len;
-                    position.send_replace(at);
-                    next = parts.next().await;
+                let len = p.len() as u64;
+                if tx.send(Ok(p)).await.is_ok() {
+                    sent(len);
+                    forward(parts, tx, sent).await;
                 }
             }
             Some(Err(e)) => {
@@ -1138,20 +1135,23 @@ fn body_pipe() -> (tokio::sync::mpsc::Sender<Piece>, Body) {
 }
 
 /// Sends `parts` into a body pipe, stopping at the first error (which ends the body early) or
-/// when the client goes away.
+/// when the client goes away; `sent` is told the length of each part the pipe took.
 async fn forward<E>(
     parts: impl futures::Stream<Item = Result<bytes::Bytes, E>>,
     tx: tokio::sync::mpsc::Sender<Piece>,
+    mut sent: impl FnMut(u64),
 ) where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut parts = std::pin::pin!(parts);
     while let Some(p) = parts.next().await {
         let p = p.map_err(std::io::Error::other);
+        let len = p.as_ref().map_or(0, |b| b.len() as u64);
         let stop = p.is_err();
         if tx.send(p).await.is_err() || stop {
             break;
         }
+        sent(len);
     }
 }
 
@@ -1378,7 +1378,12 @@ async fn play<S: BlockStore + 'static>(
     let (tx, body) = body_pipe();
     tokio::spawn(async move {
         let range = ByteRange::new(offset, Some(count));
-        forward(cat_decrypted(store.as_ref(), target, &key, range), tx).await;
+        forward(
+            cat_decrypted(store.as_ref(), target, &key, range),
+            tx,
+            |_| {},
+        )
+        .await;
     });
     (status, h, body).into_response()
 }
@@ -1413,6 +1418,36 @@ mod tests {
             .await
             .unwrap();
         (origin, gw_node)
+    }
+
+    /// Reads `body` until at least `n` bytes came (the answer still open).
+    async fn read_at_least(body: &mut Body, n: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let frame = body.frame().await.unwrap().unwrap();
+            got.extend_from_slice(frame.data_ref().unwrap());
+        }
+        got
+    }
+
+    /// Adds `data` to `store` as one file; its root and the root's links.
+    async fn file_in(
+        store: &MemoryStore,
+        data: &[u8],
+    ) -> (Cid, Vec<streamspace_shard::pb::PbLink>) {
+        let root = add_reader(
+            Some(store),
+            std::io::Cursor::new(data.to_vec()),
+            ImportOptions::default(),
+        )
+        .await
+        .unwrap()
+        .cid;
+        let root_block = store.get(&root).await.unwrap().unwrap();
+        let links = streamspace_shard::pb::PbNode::decode(root_block)
+            .unwrap()
+            .links;
+        (root, links)
     }
 
     async fn body(r: Response) -> Vec<u8> {
@@ -1475,18 +1510,7 @@ mod tests {
         .unwrap();
         // 64 leaves of 256 KiB.
         let data: Vec<u8> = (0..16u32 << 20).map(|i| (i * 13 % 253) as u8).collect();
-        let root = add_reader(
-            Some(&origin.store().inner),
-            std::io::Cursor::new(data.clone()),
-            ImportOptions::default(),
-        )
-        .await
-        .unwrap()
-        .cid;
-        let root_block = origin.store().inner.get(&root).await.unwrap().unwrap();
-        let links = streamspace_shard::pb::PbNode::decode(root_block)
-            .unwrap()
-            .links;
+        let (root, links) = file_in(&origin.store().inner, &data).await;
         assert_eq!(links.len(), 64);
         // The origin holds back the last leaf: an answer that waited for the whole file would
         // never start.
@@ -1535,12 +1559,8 @@ mod tests {
         .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let mut body_stream = r.into_body();
-        let mut got = Vec::new();
         // The first bytes arrive, verified, while the last leaf is still held back.
-        while got.len() < 256 * 1024 {
-            let frame = body_stream.frame().await.unwrap().unwrap();
-            got.extend_from_slice(frame.data_ref().unwrap());
-        }
+        let mut got = read_at_least(&mut body_stream, 256 * 1024).await;
         assert_eq!(&got[..], &data[..got.len()]);
         assert!(!gw_node.store().has(&links[63].cid).await.unwrap());
         release.send(true).unwrap();
@@ -1598,18 +1618,7 @@ mod tests {
         .unwrap();
         // Eight leaves of 256 KiB; the third rots.
         let data: Vec<u8> = (0..2u32 << 20).map(|i| (i * 29 % 241) as u8).collect();
-        let root = add_reader(
-            Some(&node.store().inner),
-            std::io::Cursor::new(data.clone()),
-            ImportOptions::default(),
-        )
-        .await
-        .unwrap()
-        .cid;
-        let root_block = node.store().inner.get(&root).await.unwrap().unwrap();
-        let links = streamspace_shard::pb::PbNode::decode(root_block)
-            .unwrap()
-            .links;
+        let (root, links) = file_in(&node.store().inner, &data).await;
         *node.store().rotten.lock().unwrap() = Some(links[2].cid);
         let app = router(node.clone(), Arc::new(CacheStats::default()));
         let r = app
@@ -1655,14 +1664,7 @@ mod tests {
         // 48 MiB: 192 leaves, three times the read-ahead.
         let len = 3 * READ_AHEAD;
         let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-        let root = add_reader(
-            Some(origin.store().as_ref()),
-            std::io::Cursor::new(data.clone()),
-            ImportOptions::default(),
-        )
-        .await
-        .unwrap()
-        .cid;
+        let (root, _) = file_in(origin.store(), &data).await;
         let dir = tempfile::tempdir().unwrap();
         let quota = READ_AHEAD + 8 * (1 << 20);
         let store = Arc::new(DiskStore::open(dir.path().join("blocks"), Some(quota)).unwrap());
@@ -1680,11 +1682,7 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         let mut body_stream = r.into_body();
-        let mut got = Vec::new();
-        while got.len() < (1 << 20) {
-            let frame = body_stream.frame().await.unwrap().unwrap();
-            got.extend_from_slice(frame.data_ref().unwrap());
-        }
+        let mut got = read_at_least(&mut body_stream, 1 << 20).await;
         // The client stops reading. What the gateway fetched is bounded by what it took, the
         // pieces buffered on the way to it (four, and one being sent) and the read-ahead.
         let bound = (got.len() as u64 + 5 * LEAF + READ_AHEAD) / LEAF + 2;

@@ -342,15 +342,22 @@ async fn the_publisher_keeps_its_window_and_dvr_and_lets_older_segments_go() {
             n > 0
         }
     };
-    // Other writes fill the store twice over.
-    for i in 0..40u32 {
-        let mut data = vec![0u8; 128 << 10];
-        data[..4].copy_from_slice(&i.to_le_bytes());
-        store
-            .put(Block::encode(cid::Version::V1, RAW, data.into()))
-            .await
-            .expect("a write that evicts what is not held");
-    }
+    // Other writes, 128 KiB blocks numbered `from..to`: each evicts what is not held.
+    let fill = |from: u32, to: u32| {
+        let store = store.clone();
+        async move {
+            for i in from..to {
+                let mut data = vec![0u8; 128 << 10];
+                data[..4].copy_from_slice(&i.to_le_bytes());
+                store
+                    .put(Block::encode(cid::Version::V1, RAW, data.into()))
+                    .await
+                    .expect("a write that evicts what is not held");
+            }
+        }
+    };
+    // They fill the store twice over.
+    fill(0, 40).await;
     for (seq, root) in roots.iter().enumerate() {
         let whole = held(*root).await;
         if seq >= 4 {
@@ -364,14 +371,7 @@ async fn the_publisher_keeps_its_window_and_dvr_and_lets_older_segments_go() {
     }
     // A publisher that goes away holds nothing.
     drop(p);
-    for i in 40..80u32 {
-        let mut data = vec![0u8; 128 << 10];
-        data[..4].copy_from_slice(&i.to_le_bytes());
-        store
-            .put(Block::encode(cid::Version::V1, RAW, data.into()))
-            .await
-            .expect("write");
-    }
+    fill(40, 80).await;
     assert!(
         !held(roots[7]).await,
         "a dropped publisher still holds its window"

@@ -3,6 +3,8 @@
 //! typed error before it queues or stores more than its budget, and the same node then
 //! fetches honest content from the same peer, bytes checked.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -583,7 +585,6 @@ impl streamspace_transport::meter::Meter for Received {
 async fn a_peer_padding_its_answers_is_neither_paid_nor_stored_for_the_padding() {
     use libp2p::request_response::{self, ProtocolSupport};
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{noise, tcp, yamux};
     use streamspace_transport::codec::{ExchangeCodec, PROTOCOL};
     use streamspace_transport::message::{Request, Response};
 
@@ -600,23 +601,10 @@ async fn a_peer_padding_its_answers_is_neither_paid_nor_stored_for_the_padding()
     let pads: Vec<Block> = (0..3)
         .map(|i| Block::encode(Version::V1, RAW, random(1000, 100 + i).into()))
         .collect();
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<ExchangeCodec>::new(
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default(),
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = support::raw_swarm(request_response::Behaviour::<ExchangeCodec>::new(
+        [(PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default(),
+    ));
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();

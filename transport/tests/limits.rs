@@ -2,6 +2,8 @@
 //! public API: connections per peer, a fair share of serving, have-list floods, replication
 //! forced by strangers, the DHT's provider store. Each test checks what honest peers keep.
 
+mod support;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use cid::{Cid, Version};
 use futures::StreamExt;
+use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{SwarmEvent, dummy};
-use libp2p::{Multiaddr, noise, tcp, yamux};
 use rand::{RngCore, SeedableRng};
 use streamspace_shard::block::{Block, RAW, cid_of};
 use streamspace_shard::import::ImportOptions;
@@ -227,18 +229,7 @@ async fn a_have_query_flood_is_rate_limited_per_peer() {
 /// A bare libp2p swarm dialing `addr` `n` times over TCP and noise; the connections it holds
 /// once every dial has been answered and the refused ones are closed.
 async fn raw_connections(addr: Multiaddr, peer: PeerId, n: usize) -> usize {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| dummy::Behaviour)
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let mut swarm = support::raw_swarm(dummy::Behaviour);
     for _ in 0..n {
         swarm
             .dial(
