@@ -189,31 +189,23 @@ pub struct TransactionId {
 
 impl TransactionId {
     /// An id for `payer` starting one second before `now` (a margin for clock skew, as the SDKs
-    /// leave), and distinct from every id generated before in this process from the same
-    /// clock: the valid starts handed out increase by at least a nanosecond each time, so a
-    /// payer can submit at any rate without two of its transactions colliding as duplicates.
+    /// leave), and distinct from every id generated before in this process: a payer can submit
+    /// at any rate without two of its transactions colliding as duplicates, and ledgers on
+    /// clocks far apart (tests with their own clocks) do not disturb each other's ids.
+    ///
+    /// ```
+    /// use streamspace_ledger::{AccountId, Timestamp, TransactionId};
+    /// let now = Timestamp::now();
+    /// let a = TransactionId::generate(AccountId::new(1001), now);
+    /// let b = TransactionId::generate(AccountId::new(1001), now);
+    /// assert_ne!(a, b);
+    /// ```
     pub fn generate(payer: AccountId, now: Timestamp) -> Self {
-        static LAST: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(i64::MIN);
         let want = i64::try_from(now.as_nanos() - 1_000_000_000).unwrap_or(i64::MAX - 1);
-        let mut prev = LAST.load(std::sync::atomic::Ordering::Relaxed);
-        let start = loop {
-            // Ids from a clock far from this one (another ledger's test clock) do not hold
-            // this one back: only a counter within a second ahead of `want` is followed.
-            let next = if prev < want || prev - want > 1_000_000_000 {
-                want
-            } else {
-                prev + 1
-            };
-            match LAST.compare_exchange_weak(
-                prev,
-                next,
-                std::sync::atomic::Ordering::Relaxed,
-                std::sync::atomic::Ordering::Relaxed,
-            ) {
-                Ok(_) => break next,
-                Err(p) => prev = p,
-            }
-        };
+        let start = ISSUED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(want);
         Self {
             payer,
             valid_start: Timestamp::from_nanos(i128::from(start)),
@@ -235,5 +227,108 @@ impl TransactionId {
 impl fmt::Display for TransactionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.payer, self.valid_start)
+    }
+}
+
+/// Valid starts handed out in this process, as runs of consecutive nanoseconds; at most
+/// [`Issued::RUNS`] runs are kept, the least recently extended forgotten first (a clock that
+/// has moved on never asks for them again).
+static ISSUED: std::sync::Mutex<Issued> = std::sync::Mutex::new(Issued::new());
+
+struct Issued {
+    /// Run start → (run end, inclusive; when it was last used).
+    runs: std::collections::BTreeMap<i64, (i64, u64)>,
+    /// When used → run start, for forgetting the least recently used.
+    used: std::collections::BTreeMap<u64, i64>,
+    tick: u64,
+}
+
+impl Issued {
+    const RUNS: usize = 4096;
+
+    const fn new() -> Self {
+        Self {
+            runs: std::collections::BTreeMap::new(),
+            used: std::collections::BTreeMap::new(),
+            tick: 0,
+        }
+    }
+
+    /// The smallest value at or after `want` not handed out yet, now handed out.
+    fn take(&mut self, want: i64) -> i64 {
+        // The run holding `want`, or the one ending just before it, is extended.
+        let (start, end) = match self.runs.range(..=want).next_back() {
+            Some((&s, &(e, used))) if e >= want.saturating_sub(1) => {
+                self.used.remove(&used);
+                (s, e.saturating_add(1).max(want))
+            }
+            _ => (want, want),
+        };
+        let mut end = end;
+        // Runs the new end reaches join this one.
+        while let Some((&s, &(e, used))) = self.runs.range(start.saturating_add(1)..).next() {
+            if s > end {
+                break;
+            }
+            self.runs.remove(&s);
+            self.used.remove(&used);
+            // Runs never overlap, so the one found starts exactly at `end`: skip past it.
+            end = e.saturating_add(1);
+        }
+        self.tick += 1;
+        self.runs.insert(start, (end, self.tick));
+        self.used.insert(self.tick, start);
+        while self.runs.len() > Self::RUNS {
+            let Some((_, s)) = self.used.pop_first() else {
+                break;
+            };
+            self.runs.remove(&s);
+        }
+        end
+    }
+}
+
+#[cfg(test)]
+mod issued_tests {
+    use super::Issued;
+    use proptest::prelude::*;
+
+    /// Two ledgers' clocks ten minutes apart (a test that advanced its clock, another that did
+    /// not) asking in turn: each clock's ids stay distinct. A single "last id" counter reset
+    /// to each clock in turn and gave the same id twice, so a settlement's anchor once took
+    /// its last transfer's id and was never sent.
+    #[test]
+    fn two_clocks_far_apart_interleaved_never_repeat() {
+        use super::{AccountId, Timestamp, TransactionId};
+        let payer = AccountId::new(1001);
+        let a = Timestamp::from_nanos(1_000_000_000_000_000_000);
+        let b = Timestamp::from_nanos(1_000_000_600_000_000_000);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            assert!(
+                seen.insert(TransactionId::generate(payer, a)),
+                "clock a repeated"
+            );
+            assert!(
+                seen.insert(TransactionId::generate(payer, b)),
+                "clock b repeated"
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever is asked, in any order, no value is handed out twice, none before what
+        /// was asked, and what was free is given as asked.
+        #[test]
+        fn values_are_unique_and_not_early(wants in proptest::collection::vec(0i64..64, 1..200)) {
+            let mut issued = Issued::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for w in wants {
+                let v = issued.take(w);
+                prop_assert!(v >= w);
+                prop_assert!(seen.insert(v), "{} handed out twice", v);
+                prop_assert!((w..v).all(|x| seen.contains(&x)), "{} skipped a free value", w);
+            }
+        }
     }
 }
