@@ -5,8 +5,9 @@
 //! anchor message with the transaction id it will use — in one database transaction; then sends
 //! the steps in order, marking each done once the ledger confirms it. A process killed at any
 //! point resumes from the journal: a step that reached consensus is found by its transaction id
-//! (the ledger refuses the resend as a duplicate and its receipt says so), a step that never
-//! did is sent again. Nothing is paid twice, nothing is lost.
+//! (the ledger refuses the resend as a duplicate, and its record carries the step's memo), a
+//! step that never did, or whose id another transaction of the clearing account took, is sent
+//! again with a new id. Nothing is paid twice, nothing is lost.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -684,54 +685,65 @@ impl<L: Ledger> Settler<L> {
                     chunk: None,
                 },
             };
-            let tx = Transaction::new(step.id, kind)
-                .with_memo(format!("streamspace settlement {period}/{i}"));
+            let memo = format!("streamspace settlement {period}/{i}");
+            let tx = Transaction::new(step.id, kind).with_memo(memo.clone());
             match self.ledger.execute(tx, &[&self.clearing.key]).await {
                 Ok(r) => return Ok(r.consensus),
                 Err(LedgerError::Precheck {
                     status: Status::DuplicateTransaction | Status::TransactionExpired,
                     ..
                 }) => {
-                    match self.ledger.receipt(step.id).await {
-                        Ok(r) if r.status == Status::Success => return Ok(r.consensus),
-                        Ok(r) => {
-                            return Err(SettleError::Ledger {
-                                step: i,
-                                source: LedgerError::Failed {
-                                    status: r.status,
-                                    id: step.id,
-                                },
-                            });
-                        }
-                        Err(e) if e.status() == Some(Status::ReceiptNotFound) => {
-                            // The node keeps receipts for minutes only: a step sent before a
+                    // What holds this id: the step itself sent before a crash, or another
+                    // transaction of the clearing account (another process, another tool)
+                    // that happened to choose the same id. Only the first is this step: the
+                    // record's memo tells them apart.
+                    let found = match self.ledger.record(step.id).await {
+                        Ok(r) => Some(r),
+                        Err(e)
+                            if matches!(
+                                e.status(),
+                                Some(Status::RecordNotFound | Status::ReceiptNotFound)
+                            ) =>
+                        {
+                            // The node keeps records for minutes only: a step sent before a
                             // crash long ago is found in the ledger's history, not resent.
                             match self.ledger.history(step.id).await {
-                                Ok(r) if r.receipt.status == Status::Success => {
-                                    return Ok(r.receipt.consensus);
-                                }
-                                Ok(r) => {
-                                    return Err(SettleError::Ledger {
-                                        step: i,
-                                        source: LedgerError::Failed {
-                                            status: r.receipt.status,
-                                            id: step.id,
-                                        },
-                                    });
-                                }
-                                Err(e) if e.status() == Some(Status::RecordNotFound) => {
-                                    // Never reached consensus and can no longer (its valid
-                                    // start is past): journal a fresh id.
-                                    step.id = TransactionId::generate(
-                                        self.clearing.account,
-                                        self.ledger.now(),
-                                    );
-                                    self.journal.put_steps(period, &[(i, step)])?;
-                                }
+                                Ok(r) => Some(r),
+                                Err(e) if e.status() == Some(Status::RecordNotFound) => None,
                                 Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
                             }
                         }
                         Err(e) => return Err(SettleError::Ledger { step: i, source: e }),
+                    };
+                    match found {
+                        Some(r) if r.memo == memo => {
+                            if r.receipt.status == Status::Success {
+                                return Ok(r.receipt.consensus);
+                            }
+                            return Err(SettleError::Ledger {
+                                step: i,
+                                source: LedgerError::Failed {
+                                    status: r.receipt.status,
+                                    id: step.id,
+                                },
+                            });
+                        }
+                        found => {
+                            // Never reached consensus and can no longer (its valid start is
+                            // past), or the id is another transaction's: journal a fresh id.
+                            if found.is_some() {
+                                tracing::warn!(
+                                    period,
+                                    step = i,
+                                    id = %step.id,
+                                    "a settlement step's transaction id was taken by another \
+                                     transaction of the clearing account; sending with a new id"
+                                );
+                            }
+                            step.id =
+                                TransactionId::generate(self.clearing.account, self.ledger.now());
+                            self.journal.put_steps(period, &[(i, step)])?;
+                        }
                     }
                 }
                 Err(e) => return Err(SettleError::Ledger { step: i, source: e }),

@@ -918,3 +918,121 @@ async fn receipts_expire_history_stays() {
     assert_eq!(gone.status(), Some(Status::RecordNotFound));
     assert_eq!(w.ledger.history(r.id).await.unwrap().receipt, r);
 }
+
+/// A ledger that, the first time the clearing account anchors, first lets another
+/// transaction of the clearing account take that step's id (as another process or tool
+/// using the same account could): a 1-tinybar transfer to the treasury.
+struct IdTaken {
+    inner: LocalLedger,
+    clearing: Operator,
+    taken: Arc<std::sync::Mutex<Option<TransactionId>>>,
+}
+
+impl Ledger for IdTaken {
+    async fn execute(
+        &self,
+        tx: Transaction,
+        signers: &[&SigningKey],
+    ) -> Result<streamspace_ledger::Receipt, streamspace_ledger::LedgerError> {
+        let take = matches!(tx.kind, TxKind::SubmitMessage { .. }) && {
+            let mut t = self.taken.lock().unwrap();
+            t.is_none() && t.replace(tx.id).is_none()
+        };
+        if take {
+            let other = Transaction::new(
+                tx.id,
+                TxKind::Transfer {
+                    hbar: vec![(self.clearing.account, -1), (TREASURY, 1)],
+                    nfts: Vec::new(),
+                },
+            )
+            .with_memo("another tool of the clearing account");
+            self.inner
+                .execute(other, &[&self.clearing.key])
+                .await
+                .unwrap();
+        }
+        self.inner.execute(tx, signers).await
+    }
+    async fn receipt(
+        &self,
+        id: TransactionId,
+    ) -> Result<streamspace_ledger::Receipt, streamspace_ledger::LedgerError> {
+        self.inner.receipt(id).await
+    }
+    async fn record(
+        &self,
+        id: TransactionId,
+    ) -> Result<streamspace_ledger::Record, streamspace_ledger::LedgerError> {
+        self.inner.record(id).await
+    }
+    async fn history(
+        &self,
+        id: TransactionId,
+    ) -> Result<streamspace_ledger::Record, streamspace_ledger::LedgerError> {
+        self.inner.history(id).await
+    }
+    async fn balance(&self, account: AccountId) -> Result<i64, streamspace_ledger::LedgerError> {
+        self.inner.balance(account).await
+    }
+    async fn topic_info(
+        &self,
+        topic: TopicId,
+    ) -> Result<streamspace_ledger::TopicInfo, streamspace_ledger::LedgerError> {
+        self.inner.topic_info(topic).await
+    }
+    async fn topic_messages(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<streamspace_ledger::TopicMessage>, streamspace_ledger::LedgerError> {
+        self.inner.topic_messages(topic, from, limit).await
+    }
+    async fn nft_info(
+        &self,
+        nft: streamspace_ledger::NftId,
+    ) -> Result<streamspace_ledger::NftInfo, streamspace_ledger::LedgerError> {
+        self.inner.nft_info(nft).await
+    }
+    fn now(&self) -> streamspace_ledger::Timestamp {
+        self.inner.now()
+    }
+}
+
+/// A settlement step whose journaled id another transaction of the clearing account took
+/// first is not taken for done (the ledger's "duplicate" names the other transaction, whose
+/// memo is not the step's): it is sent again with a new id, and the period is anchored once
+/// and paid as earned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_id_another_transaction_took_is_still_sent() {
+    let w = world().await;
+    let ledger = IdTaken {
+        inner: w.ledger.clone(),
+        clearing: w.clearing.clone(),
+        taken: Arc::default(),
+    };
+    let taken = ledger.taken.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path().join("j.redb"), w.domain.id()).unwrap();
+    journal.record(&w.receipts).unwrap();
+    let settler = Settler::new(ledger, journal, w.clearing.clone(), &w.domain).unwrap();
+    settler.close(1, &w.collateral).await.unwrap();
+    let id = taken.lock().unwrap().expect("the anchor was sent");
+    assert_eq!(
+        w.ledger.history(id).await.unwrap().memo,
+        "another tool of the clearing account",
+        "the anchor's first id went to the other transaction"
+    );
+    let messages = w.ledger.topic_messages(w.topic, 1, 10).await.unwrap();
+    assert_eq!(messages.len(), 1, "anchored once");
+    for q in &w.payees {
+        let earned: u64 = w
+            .receipts
+            .iter()
+            .filter(|r| r.body.payee == q.account)
+            .map(|r| r.body.amount)
+            .sum();
+        assert_eq!(w.ledger.balance(q.account).await.unwrap(), earned as i64);
+    }
+}
