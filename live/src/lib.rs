@@ -3,6 +3,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod keys;
+pub mod ladder;
 pub mod manifest;
 pub mod publisher;
 pub mod segmenter;
@@ -12,6 +13,7 @@ use std::io::Read;
 
 use cid::Cid;
 pub use keys::{EpochKey, OutsideEpoch, StreamKey};
+pub use ladder::{Ladder, LadderError, Rung};
 pub use manifest::{Manifest, Segment, SignedManifest, StreamId};
 pub use publisher::{PublishError, Published, Publisher, PublisherConfig};
 pub use segmenter::{CutSegment, Input, Segmenter, SegmenterConfig, SegmenterError};

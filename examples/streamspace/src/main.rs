@@ -133,6 +133,11 @@ struct AddArgs {
     /// With --hls, re-encode to H.264 and AAC instead of copying the streams.
     #[arg(long, requires = "hls")]
     transcode: bool,
+    /// With --hls, cut renditions for adaptive bitrate, keyframes aligned, under a master
+    /// playlist (`index.m3u8`; each rendition in its own directory): heights, optionally with
+    /// a bitrate, as `1080p,720p,480p@1000k`. Rungs taller than the source are dropped.
+    #[arg(long, requires = "hls", conflicts_with = "transcode")]
+    ladder: Option<streamspace_live::Ladder>,
     /// File or directory to add.
     path: PathBuf,
 }
@@ -378,6 +383,52 @@ async fn add_hls(a: &AddArgs, store: Option<&DiskStore>, opts: ImportOptions) ->
         "--hls-time: from 1 to 60 seconds"
     );
     let dir = tempfile::tempdir()?;
+    if let Some(ladder) = &a.ladder {
+        let mut config =
+            streamspace_live::ladder::VodConfig::new(&a.path, dir.path(), ladder.clone());
+        config.segment_secs = a.hls_time;
+        let bar = progress(None, &format!("cutting renditions {ladder} with ffmpeg"));
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        let cut = streamspace_live::ladder::cut_vod(&config)
+            .await
+            .with_context(|| format!("cutting {} into renditions", a.path.display()));
+        bar.finish_and_clear();
+        let cut = cut?;
+        if !cut.dropped.is_empty() && !(a.quiet || a.quieter) {
+            let names: Vec<String> = cut.dropped.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "the source has {} lines: not cut (no upscaling): {}",
+                cut.source_height,
+                names.join(",")
+            );
+        }
+        let names: Vec<String> = cut
+            .variants
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {}x{} {} kbit/s",
+                    v.rung.name(),
+                    v.resolution.0,
+                    v.resolution.1,
+                    v.bandwidth / 1000
+                )
+            })
+            .collect();
+        let segments = cut.variants.first().map_or(0, |v| v.durations_ms.len());
+        return add_hls_dir(
+            a,
+            store,
+            opts,
+            dir.path(),
+            &format!(
+                "HLS: master index.m3u8, {} renditions of {segments} segments: {}",
+                cut.variants.len(),
+                names.join(", ")
+            ),
+        )
+        .await;
+    }
     let mut ffmpeg = tokio::process::Command::new("ffmpeg");
     ffmpeg.args(["-nostdin", "-v", "error", "-i"]).arg(&a.path);
     if a.transcode {
@@ -409,22 +460,40 @@ async fn add_hls(a: &AddArgs, store: Option<&DiskStore>, opts: ImportOptions) ->
         },
         String::from_utf8_lossy(&out.stderr).trim()
     );
+    let segments = std::fs::read_dir(dir.path())?.count().saturating_sub(1);
+    add_hls_dir(
+        a,
+        store,
+        opts,
+        dir.path(),
+        &format!("HLS: index.m3u8 and {segments} segments"),
+    )
+    .await
+}
+
+/// Adds a directory cut by ffmpeg (encrypted with `--encrypt`) and says what it holds.
+async fn add_hls_dir(
+    a: &AddArgs,
+    store: Option<&DiskStore>,
+    opts: ImportOptions,
+    dir: &std::path::Path,
+    what: &str,
+) -> Result<()> {
     let root = if a.encrypt {
         let key = ContentKey::generate();
-        let root = add_encrypted_dir(store, dir.path().to_owned(), key.clone(), opts).await?;
+        let root = add_encrypted_dir(store, dir.to_owned(), key.clone(), opts).await?;
         if let Some(out) = &a.key_out {
             write_secret(out, key.to_key_file(Some(&root.cid)).as_bytes())?;
         }
         root
     } else {
-        add_path(store, dir.path().to_owned(), opts, false, |_, _| {}).await?
+        add_path(store, dir.to_owned(), opts, false, |_, _| {}).await?
     };
-    let segments = std::fs::read_dir(dir.path())?.count().saturating_sub(1);
     if a.quieter || a.quiet {
         println!("{}", root.cid);
     } else {
         println!(
-            "added {} {} (HLS: index.m3u8 and {segments} segments{})",
+            "added {} {} ({what}{})",
             root.cid,
             a.path
                 .file_name()

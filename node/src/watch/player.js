@@ -9,7 +9,7 @@
   const kind = main.dataset.kind
   const statsUrl = main.dataset.stats
   const t0 = performance.now()
-  const state = { startupMs: null, errors: [], stalls: 0, levelSwitches: [], level: null }
+  const state = { startupMs: null, errors: [], stalls: 0, levels: [], levelSwitches: [], loading: [], level: null }
   window.streamspacePlayer = state
   const set = (id, text) => { document.getElementById(id).textContent = text }
   const fail = (text) => {
@@ -54,7 +54,13 @@
     state.levelSwitches.push({ level: d.level, height: l ? l.height : null, at: performance.now() - t0 })
     set('rendition', l && l.height ? `${l.height}p (${Math.round(l.bitrate / 1000)} kbit/s)` : `level ${d.level}`)
   })
+  // The rendition being fetched (it plays once the buffer ahead of it has played).
+  hls.on(window.Hls.Events.LEVEL_SWITCHING, (_e, d) => {
+    const l = hls.levels[d.level]
+    state.loading.push({ level: d.level, height: l ? l.height : null, at: performance.now() - t0 })
+  })
   hls.on(window.Hls.Events.MANIFEST_PARSED, () => {
+    state.levels = hls.levels.map((l) => ({ height: l.height, bitrate: l.bitrate }))
     video.play().catch((e) => fail(`play: ${e}`))
   })
   hls.loadSource(src)
