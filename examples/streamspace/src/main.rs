@@ -394,7 +394,7 @@ async fn add_hls(a: &AddArgs, store: Option<&DiskStore>, opts: ImportOptions) ->
             .with_context(|| format!("cutting {} into renditions", a.path.display()));
         bar.finish_and_clear();
         let cut = cut?;
-        if !cut.dropped.is_empty() && !(a.quiet || a.quieter) {
+        if !(cut.dropped.is_empty() || a.quiet || a.quieter) {
             let names: Vec<String> = cut.dropped.iter().map(ToString::to_string).collect();
             eprintln!(
                 "the source has {} lines: not cut (no upscaling): {}",
