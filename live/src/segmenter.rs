@@ -263,31 +263,15 @@ impl Segmenter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => return Err(SegmenterError::Io { path, source }),
         };
-        let mut duration = None;
-        let mut index = 0u64;
-        for line in text.lines() {
-            if let Some(d) = line.strip_prefix("#EXTINF:") {
-                let secs: f64 = d
-                    .split(',')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0.0);
-                duration = Some(((secs * 1000.0).round() as u32).clamp(1, 60_000));
-            } else if !line.starts_with('#') && !line.trim().is_empty() {
-                if let Some(d) = duration.take() {
-                    if index >= self.seen {
-                        self.pending.push_back(CutSegment {
-                            index,
-                            path: self.dir.join(line.trim()),
-                            duration_ms: d,
-                            written: Instant::now(),
-                        });
-                        self.seen = index + 1;
-                    }
-                    index += 1;
-                }
+        for (index, (uri, ms)) in (0u64..).zip(crate::ladder::media_segments(&text)) {
+            if index >= self.seen {
+                self.pending.push_back(CutSegment {
+                    index,
+                    path: self.dir.join(uri),
+                    duration_ms: ms.clamp(1, 60_000),
+                    written: Instant::now(),
+                });
+                self.seen = index + 1;
             }
         }
         Ok(())
