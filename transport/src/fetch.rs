@@ -1150,11 +1150,8 @@ impl<S: BlockStore + 'static> Node<S> {
                         cid: got[0].1.cid,
                         reason: e.to_string(),
                     })?;
-                target.put_many(blocks).await?;
-                // Peers that asked this node for these blocks over Bitswap get them now.
-                self.shared
-                    .bitswap
-                    .new_blocks(got.iter().map(|(_, n, _)| n.cid).collect());
+                // Counted before they are stored: storing hands them to a waiting reader, which
+                // may finish its answer before this task runs again.
                 self.shared.with_stats(|st| {
                     let p = st.peers.entry(peer).or_default();
                     p.shards_received += got.len() as u64;
@@ -1162,6 +1159,11 @@ impl<S: BlockStore + 'static> Node<S> {
                     st.shards_received += got.len() as u64;
                     st.bytes_received += bytes;
                 });
+                target.put_many(blocks).await?;
+                // Peers that asked this node for these blocks over Bitswap get them now.
+                self.shared
+                    .bitswap
+                    .new_blocks(got.iter().map(|(_, n, _)| n.cid).collect());
                 *s.report.bytes_from.entry(peer).or_default() += bytes;
                 for (key, need, data) in got {
                     self.shared.meter.received(&peer, &need.cid, data.len());
