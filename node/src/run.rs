@@ -30,7 +30,7 @@ use streamspace_shard::store::DiskStore;
 use streamspace_transport::allowlist::SignedAllowlist;
 use streamspace_transport::meter::{Decision, Free, Meter};
 use streamspace_transport::{Admission, PeerId};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config, LedgerSection, Member};
 use crate::{Node, metrics};
@@ -796,11 +796,14 @@ async fn start_with<L: Ledger + Clone + Send + Sync + 'static>(
     })
 }
 
-/// Journals, rolls the books, posts and settles, until `stop` turns true; then stops the
-/// HTTP endpoints and the transport, and journals and posts what the node holds.
+/// Journals and rolls the books, until `stop` turns true; then stops the HTTP endpoints and
+/// the transport, and journals what the node holds. What goes to the ledger (posting a closed
+/// period, locking collateral, settling, reading fraud proofs) runs in a task of its own
+/// ([`ledger_work`]): a slow or unreachable ledger must not keep the books from rolling, or
+/// every receipt of the new period would be refused as one for a period not yet open.
 async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
     node: streamspace_transport::Node<DiskStore>,
-    mut settlement: Option<Settlement<L>>,
+    settlement: Option<Settlement<L>>,
     paid: Option<Arc<Paid>>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     mut stop: watch::Receiver<bool>,
@@ -809,21 +812,33 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
 ) -> Result<()> {
     let mut tick = tokio::time::interval(FLUSH_EVERY.min(Duration::from_secs(1)));
     let mut last_flush = tokio::time::Instant::now();
+    // The books closed, to the ledger task; one a period, so a ledger down for long only
+    // makes the queue longer by one a period (each is journaled before it is queued).
+    let mut ledger = settlement.map(|s| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let journal = s.journal.clone();
+        let period_secs = s.period_secs;
+        let earned_last = s.earned_last.clone();
+        let paid = paid.clone();
+        let task = tokio::spawn(ledger_work(s, paid, rx));
+        (tx, task, journal, period_secs, earned_last)
+    });
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             _ = tick.tick() => {}
         }
-        let (Some(s), Some(paid)) = (&mut settlement, &paid) else {
+        let (Some((tx, _, journal, period_secs, earned_last)), Some(paid)) = (&ledger, &paid)
+        else {
             continue;
         };
         if last_flush.elapsed() >= FLUSH_EVERY {
             last_flush = tokio::time::Instant::now();
-            if let Err(e) = flush(s, paid) {
+            if let Err(e) = flush(journal, paid) {
                 tracing::error!(error = %e, "journaling receipts");
             }
         }
-        let now = period_now(s.period_secs);
+        let now = period_now(*period_secs);
         let rolled = {
             let mut b = paid.lock();
             if b.period == now {
@@ -839,16 +854,13 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
             }
         };
         if let Some(old) = rolled {
-            close_books(s, old).await;
-            lock_collateral_once(s, now).await;
+            let closed = journal_books(journal, earned_last, old);
+            let _ = tx.send(LedgerWork::Closed { closed, now });
         }
-        if let Some(c) = &mut s.clearing_role {
-            clear(c).await;
-        }
-        watch_proofs(s, paid).await;
     }
 
-    // Shut down: stop serving, then journal and post what this node holds.
+    // Shut down: stop serving, then journal what this node holds and let the ledger task
+    // post it.
     tracing::info!("shutting down");
     // Open HTTP answers (a long CAR, a video) get a few seconds to finish.
     for s in servers {
@@ -859,17 +871,31 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
     }
     node.shutdown().await;
     let mut result = Ok(());
-    if let (Some(s), Some(paid)) = (&mut settlement, &paid) {
-        let period = paid.lock().period;
-        match paid.books(period) {
-            Ok(fresh) => {
-                let books = std::mem::replace(&mut *paid.lock(), fresh);
-                close_books(s, books).await;
+    if let Some((tx, task, journal, _, earned_last)) = ledger.take() {
+        if let Some(paid) = &paid {
+            let period = paid.lock().period;
+            match paid.books(period) {
+                Ok(fresh) => {
+                    let books = std::mem::replace(&mut *paid.lock(), fresh);
+                    let closed = journal_books(&journal, &earned_last, books);
+                    let _ = tx.send(LedgerWork::Closed {
+                        closed,
+                        now: period,
+                    });
+                }
+                Err(e) => result = Err(e),
             }
-            Err(e) => result = Err(e),
         }
-        if let Some(c) = &mut s.clearing_role {
-            clear(c).await;
+        drop(tx);
+        // Every step it takes is bounded (the backends' deadlines); what it could not post
+        // is journaled and posted at the next start.
+        if tokio::time::timeout(LEDGER_AT_SHUTDOWN, task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the ledger did not take the last receipts in time: they are journaled and posted at the next start"
+            );
         }
     }
     #[cfg(feature = "hedera")]
@@ -908,24 +934,38 @@ fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::Pu
         .map_err(|e| anyhow::anyhow!("allowlist.operator: not an Ed25519 public key: {e}"))
 }
 
-fn flush<L>(s: &Settlement<L>, paid: &Paid) -> Result<()> {
+fn flush(journal: &Journal, paid: &Paid) -> Result<()> {
     let newest: Vec<SignedReceipt> = paid.lock().book.newest().copied().collect();
     if !newest.is_empty() {
-        s.journal.record(&newest)?;
+        journal.record(&newest)?;
     }
     Ok(())
 }
 
-/// Journals a period's newest receipts, posts them to the settlement topic and logs what the
-/// node earned.
-async fn close_books<L: Ledger>(s: &Settlement<L>, books: Books) {
+/// How long a stopping node waits for the ledger task to post the last period.
+const LEDGER_AT_SHUTDOWN: Duration = Duration::from_secs(60);
+
+/// A closed period's newest receipts, journaled.
+struct Closed {
+    period: u64,
+    receipts: Vec<SignedReceipt>,
+}
+
+/// What the ledger task is handed.
+enum LedgerWork {
+    /// A period closed: post its receipts, lock collateral for `now`.
+    Closed { closed: Closed, now: u64 },
+}
+
+/// Journals a closed period's newest receipts and logs what the node earned in it.
+fn journal_books(journal: &Journal, earned_last: &AtomicU64, books: Books) -> Closed {
     let receipts: Vec<SignedReceipt> = books.book.newest().copied().collect();
-    if let Err(e) = s.journal.record(&receipts) {
+    if let Err(e) = journal.record(&receipts) {
         tracing::error!(error = %e, period = books.period, "journaling receipts");
     }
     let earned: u64 = receipts.iter().map(|r| r.body.amount).sum();
     let shards: u64 = receipts.iter().map(|r| r.body.shards).sum();
-    s.earned_last.store(earned, Ordering::Relaxed);
+    earned_last.store(earned, Ordering::Relaxed);
     tracing::info!(
         period = books.period,
         payers = receipts.len(),
@@ -933,7 +973,44 @@ async fn close_books<L: Ledger>(s: &Settlement<L>, books: Books) {
         earned_tinybars = earned,
         "period closed"
     );
-    post(s, books.period, &receipts).await;
+    Closed {
+        period: books.period,
+        receipts,
+    }
+}
+
+/// The node's dealings with the ledger, in order: closed periods posted and collateral
+/// locked as they come, settling (on the clearing node) and fraud proofs read every second.
+/// Ends when the sender is dropped, after the work queued and a last settlement.
+async fn ledger_work<L: Ledger + Clone>(
+    mut s: Settlement<L>,
+    paid: Option<Arc<Paid>>,
+    mut work: mpsc::UnboundedReceiver<LedgerWork>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            biased;
+            w = work.recv() => match w {
+                Some(LedgerWork::Closed { closed, now }) => {
+                    post(&s, closed.period, &closed.receipts).await;
+                    lock_collateral_once(&s, now).await;
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(c) = &mut s.clearing_role {
+                    clear(c).await;
+                }
+                if let Some(paid) = &paid {
+                    watch_proofs(&mut s, paid).await;
+                }
+            }
+        }
+    }
+    if let Some(c) = &mut s.clearing_role {
+        clear(c).await;
+    }
 }
 
 /// Posts a period's receipts to the settlement topic, and notes the period as posted.

@@ -59,6 +59,19 @@ pub struct HederaLedger {
     network: Network,
     operator: AccountId,
     fast_retries: bool,
+    /// A loopback node's mirror on an address the SDK would speak TLS to (see
+    /// [`HederaLedger::loopback`]): read with a plaintext gRPC client instead.
+    plain_mirror: Option<SocketAddr>,
+}
+
+/// How long a read of a topic from the mirror node may take: the SDK's subscription retries
+/// an unreachable mirror without end, and a node's settlement loop must not wait forever.
+const MIRROR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the SDK reaches a mirror node at `addr` in plaintext: it speaks TLS to every
+/// mirror whose address names neither `localhost` nor `127.0.0.1`.
+fn sdk_mirror_is_plaintext(addr: &str) -> bool {
+    addr.contains("localhost") || addr.contains("127.0.0.1")
 }
 
 impl std::fmt::Debug for HederaLedger {
@@ -225,6 +238,58 @@ fn receipt_of(r: &hedera::TransactionReceipt, id: TransactionId, consensus: Time
     }
 }
 
+/// A topic's messages up to `end`, chunk by chunk, from a mirror node speaking plaintext gRPC.
+async fn plain_topic_messages(
+    addr: SocketAddr,
+    topic: TopicId,
+    end: Timestamp,
+) -> Result<Vec<TopicMessage>, LedgerError> {
+    use futures::TryStreamExt;
+    use hedera_proto::mirror::ConsensusTopicQuery;
+    use hedera_proto::mirror::consensus_service_client::ConsensusServiceClient;
+    let mut client = ConsensusServiceClient::connect(format!("http://{addr}"))
+        .await
+        .map_err(|e| transport(format!("mirror node {addr}: {e}")))?;
+    let query = ConsensusTopicQuery {
+        topic_id: Some(convert::topic_out(topic)),
+        consensus_start_time: Some(convert::ts_out(Timestamp::default())),
+        consensus_end_time: Some(convert::ts_out(end)),
+        limit: 0,
+    };
+    let grpc = |e: tonic::Status| transport(format!("mirror node {addr}: {}", e.message()));
+    let stream = client
+        .subscribe_topic(query)
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let responses: Vec<_> = stream.try_collect().await.map_err(grpc)?;
+    let bad = |what: &str| transport(format!("mirror node {addr}: a message with {what}"));
+    responses
+        .into_iter()
+        .map(|r| {
+            let consensus = convert::ts_in(r.consensus_timestamp.as_ref())
+                .map_err(|_| bad("no consensus time"))?;
+            let chunk = match &r.chunk_info {
+                Some(c) => Some(ChunkInfo {
+                    initial: convert::tx_id_in(c.initial_transaction_id.as_ref())
+                        .map_err(|_| bad("a bad chunk transaction id"))?,
+                    total: u32::try_from(c.total).map_err(|_| bad("a bad chunk count"))?,
+                    number: u32::try_from(c.number).map_err(|_| bad("a bad chunk number"))?,
+                }),
+                None => None,
+            };
+            Ok(TopicMessage {
+                sequence: r.sequence_number,
+                consensus,
+                message: Bytes::from(r.message),
+                running_hash: r.running_hash,
+                id: chunk.as_ref().filter(|c| c.number == 1).map(|c| c.initial),
+                chunk,
+            })
+        })
+        .collect()
+}
+
 impl HederaLedger {
     /// A ledger on `network` paying queries with `operator`.
     ///
@@ -238,6 +303,7 @@ impl HederaLedger {
             network,
             operator: operator.account,
             fast_retries: false,
+            plain_mirror: None,
         })
     }
 
@@ -304,13 +370,19 @@ impl HederaLedger {
         mirror: SocketAddr,
         operator: &Operator,
     ) -> Result<Self, LedgerError> {
-        let ledger = Self::new(
+        let mut ledger = Self::new(
             Network::Custom {
                 nodes: HashMap::from([(node.to_string(), AccountId::new(3))]),
                 mirror: vec![mirror.to_string()],
             },
             operator,
         )?;
+        // A loopback node serves plaintext gRPC. On another address than 127.0.0.1 (a test
+        // network across machines or network namespaces) the SDK would open TLS to its
+        // mirror, so topics are read there with a plaintext client of the same protobufs.
+        if !sdk_mirror_is_plaintext(&mirror.to_string()) {
+            ledger.plain_mirror = Some(mirror);
+        }
         // A loopback node answers at once: a receipt it does not have will not appear later,
         // so give up after a few quick attempts instead of the SDK's two minutes.
         ledger.client.set_max_attempts(3);
@@ -597,13 +669,34 @@ impl Ledger for HederaLedger {
         // chunks from sequence number `from`.
         self.topic_info(topic).await?;
         let end = self.now().plus_secs(1);
-        let msgs = hedera::TopicMessageQuery::new()
+        if let Some(addr) = self.plain_mirror {
+            let mut out =
+                tokio::time::timeout(MIRROR_DEADLINE, plain_topic_messages(addr, topic, end))
+                    .await
+                    .map_err(|_| {
+                        transport(format!(
+                            "the mirror node at {addr} did not answer within {MIRROR_DEADLINE:?}"
+                        ))
+                    })??;
+            out.retain(|m| m.sequence >= from);
+            out.sort_by_key(|m| m.sequence);
+            out.truncate(limit);
+            return Ok(out);
+        }
+        let mut query = hedera::TopicMessageQuery::new();
+        let query = query
             .topic_id(sdk_topic(topic))
             .start_time(to_time(Timestamp::default())?)
             .end_time(to_time(end)?)
             .execute(&self.client)
-            .unpanic()
+            .unpanic();
+        let msgs = tokio::time::timeout(MIRROR_DEADLINE, query)
             .await
+            .map_err(|_| {
+                transport(format!(
+                    "the mirror node did not answer within {MIRROR_DEADLINE:?}"
+                ))
+            })?
             .map_err(query_error)?;
         let mut out = Vec::new();
         for m in msgs {

@@ -219,7 +219,7 @@ impl<S: BlockStore + 'static> Driver<S> {
                 _ = tick.tick() => {
                     self.unban();
                     self.expire_allowlist();
-                    self.reserve();
+                    self.nat_tick();
                 }
             }
         }

@@ -4,14 +4,18 @@
 //!   told its reachability ([`NatConfig::reachability`]), asks peers to dial back the external
 //!   address candidates identify's observed addresses give it. An address dialed back is
 //!   confirmed ([`Reachability::Public`]); a probe that fails while none is confirmed makes the
-//!   node [`Reachability::Private`]. UPnP port mapping ([`NatConfig::upnp`], off by default)
+//!   node [`Reachability::Private`], and so does no verdict at all for 30 seconds (behind a
+//!   router that drops unsolicited packets, a TCP dial-back outlasts the server's limit and
+//!   is never reported). UPnP port mapping ([`NatConfig::upnp`], off by default)
 //!   confirms the mapped address too.
 //! - **Kademlia** serves the DHT only once the node is public: until then it runs in client
 //!   mode, so unreachable nodes never enter other nodes' routing tables.
 //! - **Relays**: Tier-1 nodes run a circuit relay v2 server within [`RelayLimits`]. A private
 //!   node reserves a slot on up to [`NatConfig::max_reservations`] relays (those configured,
 //!   then connected peers that offer the relay protocol) and advertises the relayed addresses
-//!   (as listen and external addresses, so identify and provider records carry them).
+//!   (as listen and external addresses, so identify and provider records carry them). On a
+//!   new relayed address it announces its roots again, since the provider records it made
+//!   before carry only the addresses it had then.
 //! - **Hole punching**: DCUtR upgrades a relayed connection to a direct one. Once a peer is
 //!   reachable directly, the node closes its relayed connections to it, so the exchange's
 //!   requests (bulk shard transfer) never run over a relay beside a direct connection; peers
@@ -21,9 +25,10 @@
 //! Relayed connections are connections like any other: the allowlist admits or refuses the
 //! peer at the far end of the circuit, and every shard served goes through the metering hook.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use cid::Cid;
 use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
@@ -180,6 +185,11 @@ pub(super) struct Nat {
     /// Open connections and whether each is relayed.
     conns: HashMap<PeerId, HashMap<ConnectionId, (Multiaddr, bool)>>,
     started: Instant,
+    /// Since when the reachability has been unknown (see [`UNCONFIRMED_AFTER`]).
+    unknown_since: Instant,
+    /// Roots to announce again now that the node is reachable at a new relayed address
+    /// (their provider records carry the addresses the node had when it announced them).
+    pub(super) reannounce: VecDeque<Cid>,
 }
 
 impl Nat {
@@ -196,6 +206,8 @@ impl Nat {
             confirmed: HashSet::new(),
             conns: HashMap::new(),
             started: Instant::now(),
+            unknown_since: Instant::now(),
+            reannounce: VecDeque::new(),
         }
     }
 
@@ -233,6 +245,16 @@ impl Nat {
 /// How long a relay that refused or lost a reservation is left alone.
 const RESERVE_RETRY: Duration = Duration::from_secs(30);
 
+/// How long a node probing its reachability waits for an AutoNAT verdict before it takes
+/// itself to be private (and reserves relay slots) until an address is confirmed. Behind a
+/// router that drops unsolicited packets, a server's TCP dial-back outlasts the server's own
+/// 10-second limit on the request, and no verdict ever comes: only QUIC dial-backs fail in
+/// time to be reported.
+pub(super) const UNCONFIRMED_AFTER: Duration = Duration::from_secs(30);
+
+/// Roots announced again per second after the node gained a relayed address.
+const REANNOUNCE_PER_TICK: usize = 16;
+
 fn is_relayed(a: &Multiaddr) -> bool {
     a.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
@@ -266,6 +288,8 @@ impl<S: BlockStore + 'static> Driver<S> {
                             relay,
                             address: address.clone(),
                         });
+                        // Records announced before carry no way to reach this node.
+                        self.nat.reannounce = self.provided.iter().copied().collect();
                     }
                 } else if self.nat.fixed
                     && self.nat.reachability == Reachability::Public
@@ -413,11 +437,42 @@ impl<S: BlockStore + 'static> Driver<S> {
         }
     }
 
+    /// The NAT part of the driver's one-second tick: relay reservations, a verdict that
+    /// never came, roots to announce again.
+    pub(super) fn nat_tick(&mut self) {
+        if !self.nat.fixed
+            && self.nat.reachability == Reachability::Unknown
+            && self.nat.unknown_since.elapsed() >= UNCONFIRMED_AFTER
+        {
+            tracing::info!(
+                after_ms = self.nat.started.elapsed().as_millis() as u64,
+                "no address confirmed reachable by AutoNAT: taken to be private"
+            );
+            self.set_reachability(Reachability::Private);
+        }
+        self.reserve();
+        for _ in 0..REANNOUNCE_PER_TICK {
+            let Some(root) = self.nat.reannounce.pop_front() else {
+                break;
+            };
+            let key = super::provider_key(&root);
+            if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(key.clone()) {
+                tracing::debug!(%root, error = %e, "not announced again");
+            }
+            if let Some(amino) = self.swarm.behaviour_mut().amino.as_mut() {
+                let _ = amino.start_providing(key);
+            }
+        }
+    }
+
     fn set_reachability(&mut self, r: Reachability) {
         if self.nat.fixed || self.nat.reachability == r {
             return;
         }
         self.nat.reachability = r;
+        if r == Reachability::Unknown {
+            self.nat.unknown_since = Instant::now();
+        }
         tracing::info!(
             reachability = ?r,
             after_ms = self.nat.started.elapsed().as_millis() as u64,
