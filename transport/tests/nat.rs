@@ -16,6 +16,9 @@
 //!   fetch throughput direct and relayed under the same `tc tbf` shaping, and the time from
 //!   start to a reachable (relayed) address.
 
+#[path = "support/netns.rs"]
+mod netns;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -341,44 +344,6 @@ async fn relayed_connections_are_admitted_metered_and_limited_like_direct_ones()
 // ---------------------------------------------------------------------------------------
 // Network namespaces.
 
-/// What the namespace tests need and this machine lacks, if anything.
-fn netns_missing() -> Option<String> {
-    let ok = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if uid != "0" {
-        return Some("not running as root".into());
-    }
-    if !ok("ip", &["netns", "list"]) {
-        return Some("no `ip netns` (iproute2)".into());
-    }
-    if !ok("nft", &["--version"]) {
-        // Installed by the test when apt works.
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nftables"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !ok("nft", &["--version"]) {
-            return Some("no nftables (`nft`), and `apt-get install nftables` failed".into());
-        }
-    }
-    if !ok("tc", &["-V"]) {
-        return Some("no `tc` (iproute2)".into());
-    }
-    None
-}
-
 /// The namespaces of one run, torn down when dropped (even when the test fails).
 struct Homes {
     prefix: String,
@@ -586,7 +551,7 @@ fn whole(bytes: u64, size: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_two_nats_an_edge_is_reached_through_a_relay_then_directly() {
-    if let Some(missing) = netns_missing() {
+    if let Some(missing) = netns::netns_missing() {
         println!("NAT namespace test NOT RUN ({missing}): running the in-process relay part only");
         relay_scenario().await;
         return;
@@ -617,7 +582,7 @@ async fn behind_two_nats_an_edge_is_reached_through_a_relay_then_directly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "figures; needs root and network namespaces; run by hand"]
 async fn nat_figures() {
-    if let Some(missing) = netns_missing() {
+    if let Some(missing) = netns::netns_missing() {
         panic!("the figures need network namespaces: {missing}");
     }
     let rate = "40mbit";

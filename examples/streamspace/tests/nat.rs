@@ -19,6 +19,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "../../../transport/tests/support/netns.rs"]
+mod netns;
+
 const BIN: &str = env!("CARGO_BIN_EXE_streamspace");
 const NETNS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -64,40 +67,6 @@ impl Drop for Place {
                 .status();
         }
     }
-}
-
-/// What the namespaces need and this machine lacks, if anything.
-fn netns_missing() -> Option<String> {
-    let ok = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    if uid != "0" {
-        return Some("not running as root".into());
-    }
-    if !ok("ip", &["netns", "list"]) {
-        return Some("no `ip netns` (iproute2)".into());
-    }
-    if !ok("nft", &["--version"]) {
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nftables"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !ok("nft", &["--version"]) {
-            return Some("no nftables (`nft`), and `apt-get install nftables` failed".into());
-        }
-    }
-    None
 }
 
 struct Nodes(Vec<Child>);
@@ -299,7 +268,7 @@ fn behind_two_nats_a_viewer_fetches_from_an_edge_and_the_period_settles() {
     let forced = std::env::var("STREAMSPACE_NAT_LOOPBACK")
         .is_ok_and(|v| v == "1")
         .then(|| "STREAMSPACE_NAT_LOOPBACK=1".to_owned());
-    let place = match forced.or_else(netns_missing) {
+    let place = match forced.or_else(netns::netns_missing) {
         Some(missing) => {
             println!(
                 "NAT namespace test NOT RUN ({missing}): running the paid network on loopback, the edge private by configuration"
