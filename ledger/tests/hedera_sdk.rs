@@ -300,3 +300,111 @@ async fn oversize_transaction_on_the_wire() {
     assert_eq!(local.topic_info(ours).await.unwrap().sequence, 0);
     node.stop().await;
 }
+
+/// A reader that follows a topic (a node reads its settlement topic every second) costs the
+/// mirror what is new, not the whole topic again: anyone may submit to a topic without a
+/// submit key and make it long, and that must not make every follower's work grow with it.
+/// Both ways of reading are tried: through the SDK (mirror on 127.0.0.1) and the plaintext
+/// client used for a loopback mirror on another address (127.0.0.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_long_topic_streams_only_what_is_new() {
+    use streamspace_ledger::{Transaction, TransactionId, TxKind};
+    for mirror_ip in [[127, 0, 0, 1], [127, 0, 0, 2]] {
+        let dir = tempfile::tempdir().unwrap();
+        let treasury = Operator {
+            account: TREASURY,
+            key: key(200),
+        };
+        let local = LocalLedger::open(
+            dir.path().join("ledger.redb"),
+            PublicKey::from(&treasury.key),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        let node = LoopbackNode::bind(
+            local.clone(),
+            ([127, 0, 0, 1], 0).into(),
+            (mirror_ip, 0).into(),
+        )
+        .await
+        .unwrap();
+        let ledger = HederaLedger::loopback(node.node, node.mirror, &treasury).unwrap();
+        let tx = Transaction::new(
+            TransactionId::generate(TREASURY, local.now()),
+            TxKind::CreateTopic {
+                memo: "long".into(),
+                submit_key: None,
+            },
+        );
+        let topic = local
+            .execute(tx, &[&treasury.key])
+            .await
+            .unwrap()
+            .topic
+            .expect("topic id");
+        let spam = 300u64;
+        for i in 0..spam {
+            local
+                .submit_message(&treasury, topic, format!("spam {i}").into(), None)
+                .await
+                .unwrap();
+        }
+
+        let all = ledger.topic_messages(topic, 1, 1000).await.unwrap();
+        assert_eq!(all.len(), spam as usize, "mirror {mirror_ip:?}");
+        assert!(all.iter().zip(1..).all(|(m, s)| m.sequence == s));
+
+        // Following it: each read from the next sequence number streams what is new.
+        for round in 1..=3u64 {
+            local
+                .submit_message(&treasury, topic, format!("new {round}").into(), None)
+                .await
+                .unwrap();
+            let before = node.messages_streamed();
+            let new = ledger
+                .topic_messages(topic, spam + round, 1000)
+                .await
+                .unwrap();
+            let cost = node.messages_streamed() - before;
+            assert_eq!(new.len(), 1, "mirror {mirror_ip:?}, round {round}");
+            assert_eq!(new[0].sequence, spam + round);
+            assert_eq!(&new[0].message[..], format!("new {round}").as_bytes());
+            assert!(
+                cost <= 2,
+                "mirror {mirror_ip:?}: a read of one new message streamed {cost} of a topic of {}",
+                spam + round
+            );
+        }
+        // Nothing new: nothing, and next to nothing streamed.
+        let before = node.messages_streamed();
+        assert!(
+            ledger
+                .topic_messages(topic, spam + 4, 1000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(node.messages_streamed() - before <= 1);
+
+        // A reader that has not read the topic before, from its middle: the right messages,
+        // and no more streamed than up to them and the limit (with the chunk margin).
+        let fresh = HederaLedger::loopback(node.node, node.mirror, &treasury).unwrap();
+        let before = node.messages_streamed();
+        let mid = fresh.topic_messages(topic, 150, 10).await.unwrap();
+        let cost = node.messages_streamed() - before;
+        assert_eq!(
+            mid.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+            (150..160).collect::<Vec<_>>()
+        );
+        assert!(cost <= 149 + 10 + 64, "streamed {cost}");
+        // And back to an earlier point it has indexed: from there, not from the start.
+        let before = node.messages_streamed();
+        let back = fresh.topic_messages(topic, 155, 2).await.unwrap();
+        assert_eq!(
+            back.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+            [155, 156]
+        );
+        assert!(node.messages_streamed() - before <= 2 + 64);
+        node.stop().await;
+    }
+}

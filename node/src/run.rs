@@ -1,9 +1,11 @@
 //! The running node: the metering hook wired to payments, the ledger backends, the loop that
 //! journals, posts and settles receipts, and the HTTP endpoints.
 //!
-//! Books are per period and each node rolls its own on its clock, once a second: a receipt
-//! that reaches its payee in the payee's next period is refused, so shards served in the
-//! second around a boundary may go unpaid (a grace for the previous period is not built).
+//! Books are per period and each node rolls its own on its clock, once a second. Clocks and
+//! ticks differ between payer and payee, so a payee's book opens the next period
+//! [`receipt_grace`] seconds before it starts and keeps the previous one open as long after
+//! its end: a receipt signed on either side of a boundary by a payer up to that far ahead or
+//! behind is accepted, and one further off is refused as one for the wrong period.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,18 +82,33 @@ pub(crate) fn settlement_marks(repo: &Path) -> (Option<u64>, Option<u64>) {
 
 /// The current settlement period.
 pub(crate) fn period_now(period_secs: u64) -> u64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    secs / period_secs.max(1)
+    unix_secs() / period_secs.max(1)
 }
 
-/// Books of the current period: what peers owe this node, and what it owes them.
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How far around a period boundary a payee's book takes receipts of either period (see
+/// [`ReceiptBook::tick`]): an eighth of the period, between 1 s and 60 s. It stays well inside
+/// the clearing's own grace ([`Clearing::grace_secs`], a quarter of the period, at least 3 s),
+/// so the receipts a book takes late are posted before the period is settled.
+pub(crate) fn receipt_grace(period_secs: u64) -> u64 {
+    (period_secs / 8).clamp(1, 60)
+}
+
+/// The books: what peers owe this node (one book across periods, rolled by the clock with
+/// [`receipt_grace`]), and what it owes them in the period its own clock says (`tab_period`).
 struct Books {
-    period: u64,
     book: ReceiptBook,
+    tab_period: u64,
     tab: PayerTab,
 }
+
+/// A period whose receipts a book no longer takes, with the newest receipt of each payer.
+type Ended = (u64, Vec<SignedReceipt>);
 
 /// The metering hook of a paid node.
 pub(crate) struct Paid {
@@ -128,8 +145,8 @@ impl Paid {
             domain,
             struck: Mutex::new(read_struck_off(&repo.join("struck-off"))),
             books: Mutex::new(Books {
-                period: 0,
                 book: ReceiptBook::new(domain, me.account, 0, Default::default()),
+                tab_period: 0,
                 tab: PayerTab::new(domain, me.account, me.key.clone(), 0),
             }),
             me,
@@ -161,19 +178,60 @@ impl Paid {
         }));
         let mut book =
             ReceiptBook::with_allowlist(self.domain, self.me.account, period, terms, allowlist);
-        let mut tab = PayerTab::new(self.domain, self.me.account, self.me.key.clone(), period);
         for m in self
             .members
             .values()
             .filter(|m| m.account != self.me.account)
         {
             book.admit(m.account, m.key, m.collateral)?;
-            tab.agree(m.account, self.price);
         }
         for payer in self.struck.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             book.expel(*payer);
         }
-        Ok(Books { period, book, tab })
+        Ok(Books {
+            book,
+            tab_period: period,
+            tab: self.tab(period),
+        })
+    }
+
+    /// What this node owes its peers in `period`, nothing yet.
+    fn tab(&self, period: u64) -> PayerTab {
+        let mut tab = PayerTab::new(self.domain, self.me.account, self.me.key.clone(), period);
+        for m in self
+            .members
+            .values()
+            .filter(|m| m.account != self.me.account)
+        {
+            tab.agree(m.account, self.price);
+        }
+        tab
+    }
+
+    /// Rolls the books by the clock (`now_secs`, Unix seconds): the tab moves to the period
+    /// `now_secs` is in, the book as [`ReceiptBook::tick`] with [`receipt_grace`]. Returns the
+    /// period whose grace ended, if one did.
+    fn tick(&self, now_secs: u64, period_secs: u64) -> Option<Ended> {
+        let period_secs = period_secs.max(1);
+        let mut b = self.lock();
+        let period = now_secs / period_secs;
+        if period > b.tab_period {
+            b.tab = self.tab(period);
+            b.tab_period = period;
+        }
+        b.book
+            .tick(now_secs, period_secs, receipt_grace(period_secs))
+            .closed
+    }
+
+    /// Ends the books at shutdown: the period in its grace, then the current one.
+    fn close_all(&self) -> Vec<Ended> {
+        let mut b = self.lock();
+        let mut out: Vec<Ended> = b.book.end_grace().into_iter().collect();
+        let (current, _) = b.book.periods();
+        b.book.roll(current.saturating_add(1));
+        out.extend(b.book.end_grace());
+        out
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Books> {
@@ -838,24 +896,13 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
                 tracing::error!(error = %e, "journaling receipts");
             }
         }
-        let now = period_now(*period_secs);
-        let rolled = {
-            let mut b = paid.lock();
-            if b.period == now {
-                None
-            } else {
-                match paid.books(now) {
-                    Ok(fresh) => Some(std::mem::replace(&mut *b, fresh)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "opening the new period's books");
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(old) = rolled {
-            let closed = journal_books(journal, earned_last, old);
-            let _ = tx.send(LedgerWork::Closed { closed, now });
+        let now_secs = unix_secs();
+        if let Some(ended) = paid.tick(now_secs, *period_secs) {
+            let closed = journal_books(journal, earned_last, ended);
+            let _ = tx.send(LedgerWork::Closed {
+                closed,
+                now: now_secs / (*period_secs).max(1),
+            });
         }
     }
 
@@ -870,20 +917,12 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
         let _ = std::fs::remove_file(f);
     }
     node.shutdown().await;
-    let mut result = Ok(());
     if let Some((tx, task, journal, _, earned_last)) = ledger.take() {
         if let Some(paid) = &paid {
-            let period = paid.lock().period;
-            match paid.books(period) {
-                Ok(fresh) => {
-                    let books = std::mem::replace(&mut *paid.lock(), fresh);
-                    let closed = journal_books(&journal, &earned_last, books);
-                    let _ = tx.send(LedgerWork::Closed {
-                        closed,
-                        now: period,
-                    });
-                }
-                Err(e) => result = Err(e),
+            for ended in paid.close_all() {
+                let now = ended.0;
+                let closed = journal_books(&journal, &earned_last, ended);
+                let _ = tx.send(LedgerWork::Closed { closed, now });
             }
         }
         drop(tx);
@@ -911,7 +950,7 @@ async fn run_loop<L: Ledger + Clone + Send + Sync + 'static>(
         shards_received = stats.shards_received,
         "stopped"
     );
-    result
+    Ok(())
 }
 
 /// Serves `app` on `addr` until `stop` turns true.
@@ -935,7 +974,10 @@ fn libp2p_ed25519(bytes: &[u8; 32]) -> Result<streamspace_transport::ed25519::Pu
 }
 
 fn flush(journal: &Journal, paid: &Paid) -> Result<()> {
-    let newest: Vec<SignedReceipt> = paid.lock().book.newest().copied().collect();
+    let newest: Vec<SignedReceipt> = {
+        let b = paid.lock();
+        b.book.closing().chain(b.book.newest()).copied().collect()
+    };
     if !newest.is_empty() {
         journal.record(&newest)?;
     }
@@ -958,25 +1000,21 @@ enum LedgerWork {
 }
 
 /// Journals a closed period's newest receipts and logs what the node earned in it.
-fn journal_books(journal: &Journal, earned_last: &AtomicU64, books: Books) -> Closed {
-    let receipts: Vec<SignedReceipt> = books.book.newest().copied().collect();
+fn journal_books(journal: &Journal, earned_last: &AtomicU64, (period, receipts): Ended) -> Closed {
     if let Err(e) = journal.record(&receipts) {
-        tracing::error!(error = %e, period = books.period, "journaling receipts");
+        tracing::error!(error = %e, period, "journaling receipts");
     }
     let earned: u64 = receipts.iter().map(|r| r.body.amount).sum();
     let shards: u64 = receipts.iter().map(|r| r.body.shards).sum();
     earned_last.store(earned, Ordering::Relaxed);
     tracing::info!(
-        period = books.period,
+        period,
         payers = receipts.len(),
         shards,
         earned_tinybars = earned,
         "period closed"
     );
-    Closed {
-        period: books.period,
-        receipts,
-    }
+    Closed { period, receipts }
 }
 
 /// The node's dealings with the ledger, in order: closed periods posted and collateral
@@ -1411,5 +1449,132 @@ mod tests {
             restarted.before_send(&honest, &block, 1000),
             Decision::Serve
         );
+    }
+
+    /// A payer whose clock is a few seconds off the payee's signs receipts of the period its
+    /// own clock says: the payee takes those of the next period from `receipt_grace` before
+    /// the boundary, and those of the previous one until as long after it; one further off is
+    /// refused, and the period ends with the newest receipt the payee took in it.
+    #[test]
+    fn receipts_either_side_of_a_period_boundary_are_taken_within_the_grace() {
+        let dir = tempfile::tempdir().expect("dir");
+        let domain = DomainId([7; 32]);
+        let me = Operator {
+            account: AccountId::new(1001),
+            key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
+        };
+        let payer = Operator {
+            account: AccountId::new(1002),
+            key: ed25519_dalek::SigningKey::from_bytes(&[2; 32]),
+        };
+        let peer = streamspace_transport::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let members: HashMap<PeerId, Member> = [
+            (
+                streamspace_transport::Keypair::generate_ed25519()
+                    .public()
+                    .to_peer_id(),
+                Member {
+                    account: me.account,
+                    key: PublicKey::from(&me.key),
+                    collateral: 1_000_000,
+                },
+            ),
+            (
+                peer,
+                Member {
+                    account: payer.account,
+                    key: PublicKey::from(&payer.key),
+                    collateral: 1_000_000,
+                },
+            ),
+        ]
+        .into();
+        let period_secs = 80;
+        let grace = receipt_grace(period_secs);
+        assert_eq!(grace, 10);
+        let p = 20_000_000;
+        let (outbox, _rx) = tokio::sync::mpsc::channel(8);
+        let paid = Paid::new(
+            domain,
+            me.clone(),
+            Price::per_shard(10_000),
+            4,
+            members,
+            outbox,
+            dir.path(),
+            p,
+        )
+        .expect("meter");
+        let block = cid::Cid::default();
+        let start = p * period_secs;
+        let receipt = |period: u64, shards: u64| {
+            let mut t = PayerTab::new(domain, payer.account, payer.key.clone(), period);
+            t.agree(me.account, Price::per_shard(10_000));
+            for _ in 0..shards {
+                t.received(me.account, 1000);
+            }
+            t.sign(me.account).encode()
+        };
+
+        assert!(paid.tick(start + 40, period_secs).is_none());
+        assert_eq!(paid.before_send(&peer, &block, 1000), Decision::Serve);
+        assert!(
+            paid.payment(&peer, &receipt(p, 1)),
+            "a receipt of the period"
+        );
+        // A receipt of the next period, from a payer whose clock is 5 s ahead: refused
+        // until the book is within the grace of the boundary, taken from then on.
+        assert_eq!(paid.before_send(&peer, &block, 1000), Decision::Serve);
+        assert!(
+            !paid.payment(&peer, &receipt(p + 1, 1)),
+            "half a period early is refused"
+        );
+        assert!(
+            paid.tick(start + period_secs - grace - 1, period_secs)
+                .is_none()
+        );
+        assert!(!paid.payment(&peer, &receipt(p + 1, 1)));
+        assert!(
+            paid.tick(start + period_secs - grace, period_secs)
+                .is_none()
+        );
+        assert!(
+            paid.payment(&peer, &receipt(p + 1, 1)),
+            "a receipt of the next period, signed just before the boundary by this clock"
+        );
+        // The payer moved on: its receipts of the previous period are final.
+        assert!(!paid.payment(&peer, &receipt(p, 2)));
+
+        // A second payer-like case on the other side: the book is past the boundary and a
+        // payer whose clock is behind still signs for the period that ended.
+        assert_eq!(paid.before_send(&peer, &block, 1000), Decision::Serve);
+        assert!(
+            paid.tick(start + period_secs + grace - 1, period_secs)
+                .is_none()
+        );
+        assert!(paid.payment(&peer, &receipt(p + 1, 2)));
+        let ended = paid
+            .tick(start + period_secs + grace, period_secs)
+            .expect("the grace of the period ended");
+        assert_eq!(ended.0, p);
+        assert_eq!(ended.1.len(), 1);
+        assert_eq!(
+            ended.1[0].body.shards, 1,
+            "the newest receipt of the period"
+        );
+        // Two periods ahead, or the period before the current one after its grace: refused.
+        assert_eq!(paid.before_send(&peer, &block, 1000), Decision::Serve);
+        assert!(!paid.payment(&peer, &receipt(p + 2, 3)));
+        assert!(!paid.payment(&peer, &receipt(p, 3)));
+        assert!(paid.payment(&peer, &receipt(p + 1, 3)));
+
+        // The node's own tab follows its clock exactly.
+        assert_eq!(paid.lock().tab_period, p + 1);
+        let closed = paid.close_all();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].0, p + 1);
+        assert_eq!(closed[0].1[0].body.shards, 3);
     }
 }

@@ -20,8 +20,9 @@
 mod convert;
 pub mod server;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
@@ -62,7 +63,30 @@ pub struct HederaLedger {
     /// A loopback node's mirror on an address the SDK would speak TLS to (see
     /// [`HederaLedger::loopback`]): read with a plaintext gRPC client instead.
     plain_mirror: Option<SocketAddr>,
+    /// Where messages of each topic begin in consensus time, as read so far (see
+    /// [`TopicIndex`]).
+    index: Arc<Mutex<BTreeMap<TopicId, TopicIndex>>>,
 }
+
+/// The consensus times of messages read from one topic, by sequence number: a later read
+/// from sequence `n` asks the mirror only for what reached consensus from the start of the
+/// nearest message at or before `n`, instead of the whole topic from its first message, so
+/// a reader that follows a topic does work in proportion to what is new, however long the
+/// topic grows. Only the first chunk of a chunked message is indexed, so that a read never
+/// starts inside one (the SDK would drop a message whose first chunks it did not see). At
+/// most [`TOPIC_INDEX_ENTRIES`] per topic, the oldest dropped first: a read from further back
+/// starts from the topic's beginning, as without the index.
+type TopicIndex = BTreeMap<u64, Timestamp>;
+
+/// Sequence numbers remembered per topic in the index.
+const TOPIC_INDEX_ENTRIES: usize = 4096;
+
+/// Topics remembered in the index; the one with the lowest topic number goes first.
+const TOPIC_INDEX_TOPICS: usize = 256;
+
+/// Chunks asked for beyond a read's limit, so that a chunked message that straddles the limit
+/// still arrives whole through the SDK.
+const CHUNK_MARGIN: u64 = 64;
 
 /// How long a read of a topic from the mirror node may take: the SDK's subscription retries
 /// an unreachable mirror without end, and a node's settlement loop must not wait forever.
@@ -242,7 +266,9 @@ fn receipt_of(r: &hedera::TransactionReceipt, id: TransactionId, consensus: Time
 async fn plain_topic_messages(
     addr: SocketAddr,
     topic: TopicId,
+    start: Timestamp,
     end: Timestamp,
+    limit: u64,
 ) -> Result<Vec<TopicMessage>, LedgerError> {
     use futures::TryStreamExt;
     use hedera_proto::mirror::ConsensusTopicQuery;
@@ -252,9 +278,9 @@ async fn plain_topic_messages(
         .map_err(|e| transport(format!("mirror node {addr}: {e}")))?;
     let query = ConsensusTopicQuery {
         topic_id: Some(convert::topic_out(topic)),
-        consensus_start_time: Some(convert::ts_out(Timestamp::default())),
+        consensus_start_time: Some(convert::ts_out(start)),
         consensus_end_time: Some(convert::ts_out(end)),
-        limit: 0,
+        limit,
     };
     let grpc = |e: tonic::Status| transport(format!("mirror node {addr}: {}", e.message()));
     let stream = client
@@ -291,6 +317,50 @@ async fn plain_topic_messages(
 }
 
 impl HederaLedger {
+    /// Where a read of `topic` from sequence `from` starts: the consensus time of the nearest
+    /// indexed message at or before `from`, and how many sequence numbers lie between it and
+    /// `from` (read and dropped).
+    fn read_start(&self, topic: TopicId, from: u64) -> (Timestamp, u64) {
+        let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        index
+            .get(&topic)
+            .and_then(|t| t.range(..=from).next_back())
+            .map_or(
+                (Timestamp::default(), from.saturating_sub(1)),
+                |(seq, at)| (*at, from - seq),
+            )
+    }
+
+    /// Indexes the messages a read returned, then keeps those from `from`, in order, at most
+    /// `limit`.
+    fn keep_read(
+        &self,
+        topic: TopicId,
+        mut out: Vec<TopicMessage>,
+        from: u64,
+        limit: usize,
+    ) -> Vec<TopicMessage> {
+        {
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            if !index.contains_key(&topic) && index.len() >= TOPIC_INDEX_TOPICS {
+                index.pop_first();
+            }
+            let t = index.entry(topic).or_default();
+            for m in &out {
+                if m.chunk.as_ref().is_none_or(|c| c.number == 1) {
+                    t.insert(m.sequence, m.consensus);
+                }
+            }
+            while t.len() > TOPIC_INDEX_ENTRIES {
+                t.pop_first();
+            }
+        }
+        out.retain(|m| m.sequence >= from);
+        out.sort_by_key(|m| m.sequence);
+        out.truncate(limit);
+        out
+    }
+
     /// A ledger on `network` paying queries with `operator`.
     ///
     /// # Errors
@@ -304,6 +374,7 @@ impl HederaLedger {
             operator: operator.account,
             fast_retries: false,
             plain_mirror: None,
+            index: Arc::default(),
         })
     }
 
@@ -665,29 +736,34 @@ impl Ledger for HederaLedger {
         from: u64,
         limit: usize,
     ) -> Result<Vec<TopicMessage>, LedgerError> {
-        // The mirror API selects by consensus time: read everything up to now and keep the
-        // chunks from sequence number `from`.
+        // The mirror API selects by consensus time: read from the start of the nearest message
+        // at or before `from` that an earlier read saw (the topic's beginning if none) up to
+        // now, and keep the chunks from sequence number `from`.
         self.topic_info(topic).await?;
         let end = self.now().plus_secs(1);
+        let (start, skipped) = self.read_start(topic, from);
+        let wanted = skipped
+            .saturating_add(limit as u64)
+            .saturating_add(CHUNK_MARGIN);
         if let Some(addr) = self.plain_mirror {
-            let mut out =
-                tokio::time::timeout(MIRROR_DEADLINE, plain_topic_messages(addr, topic, end))
-                    .await
-                    .map_err(|_| {
-                        transport(format!(
-                            "the mirror node at {addr} did not answer within {MIRROR_DEADLINE:?}"
-                        ))
-                    })??;
-            out.retain(|m| m.sequence >= from);
-            out.sort_by_key(|m| m.sequence);
-            out.truncate(limit);
-            return Ok(out);
+            let out = tokio::time::timeout(
+                MIRROR_DEADLINE,
+                plain_topic_messages(addr, topic, start, end, wanted),
+            )
+            .await
+            .map_err(|_| {
+                transport(format!(
+                    "the mirror node at {addr} did not answer within {MIRROR_DEADLINE:?}"
+                ))
+            })??;
+            return Ok(self.keep_read(topic, out, from, limit));
         }
         let mut query = hedera::TopicMessageQuery::new();
         let query = query
             .topic_id(sdk_topic(topic))
-            .start_time(to_time(Timestamp::default())?)
+            .start_time(to_time(start)?)
             .end_time(to_time(end)?)
+            .limit(wanted)
             .execute(&self.client)
             .unpanic();
         let msgs = tokio::time::timeout(MIRROR_DEADLINE, query)
@@ -739,10 +815,7 @@ impl Ledger for HederaLedger {
                 }),
             }
         }
-        out.retain(|m| m.sequence >= from);
-        out.sort_by_key(|m| m.sequence);
-        out.truncate(limit);
-        Ok(out)
+        Ok(self.keep_read(topic, out, from, limit))
     }
 
     async fn nft_info(&self, nft: NftId) -> Result<NftInfo, LedgerError> {

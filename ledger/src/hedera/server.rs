@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
@@ -21,7 +23,7 @@ use super::convert::{
     topic_in, topic_out, transaction_in, ts_in, ts_out, tx_id_in, tx_id_out,
 };
 use crate::local::LocalLedger;
-use crate::types::{NftId, Timestamp};
+use crate::types::{NftId, Timestamp, TopicId};
 use crate::{Ledger, LedgerError, Status};
 
 #[allow(non_camel_case_types, missing_docs, unreachable_pub, clippy::all)]
@@ -47,6 +49,8 @@ const MIRROR_BUFFER: usize = 256;
 #[derive(Clone)]
 struct Node {
     ledger: LocalLedger,
+    /// Topic messages the mirror has streamed, to all subscribers.
+    streamed: Arc<AtomicU64>,
 }
 
 impl Node {
@@ -411,7 +415,8 @@ impl MirrorService for Node {
         let topic = topic_in(q.topic_id.as_ref())
             .map_err(|_| tonic::Status::invalid_argument("missing or invalid topicID"))?;
         // Unknown topics are refused up front, as the mirror node does.
-        self.ledger
+        let info = self
+            .ledger
             .topic_info(topic)
             .await
             .map_err(|_| tonic::Status::not_found(format!("topic {topic} does not exist")))?;
@@ -429,10 +434,13 @@ impl MirrorService for Node {
             .transpose()
             .map_err(|_| tonic::Status::invalid_argument("bad end time"))?;
         let limit = if q.limit == 0 { u64::MAX } else { q.limit };
+        let mut next_seq = first_at_or_after(&self.ledger, topic, info.sequence, start)
+            .await
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
         let (tx, rx) = tokio::sync::mpsc::channel(MIRROR_BUFFER);
         let ledger = self.ledger.clone();
+        let streamed = self.streamed.clone();
         tokio::spawn(async move {
-            let mut next_seq = 1;
             let mut sent = 0u64;
             loop {
                 let batch = match ledger.topic_messages(topic, next_seq, 1000).await {
@@ -466,6 +474,7 @@ impl MirrorService for Node {
                     if tx.send(Ok(resp)).await.is_err() {
                         return; // subscriber gone
                     }
+                    streamed.fetch_add(1, Ordering::Relaxed);
                     sent += 1;
                     if sent >= limit {
                         return;
@@ -485,6 +494,30 @@ impl MirrorService for Node {
     }
 }
 
+/// The first sequence number of `topic` (of `count` messages) that reached consensus at or
+/// after `start`, `count + 1` if none did. Consensus times grow with sequence numbers, so a
+/// binary search finds it in some log2(`count`) reads of one message: a subscription from a
+/// recent time does not scan the topic from its first message.
+async fn first_at_or_after(
+    ledger: &LocalLedger,
+    topic: TopicId,
+    count: u64,
+    start: Timestamp,
+) -> Result<u64, LedgerError> {
+    let (mut lo, mut hi) = (1u64, count.saturating_add(1));
+    if start == Timestamp::default() {
+        return Ok(lo);
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match ledger.topic_messages(topic, mid, 1).await?.first() {
+            Some(m) if m.consensus < start => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
 /// A running loopback node: its consensus-node and mirror addresses.
 #[derive(Debug)]
 pub struct LoopbackNode {
@@ -492,6 +525,7 @@ pub struct LoopbackNode {
     pub node: SocketAddr,
     /// Address of the mirror node's topic subscription service.
     pub mirror: SocketAddr,
+    streamed: Arc<AtomicU64>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -530,7 +564,11 @@ impl LoopbackNode {
         let mirror = mirror_l
             .local_addr()
             .map_err(|e| LedgerError::Transport(e.to_string()))?;
-        let svc = Node { ledger };
+        let streamed = Arc::new(AtomicU64::new(0));
+        let svc = Node {
+            ledger,
+            streamed: streamed.clone(),
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = futures::FutureExt::shared(async move {
             let _ = stopped.await;
@@ -557,9 +595,16 @@ impl LoopbackNode {
         Ok(Self {
             node,
             mirror,
+            streamed,
             shutdown: Some(stop),
             task,
         })
+    }
+
+    /// Topic messages (chunks) the mirror has streamed so far, to all subscribers: what the
+    /// readers of its topics cost it.
+    pub fn messages_streamed(&self) -> u64 {
+        self.streamed.load(Ordering::Relaxed)
     }
 
     /// Stops serving and waits for the servers to finish.
