@@ -4,7 +4,7 @@
 // file contents produced by the Rust implementation.
 //
 //   node unixfs.mjs add PATH [--cid-version N] [--raw-leaves | --no-raw-leaves]
-//                            [--chunk-size N] [--max-links N] [--trickle]
+//                            [--chunk-size N | --rabin MIN-AVG-MAX] [--max-links N] [--trickle]
 //                            [--profile unixfs-v0-2015|unixfs-v1-2025] [--car OUT.car]
 //   node unixfs.mjs car-check FILE.car
 //   node unixfs.mjs car-cat FILE.car [PATH-INSIDE]
@@ -21,7 +21,7 @@ import * as dagPb from '@ipld/dag-pb'
 import { MemoryBlockstore } from 'blockstore-core/memory'
 import { exporter } from 'ipfs-unixfs-exporter'
 import { importer } from 'ipfs-unixfs-importer'
-import { fixedSize } from 'ipfs-unixfs-importer/chunker'
+import { fixedSize, rabin } from 'ipfs-unixfs-importer/chunker'
 import { balanced, trickle } from 'ipfs-unixfs-importer/layout'
 import { equals } from 'multiformats/bytes'
 import * as raw from 'multiformats/codecs/raw'
@@ -30,7 +30,7 @@ import { sha256 } from 'multiformats/hashes/sha2'
 
 const USAGE = `usage:
   node unixfs.mjs add PATH [--cid-version N] [--raw-leaves | --no-raw-leaves]
-                           [--chunk-size N] [--max-links N] [--trickle]
+                           [--chunk-size N | --rabin MIN-AVG-MAX] [--max-links N] [--trickle]
                            [--profile unixfs-v0-2015|unixfs-v1-2025] [--car OUT.car]
   node unixfs.mjs car-check FILE.car
   node unixfs.mjs car-cat FILE.car [PATH-INSIDE]`
@@ -79,10 +79,20 @@ function importerOptions (flags) {
   const chunkSize = flags['chunk-size'] != null ? parseIntArg('chunk-size', flags['chunk-size'], 1) : base.chunkSize
   const maxLinks = flags['max-links'] != null ? parseIntArg('max-links', flags['max-links'], 2) : base.maxLinks
 
+  let chunker = fixedSize({ chunkSize })
+  if (flags.rabin != null) {
+    // rabin-wasm's Rabin chunker: kubo's algorithm over another polynomial.
+    if (flags['chunk-size'] != null) throw new UsageError('--chunk-size and --rabin are mutually exclusive')
+    const bounds = flags.rabin.split('-')
+    if (bounds.length !== 3) throw new UsageError('--rabin expects MIN-AVG-MAX')
+    const [minChunkSize, avgChunkSize, maxChunkSize] = bounds.map(b => parseIntArg('rabin', b, 16))
+    chunker = rabin({ minChunkSize, avgChunkSize, maxChunkSize })
+  }
+
   const opts = {
     cidVersion,
     rawLeaves,
-    chunker: fixedSize({ chunkSize }),
+    chunker,
     shardFanoutBits: HAMT_FANOUT_BITS,
     shardSplitThresholdBytes: HAMT_THRESHOLD_BYTES,
     shardSplitStrategy: base.shardSplitStrategy,
@@ -180,6 +190,7 @@ async function cmdAdd (argv) {
       'raw-leaves': { type: 'boolean' },
       'no-raw-leaves': { type: 'boolean' },
       'chunk-size': { type: 'string' },
+      rabin: { type: 'string' },
       'max-links': { type: 'string' },
       trickle: { type: 'boolean' },
       profile: { type: 'string' },

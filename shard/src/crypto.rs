@@ -334,7 +334,7 @@ impl ContentKey {
 /// Import options for a sealed stream: the given options with [`SHARD_SIZE`] chunks, so every
 /// leaf is exactly one shard.
 pub fn encrypted_options(mut opts: ImportOptions) -> ImportOptions {
-    opts.chunk_size = SHARD_SIZE;
+    opts.chunker = crate::import::Chunker::Size(SHARD_SIZE);
     opts
 }
 

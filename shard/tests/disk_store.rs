@@ -23,7 +23,7 @@ async fn quota_evicts_least_recently_used_unpinned_blocks() {
     // A pinned DAG of ~4 KB.
     let opts = {
         let mut o = ImportOptions::default().with_cid_version(1).unwrap();
-        o.chunk_size = 1000;
+        o.chunker = streamspace_shard::import::Chunker::Size(1000);
         o
     };
     let content: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
@@ -153,7 +153,7 @@ async fn pin_of_incomplete_dag_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = DiskStore::open(dir.path().join("b.redb"), None).unwrap();
     let mut opts = ImportOptions::default();
-    opts.chunk_size = 100;
+    opts.chunker = streamspace_shard::import::Chunker::Size(100);
     let root = add_reader(
         Some(&store),
         std::io::Cursor::new(vec![1u8; 1000]),

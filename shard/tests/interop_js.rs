@@ -12,7 +12,9 @@ use futures::TryStreamExt;
 use streamspace_shard::car::{read_car, write_car};
 use streamspace_shard::dag::{resolve, walk};
 use streamspace_shard::export::{ByteRange, cat};
-use streamspace_shard::import::{ImportOptions, Layout, Profile, import_file, import_path};
+use streamspace_shard::import::{
+    Chunker, ImportOptions, Layout, Profile, Rabin, import_file, import_path,
+};
 use streamspace_shard::store::{MemoryStore, add_path};
 
 fn js_dir() -> PathBuf {
@@ -86,6 +88,18 @@ fn option_sets() -> Vec<OptionSet> {
     let mut tiny_trickle = tiny.clone();
     tiny_trickle.layout = Layout::Trickle;
     let mib = 1 << 20;
+    // The JS importer's Rabin chunker is kubo's algorithm over rabin-wasm's polynomial: the
+    // same bounds and polynomial must give the same chunks, hence the same CIDs.
+    let js_rabin = |mut o: ImportOptions, min, avg, max| {
+        let r = Rabin::new(min, avg, max)
+            .unwrap()
+            .with_polynomial(Rabin::RABIN_WASM_POLYNOMIAL)
+            .unwrap();
+        o.chunker = Chunker::Rabin(r);
+        o
+    };
+    let mut rabin_trickle = js_rabin(ImportOptions::default(), 512, 1024, 2048);
+    rabin_trickle.layout = Layout::Trickle;
     vec![
         OptionSet {
             name: "kubo defaults",
@@ -95,7 +109,7 @@ fn option_sets() -> Vec<OptionSet> {
         },
         OptionSet {
             name: "--cid-version 1",
-            opts: v1,
+            opts: v1.clone(),
             flags: &["--cid-version", "1"],
             sizes: boundaries.clone(),
         },
@@ -134,6 +148,26 @@ fn option_sets() -> Vec<OptionSet> {
             opts: tiny_trickle,
             flags: &["--chunk-size", "256", "--trickle"],
             sizes: vec![4 * 256 * 174 + 7, 40 * 174 * 256],
+        },
+        OptionSet {
+            name: "--chunker rabin-512-1024-2048 (rabin-wasm's polynomial)",
+            opts: js_rabin(ImportOptions::default(), 512, 1024, 2048),
+            flags: &["--rabin", "512-1024-2048"],
+            // Not 0: the JS Rabin chunker yields no chunk at all for an empty file, and the
+            // JS importer then no entry (fixed-size chunking yields one empty chunk).
+            sizes: vec![1, 511, 512, 2048, 2049, 300_001, 174 * 2048 + 9, 4 * mib],
+        },
+        OptionSet {
+            name: "--chunker rabin-512-1024-2048 --trickle (rabin-wasm's polynomial)",
+            opts: rabin_trickle,
+            flags: &["--rabin", "512-1024-2048", "--trickle"],
+            sizes: vec![3 * mib + 1],
+        },
+        OptionSet {
+            name: "--chunker rabin-87381-262144-393216 --cid-version 1 (rabin-wasm's polynomial)",
+            opts: js_rabin(v1.clone(), 87_381, 262_144, 393_216),
+            flags: &["--rabin", "87381-262144-393216", "--cid-version", "1"],
+            sizes: vec![87_380, 87_381, 393_217, 24 * mib + 5],
         },
         OptionSet {
             name: "--profile unixfs-v1-2025",
@@ -179,6 +213,16 @@ fn file_cids_match_the_js_importer() {
         failures.len(),
         failures.join("\n")
     );
+
+    // The polynomial is what sets the two apart: kubo's cuts elsewhere than rabin-wasm's.
+    let path = dir.path().join(format!("f{}", 4 << 20));
+    let mut kubo = ImportOptions::default();
+    kubo.chunker = "rabin-512-1024-2048".parse().unwrap();
+    let ours = import_file(std::fs::File::open(&path).unwrap(), &kubo, |_| Ok(()))
+        .unwrap()
+        .cid
+        .to_string();
+    assert_ne!(ours, js_cid(&path, &["--rabin", "512-1024-2048"]));
 }
 
 fn make_tree(root: &Path) {

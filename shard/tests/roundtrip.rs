@@ -46,7 +46,7 @@ fn small_opts(layout: Layout, raw: bool, v1: bool) -> ImportOptions {
         o = o.with_cid_version(1).unwrap();
     }
     o.raw_leaves = raw;
-    o.chunk_size = 64;
+    o.chunker = streamspace_shard::import::Chunker::Size(64);
     o.max_links = 3;
     o.layout = layout;
     o

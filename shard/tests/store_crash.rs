@@ -64,7 +64,7 @@ fn raw(id: u64) -> Block {
 
 fn dag_opts() -> ImportOptions {
     let mut o = ImportOptions::default().with_cid_version(1).unwrap();
-    o.chunk_size = 4096;
+    o.chunker = streamspace_shard::import::Chunker::Size(4096);
     o
 }
 

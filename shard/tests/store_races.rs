@@ -25,7 +25,7 @@ const PINS: redb::TableDefinition<'_, &[u8], u64> = redb::TableDefinition::new("
 
 fn opts() -> ImportOptions {
     let mut o = ImportOptions::default().with_cid_version(1).unwrap();
-    o.chunk_size = 1000;
+    o.chunker = streamspace_shard::import::Chunker::Size(1000);
     o
 }
 

@@ -68,7 +68,7 @@ fn trickle_single_chunk_keeps_a_root_node() {
 #[test]
 fn balanced_block_counts_at_layer_boundaries() {
     let mut opts = ImportOptions::default();
-    opts.chunk_size = 16;
+    opts.chunker = streamspace_shard::import::Chunker::Size(16);
     opts.max_links = 4;
     // leaves -> blocks (leaves + internal nodes)
     for (leaves, blocks) in [(1, 1), (2, 3), (4, 5), (5, 8), (16, 21), (17, 25)] {

@@ -432,7 +432,7 @@ proptest! {
         let (imported, blocks, bytes, budget) = rt.block_on(async {
             let store = MemoryStore::new();
             let mut opts = ImportOptions::default().with_cid_version(u64::from(v1)).unwrap();
-            opts.chunk_size = chunk;
+            opts.chunker = streamspace_shard::import::Chunker::Size(chunk);
             opts.max_links = max_links;
             opts.layout = if trickle { Layout::Trickle } else { Layout::Balanced };
             let imported = add_reader(Some(&store), std::io::Cursor::new(random(len, seed)), opts)

@@ -12,10 +12,12 @@
 //!
 //! A device keeps the blocks of the image it runs (pinned in its store, or imported from its
 //! slot with [`Agent::index_slot`]); fetching the next image asks the network only for the
-//! blocks it does not hold. With the fixed-size chunker the importer has today, two versions
-//! share the blocks before the first changed byte and the blocks of any region that kept its
-//! offset; kubo's content-defined chunkers (`rabin`, `buzhash`), which would keep blocks shared
-//! after an insertion, are not implemented yet.
+//! blocks it does not hold. How much that saves depends on the vendor's chunker: with fixed
+//! 256 KiB chunks, two versions share only the blocks before the first changed byte (and of
+//! any region that kept its offset); with kubo's content-defined chunkers
+//! ([`Chunker::Buzhash`](streamspace_shard::import::Chunker), `rabin`) a boundary lands at the
+//! same content whatever moved before it, so an image with one package changed shares every
+//! block away from that package. `streamspace fleet` measures both.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

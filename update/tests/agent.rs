@@ -1,5 +1,6 @@
-//! Devices installing releases from real nodes on 127.0.0.1: plain and encrypted images, an
-//! image one byte short, a tampered image, and a device that loses power mid-download.
+//! Devices installing releases from real nodes on 127.0.0.1: plain and encrypted images, a
+//! delta update, an image one byte short, a tampered image, and a device that loses power
+//! mid-download.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,10 +107,15 @@ async fn fleet(meter: Arc<dyn Meter>) -> Fleet {
 
 impl Fleet {
     async fn publish(&self, data: &[u8], version: &str) -> Release {
+        self.publish_with(data, version, ImportOptions::default())
+            .await
+    }
+
+    async fn publish_with(&self, data: &[u8], version: &str, opts: ImportOptions) -> Release {
         let root = add_reader(
             Some(self.origin.store().as_ref()),
             std::io::Cursor::new(data.to_vec()),
-            ImportOptions::default(),
+            opts,
         )
         .await
         .unwrap()
@@ -221,6 +227,42 @@ async fn a_device_installs_into_the_inactive_slot_and_keeps_serving() {
     assert_eq!(r.bytes_from.len(), 1);
     dev.node().shutdown().await;
     second.node().shutdown().await;
+    f.origin.shutdown().await;
+}
+
+/// A device whose factory image the vendor cut with buzhash indexes its slot, and then
+/// fetches of the next image (8 KiB inserted in the middle) only the blocks around the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_defined_update_fetches_only_the_blocks_around_the_change() {
+    let mut f = fleet(Arc::new(Free)).await;
+    let buzhash = ImportOptions::default().with_chunker("buzhash").unwrap();
+    let v1 = image(8 << 20, 7);
+    let mut v2 = v1.clone();
+    v2.splice(4 << 20..4 << 20, image(8192, 8));
+    let first = f.publish_with(&v1, "1.0.0", buzhash.clone()).await;
+    let second = f.publish_with(&v2, "1.1.0", buzhash.clone()).await;
+    Slots::new(f.dir.path().join("dev-d/slots"))
+        .provision("1.0.0", &v1)
+        .unwrap();
+    let dev = f.device("dev-d", None).await;
+    // The device's own import of its slot gives the vendor's root: same chunker, same CIDs.
+    let held = dev.index_slot(buzhash).await.unwrap();
+    assert_eq!(held.to_bytes(), first.image);
+
+    let bundle = f.vendor.release(second, ROLLOUT_ALL).await.unwrap();
+    let report = dev.update(&bundle).await.unwrap().expect("installed");
+    assert_eq!(std::fs::read(dev.slots().image(Slot::B)).unwrap(), v2);
+    let fetched = report.bytes_fetched();
+    // The chunk holding the insertion and the one after it, at most, and the root node.
+    assert!(
+        fetched <= 2 * (512 << 10) + (64 << 10),
+        "fetched {fetched} of {} bytes ({} of {} blocks)",
+        v2.len(),
+        report.fetched,
+        report.blocks
+    );
+    assert!(report.fetched < report.blocks / 4, "{report:?}");
+    dev.node().shutdown().await;
     f.origin.shutdown().await;
 }
 

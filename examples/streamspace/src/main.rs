@@ -24,10 +24,10 @@ use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use streamspace_shard::Cid;
 use streamspace_shard::car::{read_car, write_car};
-use streamspace_shard::crypto::{ContentKey, cat_decrypted};
+use streamspace_shard::crypto::{ContentKey, SHARD_SIZE, cat_decrypted};
 use streamspace_shard::dag::{fetch, resolve};
 use streamspace_shard::export::{ByteRange, cat};
-use streamspace_shard::import::{ImportOptions, Layout, Profile};
+use streamspace_shard::import::{Chunker, ImportOptions, Layout, Profile};
 use streamspace_shard::store::{DiskStore, add_encrypted, add_encrypted_dir, add_path, add_reader};
 use tokio::io::AsyncWriteExt;
 
@@ -90,7 +90,7 @@ struct AddArgs {
     /// Store leaves as raw blocks.
     #[arg(long)]
     raw_leaves: Option<Option<bool>>,
-    /// Chunking algorithm: size-N.
+    /// Chunking algorithm, as kubo: size-N, rabin, rabin-AVG, rabin-MIN-AVG-MAX or buzhash.
     #[arg(short = 's', long)]
     chunker: Option<String>,
     /// Use the trickle DAG layout.
@@ -275,6 +275,11 @@ async fn add(cli: &Cli, a: &AddArgs) -> Result<()> {
     }
     if let Some(c) = &a.chunker {
         opts = opts.with_chunker(c)?;
+        ensure!(
+            !a.encrypt || opts.chunker == Chunker::Size(SHARD_SIZE),
+            "--encrypt cuts items into shards of {SHARD_SIZE} bytes: it takes no other chunker \
+             (--chunker {c})"
+        );
     }
     if a.trickle {
         opts.layout = Layout::Trickle;

@@ -64,8 +64,12 @@ fn a_fleet_takes_a_staged_update() {
     );
     for line in [
         "12 devices running factory 1.0.0",
-        "100% stage: 12 installed",
-        "12 devices boot 1.1.0 from their inactive slot",
+        "1.1.0 100% stage: 12 installed",
+        "1.2.0 100% stage: 11 installed",
+        "device-011 fell back at its trial boot and reported it",
+        "1.2.0 delta: each device fetched",
+        "with fixed 256 KiB chunks",
+        "11 devices boot 1.2.0 from their inactive slot, 1 runs 1.1.0 again",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -1,4 +1,5 @@
-//! File import: fixed-size chunking, parallel leaf hashing, balanced and trickle layouts.
+//! File import: fixed-size and content-defined chunking, parallel leaf hashing, balanced and
+//! trickle layouts.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -7,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use cid::{Cid, Version};
 use rayon::prelude::*;
 
+use super::chunker::Cutter;
 use super::{ImportError, ImportOptions, Layout};
 use crate::block::{Block, DAG_PB, RAW, cid_of};
 use crate::pb::{DataType, PbLink, PbNode, UnixFsData};
@@ -26,7 +28,7 @@ pub struct Imported {
 }
 
 /// Number of chunks read and hashed together: enough to keep every core busy, small enough
-/// that memory stays bounded (`chunk_size * batch`).
+/// that memory stays bounded (the largest chunk times the batch).
 fn batch_len() -> usize {
     (rayon::current_num_threads() * 4).clamp(4, 32)
 }
@@ -35,7 +37,7 @@ fn batch_len() -> usize {
 /// plaintext followed by `SEAL_OVERHEAD` spare bytes, and holds the sealed leaf afterwards.
 pub(crate) type Sealer<'a> = &'a (dyn Fn(u64, bool, &mut [u8]) + Sync);
 
-/// Reads fixed-size chunks and turns them into leaf blocks, a batch at a time, in parallel.
+/// Reads chunks and turns them into leaf blocks, a batch at a time, in parallel.
 struct Leaves<'a, R, F> {
     reader: R,
     opts: &'a ImportOptions,
@@ -44,6 +46,10 @@ struct Leaves<'a, R, F> {
     queue: VecDeque<Imported>,
     /// Bytes per read chunk (the chunk size, or the plaintext size of a sealed leaf).
     read_size: usize,
+    /// The boundary finder of a content-defined chunker (never with a sealer).
+    cutter: Option<Cutter>,
+    /// Bytes read but not yet cut into chunks (content-defined chunkers only).
+    carry: BytesMut,
     seal: Option<Sealer<'a>>,
     /// Spare bytes after each chunk for the sealer.
     seal_overhead: usize,
@@ -61,6 +67,9 @@ struct Leaves<'a, R, F> {
 
 impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
     fn read_chunk(&mut self) -> Result<Option<BytesMut>, ImportError> {
+        if self.cutter.is_some() {
+            return self.cut_chunk();
+        }
         if self.eof {
             return Ok(None);
         }
@@ -97,6 +106,50 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
         Ok(Some(self.pool.split_to(end).split_off(start)))
     }
 
+    /// The next content-defined chunk: the carry is topped up to the cutter's look-ahead (or
+    /// the end of the input), and the chunk it finds is split off.
+    fn cut_chunk(&mut self) -> Result<Option<BytesMut>, ImportError> {
+        let Some(cutter) = &self.cutter else {
+            return Err(ImportError::Internal(
+                "content-defined read without a cutter",
+            ));
+        };
+        let want = cutter.lookahead();
+        while !self.eof && self.carry.len() < want {
+            let start = self.carry.len();
+            if self.carry.capacity() < want {
+                // Room for several chunks at once, so topping up rarely moves the carry.
+                self.carry.reserve(want * 4 - start);
+            }
+            self.carry.resize(want, 0);
+            match self.reader.read(&mut self.carry[start..]) {
+                Ok(0) => {
+                    self.carry.truncate(start);
+                    self.eof = true;
+                }
+                Ok(n) => {
+                    self.carry.truncate(start + n);
+                    self.read += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.carry.truncate(start);
+                }
+                Err(e) => {
+                    self.carry.truncate(start);
+                    return Err(ImportError::Read {
+                        offset: self.read,
+                        source: e,
+                    });
+                }
+            }
+        }
+        if self.carry.is_empty() {
+            return Ok(None);
+        }
+        let n = cutter.cut(&self.carry);
+        Ok(Some(self.carry.split_to(n)))
+    }
+
     /// Refills the queue; after this, an empty queue means the input is exhausted.
     fn fill(&mut self) -> Result<(), ImportError> {
         if !self.queue.is_empty() || self.finished {
@@ -110,7 +163,9 @@ impl<R: Read, F: FnMut(Block) -> Result<(), ImportError>> Leaves<'_, R, F> {
             self.scratch.clear();
             self.scratch.extend_from_slice(&a);
         });
-        self.pool.reserve(self.read_size * (batch + 1));
+        if self.cutter.is_none() {
+            self.pool.reserve(self.read_size * (batch + 1));
+        }
         if ahead.is_some() {
             self.pool.extend_from_slice(&self.scratch);
             chunks.push(self.pool.split());
@@ -305,7 +360,13 @@ where
         sink,
         leaf_type,
         queue: VecDeque::new(),
-        read_size: seal.map_or(opts.chunk_size, |(p, _, _)| p),
+        read_size: seal.map_or(opts.chunker.max_chunk(), |(p, _, _)| p),
+        cutter: if seal.is_some() {
+            None
+        } else {
+            opts.chunker.cutter()
+        },
+        carry: BytesMut::new(),
         seal_overhead: seal.map_or(0, |(_, o, _)| o),
         seal: seal.map(|(_, _, s)| s),
         ahead: None,

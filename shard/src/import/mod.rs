@@ -5,11 +5,13 @@
 //! before parents. Async callers run it on a blocking thread and forward blocks through a
 //! bounded channel; see [`crate::store::add_reader`].
 
+mod chunker;
 mod dir;
 mod file;
 pub(crate) mod hamt;
 mod options;
 
+pub use chunker::{Chunker, Rabin};
 pub use dir::{DirEntry, build_directory, import_path};
 pub(crate) use file::import_sealed;
 pub use file::{Imported, import_file};

@@ -1,5 +1,7 @@
 use cid::Version;
 
+use super::chunker::Chunker;
+
 /// How file leaves are arranged into a DAG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -54,9 +56,14 @@ pub enum OptionsError {
     /// Fewer than two or more than 8,192 links per node.
     #[error("max links {0} is outside 2..=8192")]
     MaxLinks(usize),
-    /// A chunker string kubo would not accept.
-    #[error("unsupported chunker {0:?}: expected size-N")]
-    Chunker(String),
+    /// A chunker string kubo would not accept, or Rabin bounds out of order.
+    #[error("unsupported chunker {chunker:?}: {why}")]
+    Chunker {
+        /// The chunker as given.
+        chunker: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A profile name not in IPIP-499.
     #[error("unknown import profile {0:?}: expected unixfs-v0-2015 or unixfs-v1-2025")]
     UnknownProfile(String),
@@ -85,13 +92,15 @@ pub const DEFAULT_HAMT_FANOUT: usize = 256;
 /// # Examples
 ///
 /// ```
-/// use streamspace_shard::import::{ImportOptions, Profile};
+/// use streamspace_shard::import::{Chunker, ImportOptions, Profile};
 /// let kubo = ImportOptions::default();
-/// assert_eq!(kubo.chunk_size, 262_144);
+/// assert_eq!(kubo.chunker, Chunker::Size(262_144));
 /// let v1 = ImportOptions::default().with_cid_version(1).unwrap();
 /// assert!(v1.raw_leaves, "CIDv1 implies raw leaves");
 /// let p = ImportOptions::profile(Profile::UnixfsV1_2025);
-/// assert_eq!((p.chunk_size, p.max_links), (1 << 20, 1024));
+/// assert_eq!((p.chunker, p.max_links), (Chunker::Size(1 << 20), 1024));
+/// let cdc = ImportOptions::default().with_chunker("buzhash").unwrap();
+/// assert_eq!(cdc.chunker, Chunker::Buzhash);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -100,8 +109,8 @@ pub struct ImportOptions {
     pub cid_version: Version,
     /// Store leaves as raw blocks instead of UnixFS nodes.
     pub raw_leaves: bool,
-    /// Fixed chunk size in bytes.
-    pub chunk_size: usize,
+    /// How files are cut into leaves.
+    pub chunker: Chunker,
     /// Maximum links per file node.
     pub max_links: usize,
     /// Tree layout of files.
@@ -127,7 +136,7 @@ impl ImportOptions {
             Profile::UnixfsV0_2015 => Self {
                 cid_version: Version::V0,
                 raw_leaves: false,
-                chunk_size: DEFAULT_CHUNK_SIZE,
+                chunker: Chunker::Size(DEFAULT_CHUNK_SIZE),
                 max_links: DEFAULT_MAX_LINKS,
                 layout: Layout::Balanced,
                 hamt_threshold: DEFAULT_HAMT_THRESHOLD,
@@ -137,7 +146,7 @@ impl ImportOptions {
             Profile::UnixfsV1_2025 => Self {
                 cid_version: Version::V1,
                 raw_leaves: true,
-                chunk_size: MAX_CHUNK_SIZE,
+                chunker: Chunker::Size(MAX_CHUNK_SIZE),
                 max_links: 1024,
                 layout: Layout::Balanced,
                 hamt_threshold: DEFAULT_HAMT_THRESHOLD,
@@ -164,20 +173,14 @@ impl ImportOptions {
         Ok(self)
     }
 
-    /// Sets the chunker from kubo's syntax (`size-N`).
+    /// Sets the chunker from kubo's syntax: `size-N`, `rabin`, `rabin-AVG`,
+    /// `rabin-MIN-AVG-MAX` or `buzhash` (see [`Chunker`]).
     ///
     /// # Errors
     ///
-    /// [`OptionsError`] for another syntax or a size out of range.
+    /// [`OptionsError`] for another syntax or parameters out of range.
     pub fn with_chunker(mut self, chunker: &str) -> Result<Self, OptionsError> {
-        let size = match chunker {
-            "default" => DEFAULT_CHUNK_SIZE,
-            s => s
-                .strip_prefix("size-")
-                .and_then(|n| n.parse::<usize>().ok())
-                .ok_or_else(|| OptionsError::Chunker(s.to_owned()))?,
-        };
-        self.chunk_size = size;
+        self.chunker = chunker.parse()?;
         self.validate()?;
         Ok(self)
     }
@@ -188,9 +191,7 @@ impl ImportOptions {
     ///
     /// The first [`OptionsError`] found.
     pub fn validate(&self) -> Result<(), OptionsError> {
-        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
-            return Err(OptionsError::ChunkSize(self.chunk_size));
-        }
+        self.chunker.validate()?;
         if !(2..=8192).contains(&self.max_links) {
             return Err(OptionsError::MaxLinks(self.max_links));
         }
