@@ -31,8 +31,9 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" \
-    "$PKG==$OLD" "$PKG==$NEW"
+for v in "$OLD" "$NEW"; do
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheels" "$PKG==$v"
+done
 for v in "$OLD" "$NEW"; do
     root="$work/root-$v"
     mkdir -p "$root/usr/lib/python3/dist-packages"

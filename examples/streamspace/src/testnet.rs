@@ -59,7 +59,7 @@ const NEEDS_HEDERA: &str = "streamspace testnet writes a network whose nodes sha
 
 pub(crate) async fn run(args: &TestnetArgs) -> Result<()> {
     #[cfg(not(feature = "hedera"))]
-    anyhow::bail!(NEEDS_HEDERA);
+    anyhow::bail!("{NEEDS_HEDERA} (asked for {} nodes)", args.nodes);
     #[cfg(feature = "hedera")]
     run_hedera(args).await
 }
