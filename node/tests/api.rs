@@ -64,6 +64,36 @@ async fn answers_as_kubo_does_and_refuses_what_it_does_not_implement() {
     let stat = post(api, "/api/v0/repo/stat").await.json();
     assert_eq!(stat["NumObjects"], 1, "{stat}");
 
+    // kubo's content-defined chunkers: the CID the importer gives with the same chunker, and
+    // a chunker kubo would refuse is refused with what is wrong with it.
+    let data: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for chunker in ["buzhash", "rabin-16384-65536-131072"] {
+        let opts = streamspace_shard::import::ImportOptions::default()
+            .with_chunker(chunker)
+            .expect("chunker");
+        let want = streamspace_shard::import::import_file(&data[..], &opts, |_| Ok(()))
+            .expect("import")
+            .cid;
+        let r = post_multipart(
+            api,
+            &format!("/api/v0/add?only-hash=true&chunker={chunker}"),
+            &[("file", "", "application/octet-stream", &data)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["Hash"], want.to_string(), "{chunker}");
+    }
+    let bad = post_multipart(
+        api,
+        "/api/v0/add?chunker=rabin-12-512-1024",
+        &[("file", "", "application/octet-stream", b"x")],
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.kubo_error().contains("min"), "{}", bad.kubo_error());
+
     // Metadata the importer does not write is refused, not silently dropped.
     let m = post_multipart(
         api,
