@@ -4,7 +4,7 @@
 //! mask, so a boundary lands at the same content whatever came before it: two versions of an
 //! image that differ by an inserted package share every chunk away from the change, where
 //! fixed-size chunks all shift. Boundaries follow kubo's (boxo's `chunker` package) byte for
-//! byte, so the CIDs are kubo's:
+//! byte, so the CIDs are kubo's (the crate's tests hold chunk lengths cut by boxo's own code):
 //!
 //! - **Rabin** (`rabin`, `rabin-AVG`, `rabin-MIN-AVG-MAX`): a Rabin fingerprint over a
 //!   16-byte window, modulo the degree-53 polynomial kubo names `IpfsRabinPoly`
