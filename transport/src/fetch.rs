@@ -1347,3 +1347,70 @@ impl Session {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamspace_shard::block::{RAW, cid_of};
+
+    fn session(peers: &[PeerId]) -> Session {
+        let root = cid_of(cid::Version::V1, RAW, b"root");
+        let start = Instant::now();
+        Session {
+            root,
+            me: PeerId::random(),
+            peers: peers.iter().map(|p| (*p, PeerScore::default())).collect(),
+            options: FetchOptions {
+                peers: peers.to_vec(),
+                ..FetchOptions::default()
+            },
+            start,
+            report: FetchReport::default(),
+            pending: BTreeMap::new(),
+            flying: HashMap::new(),
+            holders: HashMap::new(),
+            lacks: HashSet::new(),
+            have_round: 0,
+            dht_running: false,
+            dht_answered: false,
+            dht_rounds: 0,
+            last_progress: start,
+            queued: HashSet::new(),
+            outstanding: HashMap::new(),
+            budget: None,
+            taken: 0,
+            limit: u64::MAX,
+            paced: false,
+            started: true,
+            relayed: HashSet::new(),
+        }
+    }
+
+    /// A peer reachable only through a relay is asked after a direct one, even when it has
+    /// been faster so far (a relay's circuits are limited); it is still asked when it is the
+    /// only holder left.
+    #[test]
+    fn a_relayed_only_peer_is_asked_after_direct_ones() {
+        let (direct, relayed) = (PeerId::random(), PeerId::random());
+        let mut s = session(&[direct, relayed]);
+        let block = cid_of(cid::Version::V1, RAW, b"block");
+        s.holders.insert(block, HashSet::from([direct, relayed]));
+        for (p, bytes) in [(direct, 1_000_000), (relayed, 4_000_000)] {
+            let score = s.peers.get_mut(&p).unwrap();
+            score.bytes = bytes;
+            score.busy = Duration::from_secs(1);
+            score.informed = true;
+        }
+        let need = Need::new(block, 0);
+        let none = HashMap::new();
+        let now = Instant::now();
+        assert_eq!(
+            s.choose(&need, true, &none, &[], now),
+            Some(relayed),
+            "faster wins"
+        );
+        s.relayed.insert(relayed);
+        assert_eq!(s.choose(&need, true, &none, &[], now), Some(direct));
+        assert_eq!(s.choose(&need, true, &none, &[direct], now), Some(relayed));
+    }
+}
