@@ -412,7 +412,8 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Connections refused (allowlist or ban).
     pub refused_connections: u64,
-    /// Requests refused by the metering hook.
+    /// Requests the metering hook refused or paused, wholly or in part (a Bitswap want
+    /// list counts each want refused).
     pub metered_refusals: u64,
     /// Requests answered "overloaded".
     pub overloaded: u64,

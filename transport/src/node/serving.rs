@@ -292,16 +292,18 @@ async fn answer<S: BlockStore>(
                     }
                 }
             }
+            // A request the meter refused (or paused) any of is counted, whether or not
+            // some of it was served first: the count does not depend on how the asker
+            // batched its wants.
+            if refusal.is_some_and(|(reason, _)| reason != RefusalReason::Overloaded) {
+                shared.with_stats(|s| s.metered_refusals += 1);
+            }
             if blocks.is_empty()
                 && let Some((reason, retry_after_ms)) = refusal
             {
-                shared.with_stats(|s| {
-                    if reason == RefusalReason::Overloaded {
-                        s.overloaded += 1;
-                    } else {
-                        s.metered_refusals += 1;
-                    }
-                });
+                if reason == RefusalReason::Overloaded {
+                    shared.with_stats(|s| s.overloaded += 1);
+                }
                 return (
                     Response::Refused {
                         reason,
