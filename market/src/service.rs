@@ -27,6 +27,13 @@ pub use crate::state::StateError;
 use crate::state::{Held, State};
 
 const HPKE_INFO: &[u8] = b"streamspace-market content key v1";
+const HPKE_EPOCH_INFO: &[u8] = b"streamspace-market epoch key v1";
+/// Epochs past the live one whose keys are released ahead: the next, so that a viewer holds
+/// it when the stream crosses the boundary.
+pub const EPOCH_LOOKAHEAD: u64 = 1;
+/// Epoch starts a live listing remembers (the oldest are forgotten first): at 30 segments of
+/// 2 s per epoch, 68 hours.
+pub const EPOCHS_KEPT: usize = 4096;
 const REQUEST_DOMAIN: &[u8; 16] = b"streamspace-kreq";
 
 /// A purchase or key release refused.
@@ -82,6 +89,30 @@ pub enum ServiceError {
     /// The service holds no key for the listing's content.
     #[error("no content key for listing {0}")]
     NoContentKey(ListingId),
+    /// The listing is not a live event this service holds epoch keys for
+    /// ([`KeyService::add_live`]).
+    #[error("listing {0} is not a live event of this service")]
+    NotLive(ListingId),
+    /// The epoch asked for is not live: the stream has not reached it (a key is released for
+    /// the live epoch and the next one only), or has not started.
+    #[error("epoch {epoch} of listing {listing} is not live (the live epoch is {live:?})")]
+    EpochNotLive {
+        /// The listing.
+        listing: ListingId,
+        /// The epoch asked for.
+        epoch: u64,
+        /// The live epoch, `None` before the stream's first.
+        live: Option<u64>,
+    },
+    /// A rental or pay-per-view asks for an epoch that had ended before the license began (or
+    /// whose end this service no longer knows).
+    #[error("epoch {epoch} ended before license {payment:?} began")]
+    EpochBeforeLicense {
+        /// The license.
+        payment: TransactionId,
+        /// The epoch asked for.
+        epoch: u64,
+    },
     /// The listed content is not in the publisher's store.
     #[error("content {0} is not in the store")]
     ContentMissing(cid::Cid),
@@ -135,6 +166,20 @@ pub async fn list<S: streamspace_shard::store::BlockStore>(
     if !store.has(&listing.content).await? {
         return Err(ServiceError::ContentMissing(listing.content));
     }
+    Ok(Message::List(listing).sign(seller_key))
+}
+
+/// Signs the listing of a live event for publication on the market topic, after checking its
+/// rules. Its `content` names the stream (`streamspace-node` uses the label of the stream's
+/// key, `streamspace_live::StreamKey::label`): the segments do not exist yet, so unlike
+/// [`list`] nothing is looked for in a store. Its key service sells it with
+/// [`KeyService::add_live`].
+///
+/// # Errors
+///
+/// [`ServiceError::Invalid`].
+pub fn list_live(seller_key: &SigningKey, listing: Listing) -> Result<Signed, ServiceError> {
+    listing.validate()?;
     Ok(Message::List(listing).sign(seller_key))
 }
 
@@ -503,6 +548,27 @@ impl DeviceKey {
         self.0.public_bytes()
     }
 
+    /// Unwraps the key of `epoch` of a live listing released for `payment`
+    /// ([`KeyService::release_epoch`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Wrap`] if the key was not wrapped to this device for that license and
+    /// epoch.
+    pub fn unwrap_epoch(
+        &self,
+        wrapped: &WrappedKey,
+        payment: &TransactionId,
+        epoch: u64,
+    ) -> Result<ContentKey, ServiceError> {
+        self.0
+            .unwrap(wrapped, HPKE_EPOCH_INFO, &epoch_aad(payment, epoch))
+            .map_err(|e| match e {
+                WrapError::Encapped => ServiceError::Wrap("malformed encapsulated key"),
+                _ => ServiceError::Wrap("does not open with this device key for this epoch"),
+            })
+    }
+
     /// Unwraps a content key released for `payment`.
     ///
     /// # Errors
@@ -521,6 +587,39 @@ impl DeviceKey {
                 _ => ServiceError::Wrap("does not open with this device key"),
             })
     }
+}
+
+fn epoch_aad(payment: &TransactionId, epoch: u64) -> Vec<u8> {
+    let mut aad = postcard::to_allocvec(payment).unwrap_or_default();
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad
+}
+
+/// The keys of a live listing, one per epoch, that a key service releases epoch by epoch
+/// instead of one content key: a viewer holds the keys of the epochs it watched, so a key it
+/// leaks opens that epoch only. `streamspace-node` implements it over a live stream's key.
+///
+/// ```
+/// use streamspace_market::service::EpochKeys;
+/// use streamspace_shard::crypto::ContentKey;
+///
+/// struct Fixed(Vec<ContentKey>);
+/// impl EpochKeys for Fixed {
+///     fn epoch_key(&self, epoch: u64) -> ContentKey {
+///         self.0[epoch as usize % self.0.len()].clone()
+///     }
+/// }
+/// ```
+pub trait EpochKeys: Send + Sync {
+    /// The key of `epoch`.
+    fn epoch_key(&self, epoch: u64) -> ContentKey;
+}
+
+struct LiveListing {
+    keys: Box<dyn EpochKeys>,
+    /// When each epoch went live, as far as this service was told ([`KeyService::live_edge`]);
+    /// at most [`EPOCHS_KEPT`].
+    started: std::collections::BTreeMap<u64, Timestamp>,
 }
 
 /// The NFT class ownership licenses are minted in: its treasury holds the supply key.
@@ -569,6 +668,7 @@ pub struct KeyService {
     key: SigningKey,
     topic: TopicId,
     content: HashMap<ListingId, ContentKey>,
+    live: HashMap<ListingId, LiveListing>,
     catalog: Catalog,
     next: u64,
     state: State,
@@ -597,6 +697,7 @@ impl KeyService {
             key,
             topic,
             content: HashMap::new(),
+            live: HashMap::new(),
             catalog: Catalog::default(),
             next: 1,
             state: State::default(),
@@ -651,6 +752,57 @@ impl KeyService {
     /// Holds the content key of `listing`.
     pub fn add_content(&mut self, listing: ListingId, key: ContentKey) {
         self.content.insert(listing, key);
+    }
+
+    /// Sells `listing` as a live event: its keys are `keys`, released epoch by epoch
+    /// ([`KeyService::release_epoch`]) as the stream reaches them ([`KeyService::live_edge`]).
+    pub fn add_live(&mut self, listing: ListingId, keys: impl EpochKeys + 'static) {
+        self.live.insert(
+            listing,
+            LiveListing {
+                keys: Box::new(keys),
+                started: std::collections::BTreeMap::new(),
+            },
+        );
+    }
+
+    /// Tells the service that `listing`'s stream reached `epoch` at `now` (its publisher
+    /// calls this as it announces the epoch's first segment, or a node that verifies the
+    /// stream's manifests does). An epoch at or behind the live one changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::NotLive`] if the listing is not a live event of this service.
+    pub fn live_edge(
+        &mut self,
+        listing: ListingId,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<(), ServiceError> {
+        let live = self
+            .live
+            .get_mut(&listing)
+            .ok_or(ServiceError::NotLive(listing))?;
+        if live
+            .started
+            .last_key_value()
+            .is_none_or(|(e, _)| epoch > *e)
+        {
+            live.started.insert(epoch, now);
+            while live.started.len() > EPOCHS_KEPT {
+                live.started.pop_first();
+            }
+        }
+        Ok(())
+    }
+
+    /// The live epoch of `listing`, if its stream has started.
+    pub fn live_epoch(&self, listing: ListingId) -> Option<u64> {
+        self.live
+            .get(&listing)?
+            .started
+            .last_key_value()
+            .map(|(e, _)| *e)
     }
 
     /// The license issued for `payment`, if this service issued one.
@@ -966,6 +1118,90 @@ impl KeyService {
         now: Timestamp,
     ) -> Result<WrappedKey, ServiceError> {
         let payment = request.payment;
+        let listing = self.admit(request, now, |service, l| {
+            service
+                .content
+                .contains_key(&l.listing)
+                .then_some(())
+                .ok_or(ServiceError::NoContentKey(l.listing))
+        })?;
+        let key = self
+            .content
+            .get(&listing)
+            .ok_or(ServiceError::NoContentKey(listing))?;
+        let aad = postcard::to_allocvec(&payment).unwrap_or_default();
+        keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)
+            .map_err(|_| ServiceError::Wrap("sealing failed"))
+    }
+
+    /// Releases the key of `epoch` of a live listing to the device `request` names, wrapped
+    /// to its key, under every rule of [`KeyService::release`] and these: the epoch is the
+    /// live one or at most [`EPOCH_LOOKAHEAD`] past it (nobody holds keys of a stream's
+    /// future, to leak them before it is shown); and for a rental or pay-per-view, the epoch
+    /// was still live when the license began (a late buyer opens the event from where it
+    /// joined, not its past). An ownership license opens every epoch up to the live edge.
+    /// The device unwraps it with [`DeviceKey::unwrap_epoch`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [`KeyService::release`] ([`ServiceError::NotLive`] in place of
+    /// [`ServiceError::NoContentKey`]), [`ServiceError::EpochNotLive`],
+    /// [`ServiceError::EpochBeforeLicense`].
+    pub fn release_epoch(
+        &mut self,
+        request: &KeyRequest,
+        epoch: u64,
+        now: Timestamp,
+    ) -> Result<WrappedKey, ServiceError> {
+        let payment = request.payment;
+        let listing = self.admit(request, now, |service, l| {
+            let live = service
+                .live
+                .get(&l.listing)
+                .ok_or(ServiceError::NotLive(l.listing))?;
+            let edge = live.started.last_key_value().map(|(e, _)| *e);
+            if edge.is_none_or(|edge| epoch > edge.saturating_add(EPOCH_LOOKAHEAD)) {
+                return Err(ServiceError::EpochNotLive {
+                    listing: l.listing,
+                    epoch,
+                    live: edge,
+                });
+            }
+            let live_then = edge.is_some_and(|edge| epoch >= edge)
+                || live
+                    .started
+                    .get(&(epoch + 1))
+                    .is_some_and(|ended| *ended > l.start);
+            if l.expiry.is_some() && !live_then {
+                return Err(ServiceError::EpochBeforeLicense { payment, epoch });
+            }
+            Ok(())
+        })?;
+        let key = self
+            .live
+            .get(&listing)
+            .ok_or(ServiceError::NotLive(listing))?
+            .keys
+            .epoch_key(epoch);
+        keywrap::wrap(
+            &request.device_key,
+            &key,
+            HPKE_EPOCH_INFO,
+            &epoch_aad(&payment, epoch),
+        )
+        .map_err(|_| ServiceError::Wrap("sealing failed"))
+    }
+
+    /// The checks every release makes — license, revocation, validity at `now`, the buyer's
+    /// signature, region, `has_key` (what the listing's key is), device limit — counting the
+    /// device when they pass. Returns the license's listing.
+    fn admit(
+        &mut self,
+        request: &KeyRequest,
+        now: Timestamp,
+        has_key: impl FnOnce(&Self, &License) -> Result<(), ServiceError>,
+    ) -> Result<ListingId, ServiceError> {
+        let payment = request.payment;
         let l = &self
             .state
             .license(&payment)
@@ -987,10 +1223,8 @@ impl KeyService {
         if !in_region {
             return Err(ServiceError::OutOfRegion(payment));
         }
-        let key = self
-            .content
-            .get(&l.listing)
-            .ok_or(ServiceError::NoContentKey(l.listing))?;
+        has_key(self, l)?;
+        let listing = l.listing;
         if !keywrap::is_public_key(&request.device_key) {
             return Err(ServiceError::Wrap("malformed device key"));
         }
@@ -1004,9 +1238,7 @@ impl KeyService {
             }
             self.state.add_device(payment, request.device_key)?;
         }
-        let aad = postcard::to_allocvec(&payment).unwrap_or_default();
-        keywrap::wrap(&request.device_key, key, HPKE_INFO, &aad)
-            .map_err(|_| ServiceError::Wrap("sealing failed"))
+        Ok(listing)
     }
 
     /// Revokes the license issued for `payment` (after an upheld dispute, say): no key is

@@ -16,7 +16,7 @@ use streamspace_market::message::{
     DecodeError, License, Listing, ListingId, Message, Share, Terms,
 };
 use streamspace_market::service::{
-    self, DeviceKey, KeyRequest, KeyService, NftClass, ServiceError, StateError,
+    self, DeviceKey, EpochKeys, KeyRequest, KeyService, NftClass, ServiceError, StateError,
 };
 use streamspace_shard::crypto::ContentKey;
 use streamspace_shard::import::ImportOptions;
@@ -898,4 +898,218 @@ async fn split_listings_are_reassembled_and_cannot_be_crowded_out() {
     assert_eq!(one_by_one.last(), Some(&Ok(Applied::Listed(long.id))));
     assert_eq!(Catalog::default().replay(&flood), one_by_one);
     assert_eq!(c.listing(long.id).unwrap().listing, long);
+}
+
+/// A live event's keys, one per epoch, as a publisher derives them from one secret.
+struct Epochs([u8; 32]);
+
+impl EpochKeys for Epochs {
+    fn epoch_key(&self, epoch: u64) -> ContentKey {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.0);
+        h.update(epoch.to_be_bytes());
+        ContentKey::from_parts(h.finalize().into(), [0; 16])
+    }
+}
+
+fn at(t: streamspace_ledger::Timestamp, secs: i64) -> streamspace_ledger::Timestamp {
+    streamspace_ledger::Timestamp {
+        secs: t.secs + secs,
+        nanos: t.nanos,
+    }
+}
+
+/// A live event sold by rental (pay-per-view). The renter joins while epoch 1 is live and
+/// asks for the event's past (epoch 0), for its future (two epochs ahead) and, after the
+/// rental ends, for the epoch then live; it presents an epoch's key as another's; a VOD
+/// release is asked for the live listing and a live release for a VOD one. Each refused. The
+/// renter gets the live epoch and the next, and every epoch as the stream reaches it while the
+/// rental lasts, each key that epoch's only; an owner of the recording (an ownership license)
+/// opens every epoch up to the live edge and no further.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_keys_are_released_epoch_by_epoch_and_never_ahead_or_behind_a_rental() {
+    let w = world(4).await;
+    let (seller, cowriter, renter, owner) = (&w.ops[0], &w.ops[1], &w.ops[2], &w.ops[3]);
+    let class = NftClass::create(&w.ledger, seller.clone()).await.unwrap();
+    service::associate(&w.ledger, owner, class.token)
+        .await
+        .unwrap();
+    let mut keys = KeyService::new(key(9), w.topic).with_nft_class(class);
+    let secret = [42; 32];
+    let epochs = Epochs(secret);
+
+    let stream_name = w.content(b"the final, live").await;
+    let mut event = listing(seller, cowriter, 1, stream_name);
+    event.terms.rental_secs = Some(3 * 3600);
+    keys.add_live(event.id, Epochs(secret));
+    let mut recording = listing(seller, cowriter, 2, stream_name);
+    recording.terms.rental_secs = None;
+    keys.add_live(recording.id, Epochs(secret));
+    let vod = listing(seller, cowriter, 3, w.content(b"a film").await);
+    keys.add_content(vod.id, ContentKey::generate());
+    for l in [&event, &recording] {
+        let signed = service::list_live(&seller.key, l.clone()).unwrap();
+        service::publish(&w.ledger, seller, w.topic, &signed)
+            .await
+            .unwrap();
+    }
+    let signed = service::list(&w.store, &seller.key, vod.clone())
+        .await
+        .unwrap();
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+
+    // Before the stream starts, no epoch is live.
+    let t0 = w.ledger.now();
+    keys.live_edge(event.id, 0, at(t0, -120)).unwrap();
+    keys.live_edge(event.id, 1, at(t0, -60)).unwrap();
+    keys.live_edge(event.id, 0, at(t0, -1)).unwrap(); // behind the edge: changes nothing
+    assert_eq!(keys.live_epoch(event.id), Some(1));
+    assert!(matches!(
+        keys.live_edge(vod.id, 0, t0),
+        Err(ServiceError::NotLive(l)) if l == vod.id
+    ));
+
+    let renter_key = PublicKey::from(&renter.key);
+    let rental = service::pay(&w.ledger, renter, &event, &renter_key)
+        .await
+        .unwrap();
+    keys.issue(&w.ledger, rental, renter_key).await.unwrap();
+    let vod_payment = service::pay(&w.ledger, renter, &vod, &renter_key)
+        .await
+        .unwrap();
+    keys.issue(&w.ledger, vod_payment, renter_key)
+        .await
+        .unwrap();
+    let start = keys.license(&rental).unwrap().message.clone();
+    let Message::License(license) = start else {
+        panic!("not a license")
+    };
+    let now = at(license.start, 1);
+    let phone = DeviceKey::generate();
+    let ask = |payment| KeyRequest::sign(&renter.key, payment, [1; 16], phone.public_bytes());
+
+    // The live epoch and the next one open; each is its epoch's key.
+    for e in [1, 2] {
+        let wrapped = keys.release_epoch(&ask(rental), e, now).unwrap();
+        let got = phone.unwrap_epoch(&wrapped, &rental, e).unwrap();
+        assert_eq!(got.key_bytes(), epochs.epoch_key(e).key_bytes());
+        // Presented as another epoch's key, it does not open.
+        assert!(matches!(
+            phone.unwrap_epoch(&wrapped, &rental, e + 1),
+            Err(ServiceError::Wrap(_))
+        ));
+    }
+    // The future beyond the next epoch, and the past before the rental, stay shut.
+    assert!(matches!(
+        keys.release_epoch(&ask(rental), 3, now),
+        Err(ServiceError::EpochNotLive {
+            epoch: 3,
+            live: Some(1),
+            ..
+        })
+    ));
+    assert!(matches!(
+        keys.release_epoch(&ask(rental), 0, now),
+        Err(ServiceError::EpochBeforeLicense { epoch: 0, payment }) if payment == rental
+    ));
+    // The wrong kind of release, each way.
+    assert!(matches!(
+        keys.release(&ask(rental), now),
+        Err(ServiceError::NoContentKey(l)) if l == event.id
+    ));
+    assert!(matches!(
+        keys.release_epoch(&ask(vod_payment), 0, now),
+        Err(ServiceError::NotLive(l)) if l == vod.id
+    ));
+    // A stranger's request for the renter's license.
+    let stranger = KeyRequest::sign(&owner.key, rental, [1; 16], phone.public_bytes());
+    assert!(matches!(
+        keys.release_epoch(&stranger, 1, now),
+        Err(ServiceError::NotTheBuyer(p)) if p == rental
+    ));
+
+    // The stream moves on: epoch 3 opens, and epoch 1 still does (it was live in the rental).
+    keys.live_edge(event.id, 2, at(now, 60)).unwrap();
+    let later = at(now, 61);
+    for e in [1, 2, 3] {
+        let wrapped = keys.release_epoch(&ask(rental), e, later).unwrap();
+        let got = phone.unwrap_epoch(&wrapped, &rental, e).unwrap();
+        assert_eq!(got.key_bytes(), epochs.epoch_key(e).key_bytes());
+    }
+    assert!(matches!(
+        keys.release_epoch(&ask(rental), 0, later),
+        Err(ServiceError::EpochBeforeLicense { .. })
+    ));
+    // When the rental ends, no epoch opens, not even the live one.
+    let expiry = license.expiry.unwrap();
+    keys.live_edge(event.id, 200, at(expiry, -1)).unwrap();
+    keys.release_epoch(&ask(rental), 200, at(expiry, -1))
+        .unwrap();
+    assert!(matches!(
+        keys.release_epoch(&ask(rental), 200, expiry),
+        Err(ServiceError::Expired(p)) if p == rental
+    ));
+
+    // An owner of the recording opens the whole event up to the live edge, and no further.
+    let owner_key = PublicKey::from(&owner.key);
+    let bought = service::pay(&w.ledger, owner, &recording, &owner_key)
+        .await
+        .unwrap();
+    keys.issue(&w.ledger, bought, owner_key).await.unwrap();
+    let tv = DeviceKey::generate();
+    let own = KeyRequest::sign(&owner.key, bought, [2; 16], tv.public_bytes());
+    keys.live_edge(recording.id, 5, later).unwrap();
+    for e in [0, 3, 6] {
+        let wrapped = keys.release_epoch(&own, e, later).unwrap();
+        assert_eq!(
+            tv.unwrap_epoch(&wrapped, &bought, e).unwrap().key_bytes(),
+            epochs.epoch_key(e).key_bytes()
+        );
+    }
+    assert!(matches!(
+        keys.release_epoch(&own, 7, later),
+        Err(ServiceError::EpochNotLive {
+            epoch: 7,
+            live: Some(5),
+            ..
+        })
+    ));
+}
+
+/// The device limit holds across epochs: a two-device rental of a live event asks for each
+/// new epoch from a third device key. Refused; the two devices keep getting every epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_rental_opens_on_its_devices_only_epoch_after_epoch() {
+    let w = world(3).await;
+    let (seller, cowriter, renter) = (&w.ops[0], &w.ops[1], &w.ops[2]);
+    let mut keys = KeyService::new(key(9), w.topic);
+    let event = listing(seller, cowriter, 1, w.content(b"a concert").await);
+    assert_eq!(event.terms.devices, 2);
+    keys.add_live(event.id, Epochs([7; 32]));
+    let signed = service::list_live(&seller.key, event.clone()).unwrap();
+    service::publish(&w.ledger, seller, w.topic, &signed)
+        .await
+        .unwrap();
+    let k = PublicKey::from(&renter.key);
+    let payment = service::pay(&w.ledger, renter, &event, &k).await.unwrap();
+    keys.issue(&w.ledger, payment, k).await.unwrap();
+    let devices: Vec<DeviceKey> = (0..2).map(|_| DeviceKey::generate()).collect();
+    let now = at(w.ledger.now(), 1);
+    for epoch in 0..20 {
+        keys.live_edge(event.id, epoch, now).unwrap();
+        for d in &devices {
+            let r = KeyRequest::sign(&renter.key, payment, [1; 16], d.public_bytes());
+            let wrapped = keys.release_epoch(&r, epoch, now).unwrap();
+            d.unwrap_epoch(&wrapped, &payment, epoch).unwrap();
+        }
+        let third = DeviceKey::generate();
+        let r = KeyRequest::sign(&renter.key, payment, [1; 16], third.public_bytes());
+        assert!(matches!(
+            keys.release_epoch(&r, epoch, now),
+            Err(ServiceError::TooManyDevices(p, 2)) if p == payment
+        ));
+    }
 }
