@@ -104,6 +104,27 @@ pub fn router_with_keys<S: BlockStore + 'static>(
     cache: Arc<CacheStats>,
     keys: Arc<Keyring>,
 ) -> Router {
+    routes(node, cache, keys, None)
+}
+
+/// The gateway's routes as [`router_with_keys`], with the keys of encrypted live streams'
+/// epochs not in `keys` asked of `live_keys` as the viewer reaches them (see
+/// [`crate::live_keys`]).
+pub fn router_with_live_keys<S: BlockStore + 'static>(
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
+    live_keys: Arc<dyn crate::live_keys::LiveKeys>,
+) -> Router {
+    routes(node, cache, keys, Some(live_keys))
+}
+
+fn routes<S: BlockStore + 'static>(
+    node: Node<S>,
+    cache: Arc<CacheStats>,
+    keys: Arc<Keyring>,
+    live_keys: Option<Arc<dyn crate::live_keys::LiveKeys>>,
+) -> Router {
     Router::new()
         .route("/ipfs/*path", get(serve::<S>))
         .route("/play/*path", get(play::<S>))
@@ -113,7 +134,7 @@ pub fn router_with_keys<S: BlockStore + 'static>(
             keys: keys.clone(),
             holds: HoldBudget::new(HOLD_BUDGET),
         })
-        .merge(crate::live::router(node, cache, keys))
+        .merge(crate::live::router(node, cache, keys, live_keys))
 }
 
 /// Reads every key file (as `add --encrypt --key-out` writes them) in `dir`; each must name

@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod http;
 mod listings;
 mod live;
+pub mod live_keys;
 mod metrics;
 mod run;
 pub mod tar;

@@ -34,6 +34,7 @@ use streamspace_shard::store::BlockStore;
 use streamspace_transport::{Node, NodeEvent};
 
 use crate::gateway::{CacheStats, Keyring, Unavailable, fetch_into_store};
+use crate::live_keys::{KEPT, LiveKeys};
 
 /// How long the first request for a stream waits for a manifest.
 pub(crate) const FIRST_MANIFEST: Duration = Duration::from_secs(15);
@@ -57,6 +58,9 @@ const ICON_SVG: &str = include_str!("dashboard/icon.svg");
 
 struct Followed {
     verifier: Mutex<Verifier>,
+    /// Epoch keys released to this viewer by its [`LiveKeys`], and refused.
+    keys_released: std::sync::atomic::AtomicU64,
+    keys_refused: std::sync::atomic::AtomicU64,
     changed: tokio::sync::watch::Sender<u64>,
     /// When the last manifest was accepted.
     last: Mutex<std::time::Instant>,
@@ -70,6 +74,10 @@ struct Live<S> {
     node: Node<S>,
     cache: Arc<CacheStats>,
     keys: Arc<Keyring>,
+    /// Where keys of epochs not in `keys` are asked for, and those released so far (the
+    /// last [`KEPT`]).
+    live_keys: Option<Arc<dyn LiveKeys>>,
+    released: Mutex<std::collections::VecDeque<(Cid, ContentKey)>>,
     streams: Mutex<HashMap<String, (StreamId, Arc<Followed>)>>,
     listening: std::sync::atomic::AtomicBool,
 }
@@ -87,11 +95,14 @@ pub(crate) fn router<S: BlockStore + 'static>(
     node: Node<S>,
     cache: Arc<CacheStats>,
     keys: Arc<Keyring>,
+    live_keys: Option<Arc<dyn LiveKeys>>,
 ) -> Router {
     let live = Arc::new(Live {
         node,
         cache,
         keys,
+        live_keys,
+        released: Mutex::new(std::collections::VecDeque::new()),
         streams: Mutex::new(HashMap::new()),
         listening: false.into(),
     });
@@ -154,6 +165,8 @@ impl<S: BlockStore + 'static> Live<S> {
                     stream.clone(),
                     Arc::new(Followed {
                         verifier: Mutex::new(Verifier::with_dvr(stream.clone(), DVR)),
+                        keys_released: 0.into(),
+                        keys_refused: 0.into(),
                         changed: tokio::sync::watch::channel(0).0,
                         last: Mutex::new(std::time::Instant::now()),
                     }),
@@ -197,17 +210,62 @@ impl<S: BlockStore + 'static> Live<S> {
         }
     }
 
-    fn segment_key(
+    /// The key of segment `s`: from the stream key or the epoch's key this gateway holds, or
+    /// else the epoch's key asked of its [`LiveKeys`] (kept for the epoch's other segments).
+    async fn segment_key(
         &self,
+        f: &Followed,
         stream: &StreamId,
         epoch_len: u32,
         s: &LiveSegment,
-    ) -> Option<ContentKey> {
+    ) -> Result<ContentKey, String> {
         if let Some(k) = self.keys.get(&StreamKey::label(stream)) {
-            return Some(StreamKey::from_content_key(k).segment_key(stream, epoch_len, s.seq));
+            return Ok(StreamKey::from_content_key(k).segment_key(stream, epoch_len, s.seq));
         }
-        let k = self.keys.get(&EpochKey::label(stream, s.epoch))?;
-        EpochKey::from_content_key(k)?.segment_key(s.seq).ok()
+        let label = EpochKey::label(stream, s.epoch);
+        let held = self.keys.get(&label).cloned().or_else(|| {
+            self.released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|(l, _)| *l == label)
+                .map(|(_, k)| k.clone())
+        });
+        let open = |k: &ContentKey| {
+            EpochKey::from_content_key(k)
+                .ok_or_else(|| format!("the key held for epoch {} is not an epoch key", s.epoch))?
+                .segment_key(s.seq)
+                .map_err(|e| e.to_string())
+        };
+        if let Some(k) = held {
+            return open(&k);
+        }
+        let Some(source) = &self.live_keys else {
+            return Err(format!(
+                "no key for epoch {} of {stream}: this viewer holds no license for it",
+                s.epoch
+            ));
+        };
+        let k = match source.epoch_key(stream, s.epoch).await {
+            Ok(k) => k,
+            Err(why) => {
+                f.keys_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(format!("epoch {} of {stream}: {why}", s.epoch));
+            }
+        };
+        // A released key that does not open its epoch (a wrong or lying source) is not kept.
+        let key = open(&k)?;
+        f.keys_released
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        if !released.iter().any(|(l, _)| *l == label) {
+            if released.len() >= KEPT {
+                released.pop_front();
+            }
+            released.push_back((label, k));
+        }
+        Ok(key)
     }
 }
 
@@ -354,17 +412,12 @@ async fn segment<S: BlockStore + 'static>(
                 "an encrypted stream's plaintext is served to programs on this machine only",
             );
         }
-        match live.segment_key(&id, epoch_len.unwrap_or(1), &seg) {
-            Some(k) => Some(k),
-            None => {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "no key for epoch {} of {id}: this viewer holds no license for it",
-                        seg.epoch
-                    ),
-                );
-            }
+        match live
+            .segment_key(&f, &id, epoch_len.unwrap_or(1), &seg)
+            .await
+        {
+            Ok(k) => Some(k),
+            Err(why) => return error(StatusCode::FORBIDDEN, why),
         }
     } else {
         None
@@ -484,6 +537,10 @@ async fn stream_stats<S: BlockStore + 'static>(
         let r = verifier.refusals();
         v["ended"] = verifier.ended().into();
         v["window"] = verifier.window().map(|s| s.seq).collect::<Vec<_>>().into();
+        v["epochKeys"] = serde_json::json!({
+            "released": f.keys_released.load(std::sync::atomic::Ordering::Relaxed),
+            "refused": f.keys_refused.load(std::sync::atomic::Ordering::Relaxed),
+        });
         v["refused"] = serde_json::json!({
             "total": r.total(),
             "malformed": r.malformed,

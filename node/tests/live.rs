@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use streamspace_live::{
     EpochKey, Manifest, Publisher, PublisherConfig, Segment, StreamId, StreamKey,
 };
-use streamspace_node::gateway::{CacheStats, Keyring, router_with_keys};
+use streamspace_node::gateway::{CacheStats, Keyring, router_with_keys, router_with_live_keys};
 use streamspace_shard::store::MemoryStore;
 use streamspace_transport::{Config, Keypair, Node, ed25519, meter::Free};
 use tower::ServiceExt;
@@ -377,4 +377,212 @@ async fn the_publisher_keeps_its_window_and_dvr_and_lets_older_segments_go() {
         "a dropped publisher still holds its window"
     );
     node.shutdown().await;
+}
+
+/// A viewer rents a live event on the market and watches it: its gateway holds no key and asks
+/// the event's key service for each epoch's as the player reaches it. Segments of the epochs
+/// live during the rental play; a segment of an epoch before the rental began is refused
+/// (403, the service's reason), and so is every segment once the rental has expired, while
+/// the keys already released keep opening their own epochs only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_rental_opens_epochs_as_the_viewer_reaches_them() {
+    use streamspace_ledger::local::{Clock, TREASURY};
+    use streamspace_ledger::{
+        Ledger, LedgerExt, LocalLedger, Operator, PublicKey, SystemClock, Timestamp, Transaction,
+        TransactionId, TxKind,
+    };
+    use streamspace_market::message::{Listing, ListingId, Message, Share, Terms};
+    use streamspace_market::service::{self, DeviceKey, KeyService};
+    use streamspace_node::live_keys::{MarketLiveKeys, StreamEpochs};
+
+    /// A clock the test moves: the rental's time, as the key service sees it.
+    struct Manual(std::sync::Mutex<Timestamp>);
+    impl Clock for Manual {
+        fn now(&self) -> Timestamp {
+            *self.0.lock().expect("clock")
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("dir");
+    let tk = SigningKey::from_bytes(&[200; 32]);
+    let ledger = LocalLedger::open(
+        dir.path().join("l.redb"),
+        PublicKey::from(&tk),
+        Arc::new(SystemClock),
+    )
+    .expect("ledger");
+    let treasury = Operator {
+        account: TREASURY,
+        key: tk,
+    };
+    let mut ops = Vec::new();
+    for seed in [1u8, 2] {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let account = ledger
+            .create_account(&treasury, PublicKey::from(&key), 10_000_000_000)
+            .await
+            .expect("account");
+        ops.push(Operator { account, key });
+    }
+    let (seller, renter) = (&ops[0], &ops[1]);
+    let tx = Transaction::new(
+        TransactionId::generate(seller.account, ledger.now()),
+        TxKind::CreateTopic {
+            memo: "market".into(),
+            submit_key: None,
+        },
+    );
+    let topic = ledger
+        .execute(tx, &[&seller.key])
+        .await
+        .expect("topic")
+        .topic
+        .expect("topic id");
+
+    // The publisher: a stream of epochs of two segments.
+    let signing = SigningKey::from_bytes(&[13; 32]);
+    let pub_node = publisher_node(&signing).await;
+    let viewer = node_with(Keypair::generate_ed25519(), Some(&pub_node)).await;
+    let master = StreamKey::generate();
+    let mut config = PublisherConfig::default();
+    config.window = 6;
+    config.epoch_len = 2;
+    let mut p = Publisher::new(
+        pub_node.clone(),
+        signing,
+        "final",
+        Some(master.clone()),
+        config,
+    )
+    .expect("pub");
+    p.join().await.expect("topic");
+    let stream = p.stream().clone();
+
+    // Its listing, sold by a key service holding the stream's epoch keys.
+    let event = Listing {
+        id: ListingId {
+            seller: seller.account,
+            number: 1,
+        },
+        version: 1,
+        content: StreamKey::label(&stream),
+        title: "The final, live".into(),
+        description: String::new(),
+        tags: vec!["live".into()],
+        price: 50_000_000,
+        terms: Terms {
+            rental_secs: Some(3600),
+            devices: 1,
+            regions: Vec::new(),
+        },
+        split: vec![Share {
+            account: seller.account,
+            bps: 10_000,
+        }],
+        royalty_bps: 0,
+        key_service: PublicKey::from(&SigningKey::from_bytes(&[9; 32])),
+    };
+    let mut keys = KeyService::new(SigningKey::from_bytes(&[9; 32]), topic);
+    keys.add_live(
+        event.id,
+        StreamEpochs::new(master.clone(), stream.clone(), 2),
+    );
+    let signed = service::list_live(&seller.key, event.clone()).expect("list");
+    service::publish(&ledger, seller, topic, &signed)
+        .await
+        .expect("publish");
+    // Epoch 0 (segments 0, 1) goes out before the viewer rents; epoch 1 is live when it does.
+    let t0 = ledger.now();
+    let at = |secs: i64| Timestamp {
+        secs: t0.secs + secs,
+        nanos: 0,
+    };
+    keys.live_edge(event.id, 0, at(-100)).expect("edge");
+    for seq in 0..2 {
+        p.push(segment_bytes(seq), 2000).await.expect("push");
+    }
+    keys.live_edge(event.id, 1, at(-10)).expect("edge");
+    p.push(segment_bytes(2), 2000).await.expect("push");
+
+    let renter_key = PublicKey::from(&renter.key);
+    let payment = service::pay(&ledger, renter, &event, &renter_key)
+        .await
+        .expect("pay");
+    keys.issue(&ledger, payment, renter_key)
+        .await
+        .expect("issue");
+    let Message::License(license) = keys.license(&payment).expect("license").message.clone() else {
+        panic!("not a license")
+    };
+    let clock = Arc::new(Manual(std::sync::Mutex::new(Timestamp {
+        secs: license.start.secs + 1,
+        nanos: 0,
+    })));
+    let service = Arc::new(std::sync::Mutex::new(keys));
+    let app = router_with_live_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::new()),
+        Arc::new(MarketLiveKeys::new(
+            service.clone(),
+            stream.clone(),
+            renter.key.clone(),
+            payment,
+            DeviceKey::generate(),
+            [1; 16],
+            clock.clone(),
+        )),
+    );
+    p.push(segment_bytes(3), 2000).await.expect("push");
+    playlist_until(&app, &stream, &mut p, |t| t.contains("3.ts")).await;
+    let segment = |seq: u64| {
+        let app = app.clone();
+        let path = format!("/live/{stream}/{seq}.ts");
+        async move { get(&app, &path).await }
+    };
+    // Epoch 1, live when the rental began, opens.
+    for seq in [2, 3] {
+        let (status, body) = segment(seq).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        assert_eq!(body, segment_bytes(seq));
+    }
+    // Epoch 0 had ended: refused, with the service's reason.
+    let (status, body) = segment(1).await;
+    assert_eq!(status, 403);
+    assert!(
+        String::from_utf8_lossy(&body).contains("ended before license"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // The stream goes on into epoch 2, and its key is released as the viewer reaches it.
+    service
+        .lock()
+        .expect("service")
+        .live_edge(event.id, 2, at(30))
+        .expect("edge");
+    p.push(segment_bytes(4), 2000).await.expect("push");
+    playlist_until(&app, &stream, &mut p, |t| t.contains("4.ts")).await;
+    assert_eq!(segment(4).await.1, segment_bytes(4));
+    // The rental expires: epoch 3 is not released, the epochs watched still play.
+    service
+        .lock()
+        .expect("service")
+        .live_edge(event.id, 3, at(60))
+        .expect("edge");
+    for seq in [5, 6] {
+        p.push(segment_bytes(seq), 2000).await.expect("push");
+    }
+    playlist_until(&app, &stream, &mut p, |t| t.contains("6.ts")).await;
+    *clock.0.lock().expect("clock") = license.expiry.expect("a rental");
+    let (status, body) = segment(6).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("not valid now"));
+    assert_eq!(segment(3).await.1, segment_bytes(3));
+    let (_, stats) = get(&app, &format!("/live/{stream}/stats.json")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).expect("json");
+    // Epochs 1 and 2 released once each; epoch 0 and epoch 3 refused.
+    assert_eq!(stats["epochKeys"]["released"], 2, "{stats}");
+    assert_eq!(stats["epochKeys"]["refused"], 2, "{stats}");
+    viewer.shutdown().await;
+    pub_node.shutdown().await;
 }
