@@ -511,6 +511,40 @@ pub fn master_playlist(variants: &[Variant]) -> String {
     m
 }
 
+/// The master playlist of a live ladder of `stream`: each rung's rendition stream
+/// ([`crate::StreamId::rendition`]) at `../ID/index.m3u8` (beside `/live/{stream}/`, where a
+/// gateway serves it), tallest first. `BANDWIDTH` is nominal — the rung's video rate plus
+/// 64 kbit/s of audio, and a tenth for MPEG-TS — since a live rendition's segments are not
+/// all there to be measured.
+///
+/// # Errors
+///
+/// [`crate::ManifestError::Malformed`] when a rendition's name would be too long.
+///
+/// ```
+/// use ed25519_dalek::SigningKey;
+/// use streamspace_live::{StreamId, ladder::{Ladder, live_master_playlist}};
+/// let id = StreamId::new("final", &SigningKey::from_bytes(&[1; 32]).verifying_key())?;
+/// let ladder: Ladder = "720p,360p@600k".parse().expect("ladder");
+/// let m = live_master_playlist(&id, &ladder)?;
+/// assert!(m.contains("BANDWIDTH=730400\n../final-360p."));
+/// # Ok::<(), streamspace_live::ManifestError>(())
+/// ```
+pub fn live_master_playlist(
+    stream: &crate::StreamId,
+    ladder: &Ladder,
+) -> Result<String, crate::ManifestError> {
+    let mut m = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    for r in ladder.rungs() {
+        let id = stream.rendition(r)?;
+        let bandwidth = (u64::from(r.video_kbps) + 64) * 1100;
+        m.push_str(&format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={bandwidth}\n../{id}/{MEDIA}\n"
+        ));
+    }
+    Ok(m)
+}
+
 /// A media playlist's segments: (URI, duration in milliseconds), in order.
 ///
 /// Lines other than `#EXTINF` and URIs are passed over; a URI without an `#EXTINF` before it

@@ -81,6 +81,17 @@ impl StreamId {
         Self::from_parts(name, publisher.to_bytes())
     }
 
+    /// The stream of one rendition of a live ladder: `NAME-RUNG` (`final-720p`), by the same
+    /// publisher. Each rendition is a stream of its own (its own manifests, topic and
+    /// segments), so peers watching one rendition serve it to each other.
+    ///
+    /// # Errors
+    ///
+    /// [`ManifestError::Malformed`] when the name would be too long.
+    pub fn rendition(&self, rung: &crate::ladder::Rung) -> Result<Self, ManifestError> {
+        Self::from_parts(&format!("{}-{}", self.name, rung.name()), self.publisher)
+    }
+
     fn from_parts(name: &str, publisher: [u8; 32]) -> Result<Self, ManifestError> {
         if name.is_empty()
             || name.len() > MAX_NAME

@@ -60,6 +60,14 @@ pub struct SegmenterConfig {
     pub video_kbps: u32,
     /// The ffmpeg program.
     pub ffmpeg: PathBuf,
+    /// Renditions to cut instead of the one of `height` and `video_kbps`: one decode,
+    /// scaled to every rung, the same forced keyframes in every rendition (so their
+    /// segments begin at the same instants). Segments are handed on with their rung's
+    /// index ([`CutSegment::rendition`]).
+    pub ladder: Option<crate::Ladder>,
+    /// Whether the input has audio to carry (a ladder maps it to every rendition, and
+    /// needs to know; a single rendition takes it when there is some). Default `true`.
+    pub audio: bool,
 }
 
 impl SegmenterConfig {
@@ -72,6 +80,8 @@ impl SegmenterConfig {
             height: 360,
             video_kbps: 800,
             ffmpeg: PathBuf::from("ffmpeg"),
+            ladder: None,
+            audio: true,
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct CutSegment {
     pub duration_ms: u32,
     /// When the driver saw ffmpeg list it.
     pub written: Instant,
+    /// Its rendition: the index of its rung in [`SegmenterConfig::ladder`] (0 without one).
+    pub rendition: usize,
 }
 
 /// A running ffmpeg cutting segments (see the module's documentation). Dropping it kills
@@ -116,8 +128,8 @@ pub struct CutSegment {
 #[derive(Debug)]
 pub struct Segmenter {
     child: Option<Child>,
-    dir: PathBuf,
-    seen: u64,
+    /// Each rendition's directory and the segments of it handed on so far.
+    renditions: Vec<(PathBuf, u64)>,
     pending: std::collections::VecDeque<CutSegment>,
     exit: Option<Result<std::process::ExitStatus, String>>,
     stderr: Option<tokio::task::JoinHandle<Vec<u8>>>,
@@ -150,54 +162,25 @@ impl Segmenter {
                 cmd.args(["-re", "-f", "lavfi", "-i"]).arg(g);
             }
         }
-        let kbps = config.video_kbps.max(50);
-        cmd.args([
-            "-map",
-            "0:v:0",
-            "-map",
-            "0:a:0?",
-            "-vf",
-            &format!("scale=-2:{}", config.height.max(16) & !1),
-            "-c:v",
-            "libx264",
-            "-preset",
-            "veryfast",
-            "-tune",
-            "zerolatency",
-            "-profile:v",
-            "main",
-            "-pix_fmt",
-            "yuv420p",
-            "-b:v",
-            &format!("{kbps}k"),
-            "-maxrate",
-            &format!("{kbps}k"),
-            "-bufsize",
-            &format!("{}k", kbps * 2),
-            "-force_key_frames",
-            &format!("expr:gte(t,n_forced*{secs})"),
-            "-sc_threshold",
-            "0",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "64k",
-            "-ac",
-            "2",
-            "-f",
-            "hls",
-            "-hls_time",
-            &secs.to_string(),
-            "-hls_list_size",
-            "0",
-            "-hls_flags",
-            "independent_segments+temp_file",
-            "-hls_segment_type",
-            "mpegts",
-            "-hls_segment_filename",
-        ]);
-        cmd.arg(config.dir.join("seg%d.ts"));
-        cmd.arg(config.dir.join(PLAYLIST));
+        let renditions: Vec<PathBuf> = match &config.ladder {
+            None => {
+                single_args(&mut cmd, config, secs);
+                vec![config.dir.clone()]
+            }
+            Some(ladder) => {
+                for r in ladder.rungs() {
+                    let d = config.dir.join(r.name());
+                    std::fs::create_dir_all(&d)
+                        .map_err(|source| SegmenterError::Io { path: d, source })?;
+                }
+                ladder_args(&mut cmd, config, ladder, secs);
+                ladder
+                    .rungs()
+                    .iter()
+                    .map(|r| config.dir.join(r.name()))
+                    .collect()
+            }
+        };
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -224,8 +207,7 @@ impl Segmenter {
         });
         Ok(Self {
             child: Some(child),
-            dir: config.dir.clone(),
-            seen: 0,
+            renditions: renditions.into_iter().map(|d| (d, 0)).collect(),
             pending: Default::default(),
             exit: None,
             stderr,
@@ -257,21 +239,24 @@ impl Segmenter {
     }
 
     fn scan(&mut self) -> Result<(), SegmenterError> {
-        let path = self.dir.join(PLAYLIST);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(SegmenterError::Io { path, source }),
-        };
-        for (index, (uri, ms)) in (0u64..).zip(crate::ladder::media_segments(&text)) {
-            if index >= self.seen {
-                self.pending.push_back(CutSegment {
-                    index,
-                    path: self.dir.join(uri),
-                    duration_ms: ms.clamp(1, 60_000),
-                    written: Instant::now(),
-                });
-                self.seen = index + 1;
+        for (rendition, (dir, seen)) in self.renditions.iter_mut().enumerate() {
+            let path = dir.join(PLAYLIST);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(SegmenterError::Io { path, source }),
+            };
+            for (index, (uri, ms)) in (0u64..).zip(crate::ladder::media_segments(&text)) {
+                if index >= *seen {
+                    self.pending.push_back(CutSegment {
+                        index,
+                        path: dir.join(uri),
+                        duration_ms: ms.clamp(1, 60_000),
+                        written: Instant::now(),
+                        rendition,
+                    });
+                    *seen = index + 1;
+                }
             }
         }
         Ok(())
@@ -328,4 +313,111 @@ pub fn read_segment(path: &Path) -> Result<Vec<u8>, SegmenterError> {
         path: path.to_owned(),
         source,
     })
+}
+
+const X264: [&str; 10] = [
+    "libx264",
+    "-preset",
+    "veryfast",
+    "-tune",
+    "zerolatency",
+    "-profile:v",
+    "main",
+    "-pix_fmt",
+    "yuv420p",
+    "-sc_threshold",
+];
+
+fn hls_args(cmd: &mut Command, secs: u32) {
+    cmd.args([
+        "-force_key_frames",
+        &format!("expr:gte(t,n_forced*{secs})"),
+        "-f",
+        "hls",
+        "-hls_time",
+        &secs.to_string(),
+        "-hls_list_size",
+        "0",
+        "-hls_flags",
+        "independent_segments+temp_file",
+        "-hls_segment_type",
+        "mpegts",
+    ]);
+}
+
+/// One rendition, `height` lines at `video_kbps`, the input's first audio stream if any.
+fn single_args(cmd: &mut Command, config: &SegmenterConfig, secs: u32) {
+    let kbps = config.video_kbps.max(50);
+    cmd.args(["-map", "0:v:0"]);
+    if config.audio {
+        cmd.args(["-map", "0:a:0?"]);
+    }
+    cmd.args(["-vf", &format!("scale=-2:{}", config.height.max(16) & !1)]);
+    cmd.arg("-c:v").args(X264).arg("0");
+    cmd.args([
+        "-b:v",
+        &format!("{kbps}k"),
+        "-maxrate",
+        &format!("{kbps}k"),
+        "-bufsize",
+        &format!("{}k", kbps * 2),
+        "-c:a",
+        "aac",
+        "-b:a",
+        "64k",
+        "-ac",
+        "2",
+    ]);
+    hls_args(cmd, secs);
+    cmd.arg("-hls_segment_filename")
+        .arg(config.dir.join("seg%d.ts"))
+        .arg(config.dir.join(PLAYLIST));
+}
+
+/// Every rung of `ladder` from one decode: split, scaled, encoded with the same forced
+/// keyframes, each rendition into its own directory (`720p/`, …) through one HLS muxer.
+fn ladder_args(cmd: &mut Command, config: &SegmenterConfig, ladder: &crate::Ladder, secs: u32) {
+    let n = ladder.rungs().len();
+    let mut graph = format!("[0:v:0]split={n}");
+    for i in 0..n {
+        graph.push_str(&format!("[s{i}]"));
+    }
+    for (i, r) in ladder.rungs().iter().enumerate() {
+        graph.push_str(&format!(";[s{i}]scale=-2:{}[v{i}]", r.height));
+    }
+    cmd.args(["-filter_complex", &graph]);
+    for i in 0..n {
+        cmd.args(["-map", &format!("[v{i}]")]);
+    }
+    if config.audio {
+        for _ in 0..n {
+            cmd.args(["-map", "0:a:0"]);
+        }
+    }
+    cmd.arg("-c:v").args(X264).arg("0");
+    let mut map = Vec::with_capacity(n);
+    for (i, r) in ladder.rungs().iter().enumerate() {
+        let k = r.video_kbps;
+        cmd.args([
+            &format!("-b:v:{i}"),
+            &format!("{k}k"),
+            &format!("-maxrate:v:{i}"),
+            &format!("{k}k"),
+            &format!("-bufsize:v:{i}"),
+            &format!("{}k", u64::from(k) * 2),
+        ]);
+        map.push(if config.audio {
+            format!("v:{i},a:{i},name:{}", r.name())
+        } else {
+            format!("v:{i},name:{}", r.name())
+        });
+    }
+    if config.audio {
+        cmd.args(["-c:a", "aac", "-b:a", "64k", "-ac", "2"]);
+    }
+    hls_args(cmd, secs);
+    cmd.args(["-var_stream_map", &map.join(" ")]);
+    cmd.arg("-hls_segment_filename")
+        .arg(config.dir.join("%v").join("seg%d.ts"))
+        .arg(config.dir.join("%v").join(PLAYLIST));
 }

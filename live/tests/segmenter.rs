@@ -93,3 +93,47 @@ async fn a_missing_ffmpeg_is_an_error_not_a_hang() {
         Err(streamspace_live::SegmenterError::Spawn { .. })
     ));
 }
+
+/// A ladder from one live input: every rendition gets the same segments (count and
+/// durations: keyframes aligned), each at its own height, each a complete MPEG-TS file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_ladder_cuts_aligned_renditions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut c = config(
+        Input::Lavfi(
+            "testsrc=size=426x240:rate=25:duration=3[out0];sine=frequency=440:sample_rate=48000:duration=3[out1]"
+                .into(),
+        ),
+        dir.path(),
+    );
+    c.ladder = Some("240p@300k,144p@120k".parse().expect("ladder"));
+    let mut s = Segmenter::spawn(&c).expect("ffmpeg starts");
+    let mut got: [Vec<(u64, u32)>; 2] = Default::default();
+    while let Some(seg) = tokio::time::timeout(Duration::from_secs(60), s.next())
+        .await
+        .expect("no hang")
+    {
+        let seg = seg.expect("segment");
+        let bytes = std::fs::read(&seg.path).expect("segment file");
+        assert_eq!(bytes.len() % 188, 0);
+        assert!(bytes.chunks(188).all(|p| p[0] == 0x47));
+        assert!(
+            seg.path
+                .starts_with(dir.path().join(["240p", "144p"][seg.rendition]))
+        );
+        got[seg.rendition].push((seg.index, seg.duration_ms));
+    }
+    assert!(
+        s.exit()
+            .expect("exited")
+            .as_ref()
+            .expect("waited")
+            .success(),
+        "{}",
+        s.stderr()
+    );
+    assert!((3..=4).contains(&got[0].len()), "{got:?}");
+    assert_eq!(got[0], got[1], "renditions not aligned");
+    let total: u32 = got[0].iter().map(|g| g.1).sum();
+    assert!((2900..=3100).contains(&total), "{got:?}");
+}

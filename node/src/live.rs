@@ -109,6 +109,7 @@ pub(crate) fn router<S: BlockStore + 'static>(
     Router::new()
         .route("/live/:stream/index.m3u8", get(playlist::<S>))
         .route("/live/:stream/stats.json", get(stream_stats::<S>))
+        .route("/live/:stream/master.m3u8", get(live_master))
         .route("/live/:stream/:segment", get(segment::<S>))
         .route("/watch/stats.json", get(node_stats::<S>))
         .route("/watch/assets/:file", get(asset))
@@ -600,13 +601,76 @@ fn page(title: &str, src: &str, kind: &str, stats: &str) -> Response {
         .into_response()
 }
 
-async fn live_page(Path(stream): Path<String>) -> Response {
-    match parse_stream(&stream) {
-        Ok(id) => page(
+/// The `ladder` query parameter (`720p,480p@1000k`), read and written back in its one
+/// spelling.
+fn query_ladder(
+    query: &HashMap<String, String>,
+) -> Result<Option<streamspace_live::Ladder>, Response> {
+    query
+        .get("ladder")
+        .map(|text| {
+            text.parse::<streamspace_live::Ladder>()
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("ladder {text:?}: {e}")))
+        })
+        .transpose()
+}
+
+/// `GET /live/{stream}/master.m3u8?ladder=720p,480p`: the master playlist of a live ladder,
+/// each rung the rendition stream `NAME-RUNG` of the same publisher (what `streamspace live
+/// --ladder` publishes). Every rendition's manifests are verified as any stream's, so the
+/// ladder in the query can only name streams of the publisher in `stream`.
+async fn live_master(
+    Path(stream): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let id = match parse_stream(&stream) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let ladder = match query_ladder(&query) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a live master playlist needs ?ladder= (e.g. 720p,480p)",
+            );
+        }
+        Err(r) => return r,
+    };
+    match streamspace_live::ladder::live_master_playlist(&id, &ladder) {
+        Ok(m) => (
+            [
+                (header::CONTENT_TYPE, "application/vnd.apple.mpegurl"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            m,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("ladder of {id}: {e}")),
+    }
+}
+
+async fn live_page(
+    Path(stream): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let id = match parse_stream(&stream) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    match query_ladder(&query) {
+        Ok(None) => page(
             id.name(),
             &format!("/live/{id}/index.m3u8"),
             "live",
             &format!("/live/{id}/stats.json"),
+        ),
+        // Each rendition is a stream: the page shows the node's bytes, all renditions.
+        Ok(Some(ladder)) => page(
+            id.name(),
+            &format!("/live/{id}/master.m3u8?ladder={ladder}"),
+            "live",
+            "/watch/stats.json",
         ),
         Err(r) => r,
     }

@@ -586,3 +586,60 @@ async fn a_live_rental_opens_epochs_as_the_viewer_reaches_them() {
     viewer.shutdown().await;
     pub_node.shutdown().await;
 }
+
+/// A live ladder's master playlist names each rung's rendition stream of the same publisher,
+/// and the player page plays it; a ladder that is not one is refused with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_ladder_is_served_as_a_master_playlist() {
+    let viewer = node_with(Keypair::generate_ed25519(), None).await;
+    let app = router_with_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::new()),
+    );
+    let publisher = SigningKey::from_bytes(&[14; 32]);
+    let stream = StreamId::new("final", &publisher.verifying_key()).expect("id");
+    let (status, body) = get(
+        &app,
+        &format!("/live/{stream}/master.m3u8?ladder=480p@900k,720p"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).expect("utf-8");
+    let key = stream.to_string();
+    let key = key.split_once('.').expect("NAME.KEY").1;
+    // Tallest first, each a stream of its own by the same publisher.
+    let want = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n\
+         #EXT-X-STREAM-INF:BANDWIDTH={}\n../final-720p.{key}/index.m3u8\n\
+         #EXT-X-STREAM-INF:BANDWIDTH={}\n../final-480p.{key}/index.m3u8\n",
+        (streamspace_live::Rung::standard(720)
+            .expect("rung")
+            .video_kbps as u64
+            + 64)
+            * 1100,
+        (900 + 64) * 1100
+    );
+    assert_eq!(text, want);
+    let (status, page) = get(&app, &format!("/watch/live/{stream}?ladder=720p,480p@900k")).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&page).contains(&format!(
+        "data-src=\"/live/{stream}/master.m3u8?ladder=720p,480p@900k\""
+    )),);
+    for bad in ["", "720p,720p", "9000p", "720p%22%3E%3Cscript%3E"] {
+        let (status, body) = get(&app, &format!("/live/{stream}/master.m3u8?ladder={bad}")).await;
+        assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            get(&app, &format!("/watch/live/{stream}?ladder={bad}"))
+                .await
+                .0,
+            400,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        get(&app, &format!("/live/{stream}/master.m3u8")).await.0,
+        400
+    );
+    viewer.shutdown().await;
+}

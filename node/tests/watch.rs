@@ -1,7 +1,7 @@
 //! The player page in a real browser: headless Chromium (Debian's `chromium`) driven by
 //! `playwright-core` (pinned in `interop/js`) plays an on-demand item (HLS cut by ffmpeg and
-//! added as a directory on another node) and a live stream (ffmpeg's test card, published
-//! segment by segment) from a viewer's gateway: `currentTime` passes 5 s with no error event,
+//! added as a directory on another node) and a live ladder (ffmpeg's test card in two
+//! renditions, each published segment by segment as a stream of its own, under one master) from a viewer's gateway: `currentTime` passes 5 s with no error event,
 //! the page shows its start-up time, and a screenshot of each is kept.
 //!
 //! Set `STREAMSPACE_SKIP_BROWSER=1` to skip it on a machine without Chromium.
@@ -164,27 +164,38 @@ async fn the_player_page_plays_on_demand_and_live_in_chromium() {
     let mut secret = signing.to_bytes();
     let secret = ed25519::SecretKey::try_from_bytes(&mut secret).expect("secret");
     let pub_node = node_with(ed25519::Keypair::from(secret).into(), Some(&origin)).await;
+    // A live ladder of two renditions, each a stream of its own (`card-180p`, `card-144p`).
     let mut config = PublisherConfig::default();
     config.window = 6;
-    let mut publisher =
-        Publisher::new(pub_node.clone(), signing, "card", None, config).expect("publisher");
-    publisher.join().await.expect("topic");
-    let stream = publisher.stream().clone();
+    let ladder: streamspace_live::Ladder = "180p@300k,144p@120k".parse().expect("ladder");
+    let stream = streamspace_live::StreamId::new("card", &signing.verifying_key()).expect("id");
+    let mut publishers = Vec::new();
+    for rung in ladder.rungs() {
+        let name = stream.rendition(rung).expect("rendition");
+        let p = Publisher::new(pub_node.clone(), signing.clone(), name.name(), None, config)
+            .expect("publisher");
+        p.join().await.expect("topic");
+        publishers.push(p);
+    }
     let seg_dir = tempfile::tempdir().expect("dir");
     let mut sc = SegmenterConfig::new(Input::Lavfi(CARD.into()), seg_dir.path());
     sc.segment_secs = 1;
-    sc.height = 180;
-    sc.video_kbps = 300;
+    sc.ladder = Some(ladder.clone());
     let mut segmenter = Segmenter::spawn(&sc).expect("ffmpeg");
     let publishing = tokio::spawn(async move {
-        let mut n = 0;
+        let mut n = [0; 2];
         while let Some(cut) = segmenter.next().await {
             let cut = cut.expect("segment");
             let bytes = std::fs::read(&cut.path).expect("read");
-            publisher.push(bytes, cut.duration_ms).await.expect("push");
-            n += 1;
+            publishers[cut.rendition]
+                .push(bytes, cut.duration_ms)
+                .await
+                .expect("push");
+            n[cut.rendition] += 1;
         }
-        publisher.finish().await.expect("finish");
+        for p in &mut publishers {
+            p.finish().await.expect("finish");
+        }
         n
     });
 
@@ -205,7 +216,7 @@ async fn the_player_page_plays_on_demand_and_live_in_chromium() {
             "5".into(),
             prefix.display().to_string(),
             format!("http://{addr}/watch/{root}"),
-            format!("http://{addr}/watch/live/{stream}"),
+            format!("http://{addr}/watch/live/{stream}?ladder={ladder}"),
         ],
     )
     .await;
@@ -228,7 +239,8 @@ async fn the_player_page_plays_on_demand_and_live_in_chromium() {
     let stats = viewer.stats();
     assert!(stats.bytes_received > 0);
     let segments = publishing.await.expect("publisher");
-    assert!(segments >= 10, "{segments}");
+    assert!(segments[0] >= 10, "{segments:?}");
+    assert_eq!(segments[0], segments[1], "renditions not aligned");
     let _ = stop_tx.send(true);
     let _ = server.await;
     viewer.shutdown().await;

@@ -34,6 +34,14 @@ pub(crate) struct LiveArgs {
     /// Video bitrate, kbit/s.
     #[arg(long, default_value_t = 800)]
     video_kbps: u32,
+    /// Renditions to publish instead of one (`720p,480p,360p@600k`): each rung is a stream
+    /// of its own, `NAME-RUNG`, cut from one decode with aligned keyframes; viewers play the
+    /// ladder at `/watch/live/NAME.KEY?ladder=…`. Overrides --height and --video-kbps.
+    #[arg(long)]
+    ladder: Option<streamspace_live::Ladder>,
+    /// The input has no audio (a ladder maps the input's audio to every rendition).
+    #[arg(long)]
+    no_audio: bool,
     /// Segments each manifest lists.
     #[arg(long, default_value_t = 6)]
     window: usize,
@@ -104,29 +112,58 @@ pub(crate) async fn run(cli: &crate::Cli, args: &LiveArgs) -> Result<()> {
     let mut pc = PublisherConfig::default();
     pc.window = args.window;
     pc.epoch_len = args.epoch_len;
-    let mut publisher = Publisher::new(node.clone(), signing, &args.stream, key.clone(), pc)?;
-    let stream = publisher.stream().clone();
-    if let (Some(k), Some(out)) = (&key, &args.key_out) {
-        write_private(
-            out,
-            &k.to_content_key()
-                .to_key_file(Some(&StreamKey::label(&stream))),
-        )?;
+    // One publisher per rendition: the stream itself, or each rung's `NAME-RUNG`.
+    let names: Vec<String> = match &args.ladder {
+        None => vec![args.stream.clone()],
+        Some(l) => l
+            .rungs()
+            .iter()
+            .map(|r| format!("{}-{}", args.stream, r.name()))
+            .collect(),
+    };
+    let mut publishers = Vec::with_capacity(names.len());
+    for name in &names {
+        let p = Publisher::new(node.clone(), signing.clone(), name, key.clone(), pc)?;
+        if let (Some(k), Some(out)) = (&key, &args.key_out) {
+            // A ladder's renditions share the stream key (each derives its own keys from
+            // it and its name); the keyring holds it once per rendition.
+            let path = if args.ladder.is_some() {
+                let mut f = out.clone().into_os_string();
+                f.push(format!(".{name}"));
+                std::path::PathBuf::from(f)
+            } else {
+                out.clone()
+            };
+            write_private(
+                &path,
+                &k.to_content_key()
+                    .to_key_file(Some(&StreamKey::label(p.stream()))),
+            )?;
+        }
+        p.join().await?;
+        publishers.push(p);
     }
-    publisher.join().await?;
-    println!("stream {stream}");
+    let base = streamspace_live::StreamId::new(&args.stream, &signing.verifying_key())?;
+    for p in &publishers {
+        println!("stream {}", p.stream());
+    }
     println!(
         "node {} on {:?}",
         node.peer_id(),
         node.dialable_addrs().await?
     );
-    println!("viewers: http://<gateway>/watch/live/{stream}");
+    match &args.ladder {
+        None => println!("viewers: http://<gateway>/watch/live/{base}"),
+        Some(l) => println!("viewers: http://<gateway>/watch/live/{base}?ladder={l}"),
+    }
 
     let dir = tempfile::tempdir()?;
     let mut sc = SegmenterConfig::new(Input::parse(&args.input), dir.path());
     sc.segment_secs = args.segment_secs;
     sc.height = args.height;
     sc.video_kbps = args.video_kbps;
+    sc.ladder = args.ladder.clone();
+    sc.audio = !args.no_audio;
     let mut segmenter = Segmenter::spawn(&sc)?;
     let mut interrupted = false;
     loop {
@@ -142,16 +179,22 @@ pub(crate) async fn run(cli: &crate::Cli, args: &LiveArgs) -> Result<()> {
         let cut = cut?;
         let bytes = read_segment(&cut.path)?;
         let _ = std::fs::remove_file(&cut.path);
+        let publisher = publishers
+            .get_mut(cut.rendition)
+            .context("a segment of a rendition not in the ladder")?;
         let p = publisher.push(bytes, cut.duration_ms).await?;
         println!(
-            "segment {} {} {} ms{}",
+            "segment {} {} {} {} ms{}",
+            names[cut.rendition],
             p.seq.unwrap_or_default(),
             p.cid.map(|c| c.to_string()).unwrap_or_default(),
             cut.duration_ms,
             if p.announced { "" } else { " (no viewer yet)" }
         );
     }
-    publisher.finish().await?;
+    for p in &mut publishers {
+        p.finish().await?;
+    }
     println!("stream ended");
     // Give gossip a moment to carry the end, and peers to take the last segments.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
