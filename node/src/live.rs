@@ -256,7 +256,10 @@ impl<S: BlockStore + 'static> Live<S> {
             }
         };
         // A released key that does not open its epoch (a wrong or lying source) is not kept.
-        let key = open(&k)?;
+        let key = open(&k).inspect_err(|_| {
+            f.keys_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
         f.keys_released
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());

@@ -643,3 +643,77 @@ async fn a_live_ladder_is_served_as_a_master_playlist() {
     );
     viewer.shutdown().await;
 }
+
+/// A key source that answers with the wrong key (another epoch's, or not an epoch key at
+/// all): the segment is refused, nothing is decrypted with it, the answer is not kept (the
+/// next request asks again) and the refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_source_answering_with_the_wrong_key_opens_nothing() {
+    use streamspace_node::live_keys::LiveKeys;
+    use streamspace_shard::crypto::ContentKey;
+
+    struct Lying {
+        master: StreamKey,
+        asked: std::sync::atomic::AtomicU64,
+    }
+    impl LiveKeys for Lying {
+        fn epoch_key(
+            &self,
+            stream: &StreamId,
+            epoch: u64,
+        ) -> futures::future::BoxFuture<'static, Result<ContentKey, String>> {
+            let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // First the next epoch's key, then a content key that names no epoch.
+            let k = if n == 0 {
+                self.master.epoch_key(stream, 2, epoch + 1).to_content_key()
+            } else {
+                ContentKey::generate()
+            };
+            Box::pin(std::future::ready(Ok(k)))
+        }
+    }
+
+    let signing = SigningKey::from_bytes(&[15; 32]);
+    let pub_node = publisher_node(&signing).await;
+    let viewer = node_with(Keypair::generate_ed25519(), Some(&pub_node)).await;
+    let master = StreamKey::generate();
+    let mut config = PublisherConfig::default();
+    config.window = 4;
+    config.epoch_len = 2;
+    let mut p = Publisher::new(
+        pub_node.clone(),
+        signing,
+        "lies",
+        Some(master.clone()),
+        config,
+    )
+    .expect("pub");
+    p.join().await.expect("topic");
+    let stream = p.stream().clone();
+    for seq in 0..4 {
+        p.push(segment_bytes(seq), 2000).await.expect("push");
+    }
+    let source = Arc::new(Lying {
+        master,
+        asked: 0.into(),
+    });
+    let app = router_with_live_keys(
+        viewer.clone(),
+        Arc::new(CacheStats::default()),
+        Arc::new(Keyring::new()),
+        source.clone(),
+    );
+    playlist_until(&app, &stream, &mut p, |t| t.contains("3.ts")).await;
+    for _ in 0..2 {
+        let (status, body) = get(&app, &format!("/live/{stream}/2.ts")).await;
+        assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+        assert_ne!(body, segment_bytes(2));
+    }
+    assert_eq!(source.asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (_, stats) = get(&app, &format!("/live/{stream}/stats.json")).await;
+    let stats: serde_json::Value = serde_json::from_slice(&stats).expect("json");
+    assert_eq!(stats["epochKeys"]["released"], 0, "{stats}");
+    assert_eq!(stats["epochKeys"]["refused"], 2, "{stats}");
+    viewer.shutdown().await;
+    pub_node.shutdown().await;
+}
