@@ -7,6 +7,7 @@ mod fleet;
 mod gateway;
 mod get;
 mod live;
+mod livebench;
 mod network;
 mod node;
 mod online;
@@ -78,6 +79,9 @@ enum Command {
     Testnet(testnet::TestnetArgs),
     /// Publish a live stream: ffmpeg cuts segments, each announced in a signed manifest.
     Live(live::LiveArgs),
+    /// Measure a live stream through a swarm on loopback: segment-to-playable delay, peer
+    /// share, rebuffering.
+    LiveBench(livebench::LiveBenchArgs),
     /// Simulate many viewers of one item: real nodes on loopback and a discrete-event model.
     Sim(sim::SimArgs),
 }
@@ -730,6 +734,7 @@ async fn main() -> std::process::ExitCode {
         Command::Fleet(f) => fleet::run(f).await,
         Command::Sim(s) => sim::run(s).await,
         Command::Live(l) => live::run(&cli, l).await,
+        Command::LiveBench(b) => livebench::run(b).await,
         Command::Node(n) => node::run(n).await,
         Command::Testnet(t) => testnet::run(t).await,
         Command::Gateway(g) => match open_store(&cli) {
